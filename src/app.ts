@@ -1,0 +1,59 @@
+import type { FastifyInstance } from 'fastify'
+import sensible from '@fastify/sensible'
+import type { Dispatcher } from 'undici'
+import apiKeys from './plugins/api-keys.js'
+import config, { type ConfigOptions } from './plugins/config.js'
+import coze from './plugins/coze.js'
+import errors from './plugins/errors.js'
+import readiness from './plugins/readiness.js'
+import signer from './plugins/signer.js'
+import healthRoutes from './routes/health.js'
+import tokenRoutes from './routes/token.js'
+import { ErrorEnvelope } from './schemas/envelope.js'
+
+export interface AppOptions {
+  /** Configuration values that win over the environment; tests pass all of theirs here. */
+  config?: ConfigOptions['data']
+  /** Read process.env and `.env` (the server does; tests do not). */
+  readEnvironment?: boolean
+  /** Stand-in for the Coze connection pool (the bench and tests of the client). */
+  cozeDispatcher?: Dispatcher
+}
+
+/** The whole service, in dependency order. No listen here: src/server.ts does that. */
+export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
+  fastify.addSchema(ErrorEnvelope)
+  await fastify.register(config, { data: opts.config, readEnvironment: opts.readEnvironment })
+  const { BODY_LIMIT_BYTES } = fastify.config
+  fastify.addHook('onRoute', (route) => { route.bodyLimit ??= BODY_LIMIT_BYTES })
+  // Every body this service takes is JSON; anything else is 415.
+  fastify.removeContentTypeParser('text/plain')
+
+  await fastify.register(sensible)
+  await fastify.register(errors)
+  await fastify.register(readiness)
+  await fastify.register(apiKeys)
+  await fastify.register(signer)
+  await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
+
+  fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
+
+  // One line per request: the route, not the query string, which may carry user data.
+  fastify.addHook('onResponse', async (request, reply) => {
+    request.log.info({
+      method: request.method,
+      route: request.routeOptions.url ?? null,
+      path: request.url.split('?', 1)[0],
+      statusCode: reply.statusCode,
+      durationMs: Math.round(reply.elapsedTime * 10) / 10
+    }, 'request completed')
+  })
+
+  // While closing, answers end their connection so keep-alive clients move to another instance at once.
+  fastify.addHook('onSend', async (_request, reply) => {
+    if (!fastify.server.listening) void reply.header('connection', 'close')
+  })
+
+  await fastify.register(healthRoutes)
+  await fastify.register(tokenRoutes)
+}

@@ -1,0 +1,26 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+
+export interface ApiKeyVerifier {
+  /** True when at least one key is configured; with none, callers get NOT_CONFIGURED, never open access. */
+  readonly configured: boolean
+  /** Constant-time check of a presented key against every configured key. */
+  verify (presented: string | undefined): boolean
+}
+
+const digest = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest()
+
+/** Accepts a comma-separated list so that keys can be rotated without downtime. */
+export function createApiKeyVerifier (list: string | undefined): ApiKeyVerifier {
+  const keys = (list ?? '').split(',').map((key) => key.trim()).filter((key) => key.length > 0).map(digest)
+  return {
+    configured: keys.length > 0,
+    verify (presented) {
+      if (typeof presented !== 'string' || presented.length === 0) return false
+      // Hashing first gives equal-length buffers, and every key is compared so timing shows nothing.
+      const candidate = digest(presented)
+      let matched = false
+      for (const key of keys) matched = timingSafeEqual(candidate, key) || matched
+      return matched
+    }
+  }
+}

@@ -1,0 +1,87 @@
+import { createPrivateKey, randomBytes, type webcrypto } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { SignJWT, importPKCS8 } from 'jose'
+
+export class PrivateKeyError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'PrivateKeyError'
+  }
+}
+
+export interface PrivateKeySource {
+  pem?: string | undefined
+  file?: string | undefined
+}
+
+/** Reads the key from the variable or the file. Returns undefined when neither is set. */
+export async function readPrivateKeyPem (source: PrivateKeySource): Promise<string | undefined> {
+  if (source.pem !== undefined && source.pem.trim() !== '') return source.pem
+  if (source.file !== undefined && source.file.trim() !== '') {
+    try {
+      return await readFile(source.file, 'utf8')
+    } catch (err) {
+      throw new PrivateKeyError(`JWT_PRIVATE_KEY_FILE cannot be read (${String((err as NodeJS.ErrnoException).code)}): ${source.file}`)
+    }
+  }
+  return undefined
+}
+
+/**
+ * Accepts PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM, also written on one line
+ * with literal `\n` (how single-line secret stores hold it), and returns a WebCrypto key for RS256.
+ */
+export async function importRsaPrivateKey (pem: string): Promise<webcrypto.CryptoKey> {
+  const text = pem.trim().replace(/^(["'])([\s\S]*)\1$/, '$2').replace(/\\r/g, '').replace(/\\n/g, '\n')
+  let key
+  try {
+    key = createPrivateKey({ key: text, format: 'pem' })
+  } catch {
+    // The parser's own message may quote the input; say what is wrong without it.
+    throw new PrivateKeyError('JWT_PRIVATE_KEY is not a readable PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)')
+  }
+  if (key.asymmetricKeyType !== 'rsa') {
+    throw new PrivateKeyError(`JWT_PRIVATE_KEY is a ${String(key.asymmetricKeyType)} key; Coze needs an RSA key for RS256`)
+  }
+  // Node sets the details of every RSA key.
+  const bits = key.asymmetricKeyDetails!.modulusLength!
+  if (bits < 2048) {
+    throw new PrivateKeyError(`JWT_PRIVATE_KEY is a ${bits}-bit RSA key; RS256 needs at least 2048 bits`)
+  }
+  const pkcs8 = key.export({ type: 'pkcs8', format: 'pem' }).toString()
+  return await importPKCS8(pkcs8, 'RS256')
+}
+
+export interface CozeJwtClaims {
+  /** Public-key fingerprint shown on the Coze OAuth app page; goes into the header's kid. */
+  kid: string
+  /** The Coze OAuth app id. */
+  iss: string
+  /** Host of the Coze API: api.coze.cn or api.coze.com. */
+  aud: string
+  ttlSeconds: number
+  sessionName?: string | undefined
+}
+
+export interface Signer {
+  signCozeJwt (claims: CozeJwtClaims): Promise<string>
+}
+
+/** Signs the one-time JWT that Coze exchanges for an access token. */
+export function createSigner (key: webcrypto.CryptoKey, now: () => number = Date.now): Signer {
+  return {
+    async signCozeJwt ({ kid, iss, aud, ttlSeconds, sessionName }) {
+      const iat = Math.floor(now() / 1000)
+      const payload = sessionName === undefined ? {} : { session_name: sessionName }
+      return await new SignJWT(payload)
+        .setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid })
+        .setIssuer(iss)
+        .setAudience(aud)
+        .setIssuedAt(iat)
+        .setExpirationTime(iat + ttlSeconds)
+        // Coze rejects a reused JWT; 32 random bytes make every jti new.
+        .setJti(randomBytes(32).toString('base64url'))
+        .sign(key)
+    }
+  }
+}

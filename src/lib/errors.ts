@@ -1,0 +1,43 @@
+// Every error the service answers with has a stable code; the HTTP status belongs to the code.
+export const ERROR_STATUS = {
+  VALIDATION_FAILED: 400,
+  INVALID_JSON: 400,
+  BAD_REQUEST: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  RATE_LIMITED: 429,
+  INTERNAL: 500,
+  COZE_EXCHANGE_FAILED: 502,
+  UPSTREAM_UNREACHABLE: 502,
+  UPSTREAM_TIMEOUT: 504,
+  NOT_CONFIGURED: 503,
+  NOT_READY: 503,
+  SERVICE_UNAVAILABLE: 503
+} as const
+
+export type ErrorCode = keyof typeof ERROR_STATUS
+
+export type ErrorDetails = Record<string, unknown>
+
+/** A failure the service explains to its caller: a stable code, its HTTP status, and safe details. */
+export class ServiceError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+  readonly details: ErrorDetails
+
+  constructor (code: ErrorCode, details: ErrorDetails = {}, options?: { cause?: unknown }) {
+    super(code, options)
+    this.name = 'ServiceError'
+    this.code = code
+    this.statusCode = ERROR_STATUS[code]
+    this.details = details
+  }
+}
+
+export function isServiceError (err: unknown): err is ServiceError {
+  return err instanceof ServiceError
+}

@@ -1,0 +1,48 @@
+import { ServiceError } from './errors.js'
+
+export class ResponseTooLargeError extends Error {
+  constructor (readonly limit: number) {
+    super(`upstream response exceeds ${limit} bytes`)
+    this.name = 'ResponseTooLargeError'
+  }
+}
+
+/** Reads a response body up to `limit` bytes and stops reading, without buffering the rest, past it. */
+export async function readBodyLimited (body: AsyncIterable<Uint8Array> & { destroy?: (err?: Error) => void }, limit: number): Promise<Buffer> {
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of body) {
+    size += chunk.length
+    if (size > limit) {
+      const err = new ResponseTooLargeError(limit)
+      body.destroy?.(err)
+      throw err
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks, size)
+}
+
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT', 'ETIMEDOUT'])
+
+/** Whether a failure to talk to an upstream was a timeout (504) or anything else (502 unreachable). */
+export function isTimeout (err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const { name, code, cause } = err as { name?: unknown, code?: unknown, cause?: unknown }
+  if (name === 'TimeoutError' || (typeof code === 'string' && TIMEOUT_CODES.has(code))) return true
+  return cause !== undefined && cause !== err && isTimeout(cause)
+}
+
+/** Maps a transport failure to the service's answer; the cause is kept for the log, never shown. */
+export function transportError (err: unknown, details: Record<string, unknown> = {}): ServiceError {
+  return new ServiceError(isTimeout(err) ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', details, { cause: err })
+}
+
+/** Parses JSON without throwing: undefined when the text is not JSON. */
+export function parseJsonSafely (text: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,29 @@
+import fastifyEnv from '@fastify/env'
+import fp from 'fastify-plugin'
+import { ConfigSchema, type Config } from '../schemas/config.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export interface ConfigOptions {
+  /** Values that win over the environment (tests pass their whole configuration here). */
+  data?: Partial<Record<keyof Config, unknown>>
+  /** Read process.env and `.env`; tests turn this off so a developer's environment cannot leak in. */
+  readEnvironment?: boolean
+}
+
+/** Loads and validates the configuration once, at start; an invalid value stops the start naming the variable. */
+export default fp<ConfigOptions>(async function config (fastify, opts) {
+  const readEnvironment = opts.readEnvironment ?? true
+  await fastify.register(fastifyEnv, {
+    confKey: 'config',
+    schema: ConfigSchema,
+    data: opts.data ?? {},
+    env: readEnvironment,
+    dotenv: readEnvironment
+  })
+  fastify.log.level = fastify.config.LOG_LEVEL
+}, { name: 'config', fastify: '5.x' })

@@ -1,0 +1,136 @@
+import fp from 'fastify-plugin'
+import { Pool, type Dispatcher } from 'undici'
+import type { Signer } from '../lib/coze-jwt.js'
+import { ServiceError } from '../lib/errors.js'
+import { createTokenCache, type CacheOutcome, type CozeToken, type TokenRequest } from '../lib/token-cache.js'
+import { parseJsonSafely, readBodyLimited, transportError } from '../lib/upstream.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    coze: CozeClient
+  }
+}
+
+export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+// Coze's answers are a few hundred bytes; anything near this is not a token answer.
+const MAX_COZE_RESPONSE_BYTES = 64 * 1024
+
+export interface CozeClient {
+  /** Signs a one-time JWT and exchanges it for an access token, reusing a recent one for identical requests. */
+  getAccessToken (request: TokenRequest): Promise<{ token: CozeToken, outcome: CacheOutcome }>
+  /** One exchange, no cache: what the CLI and the cache use. */
+  exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken>
+  close (): Promise<void>
+}
+
+export interface CozeClientOptions {
+  url: string
+  timeoutMs: number
+  signer: Signer | null
+  audience: string
+  jwtTtlSeconds: number
+  reuseSeconds: number
+  /** Tests and the bench may pass their own; the client closes only a pool it created. */
+  dispatcher?: Dispatcher
+}
+
+const text = (value: unknown): string | undefined =>
+  typeof value === 'string' && value.length > 0 ? value.slice(0, 500) : undefined
+
+/** Coze's OAuth endpoint says `error_code`/`error_message`; its other APIs say `code`/`msg`. */
+export function describeCozeError (status: number, payload: unknown): Record<string, unknown> {
+  const body = (typeof payload === 'object' && payload !== null ? payload : {}) as Record<string, unknown>
+  const errorCode = text(body.error_code) ?? text(body.error) ?? (typeof body.code === 'number' ? String(body.code) : undefined)
+  const errorMessage = text(body.error_message) ?? text(body.msg)
+  const details: Record<string, unknown> = { upstream_status: status }
+  if (errorCode !== undefined) details.error_code = errorCode
+  if (errorMessage !== undefined) details.error_message = errorMessage
+  if (errorMessage !== undefined && /\bkid\b/i.test(errorMessage)) {
+    details.hint = 'public_key must be the key fingerprint shown on the Coze OAuth app page, and COZE_API_URL must be on the same site as the app (api.coze.cn or api.coze.com)'
+  }
+  return details
+}
+
+export function createCozeClient (options: CozeClientOptions): CozeClient {
+  const url = new URL(options.url)
+  const dispatcher = options.dispatcher ?? new Pool(url.origin, {
+    connections: 64,
+    keepAliveTimeout: 30_000,
+    connect: { timeout: Math.min(options.timeoutMs, 10_000) },
+    headersTimeout: options.timeoutMs,
+    bodyTimeout: options.timeoutMs
+  })
+  const cache = createTokenCache({ reuseSeconds: options.reuseSeconds })
+  const path = url.pathname + url.search
+
+  async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken> {
+    let status: number
+    let raw: Buffer
+    try {
+      const response = await dispatcher.request({
+        origin: url.origin,
+        path,
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json', authorization: `Bearer ${jwt}` },
+        body: JSON.stringify({ grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }),
+        signal: AbortSignal.timeout(options.timeoutMs)
+      })
+      status = response.statusCode
+      raw = await readBodyLimited(response.body, MAX_COZE_RESPONSE_BYTES)
+    } catch (err) {
+      if ((err as Error).name === 'ResponseTooLargeError') {
+        throw new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' }, { cause: err })
+      }
+      throw transportError(err)
+    }
+    const payload = parseJsonSafely(raw.toString('utf8'))
+    if (status < 200 || status > 299) throw new ServiceError('COZE_EXCHANGE_FAILED', describeCozeError(status, payload))
+    const body = (typeof payload === 'object' && payload !== null ? payload : {}) as Record<string, unknown>
+    const { access_token: accessToken, expires_in: expiresIn, token_type: tokenType } = body
+    if (typeof accessToken !== 'string' || accessToken.length === 0 || typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) {
+      throw new ServiceError('COZE_EXCHANGE_FAILED', { ...describeCozeError(status, payload), reason: 'malformed response' })
+    }
+    return { access_token: accessToken, expires_in: expiresIn, token_type: typeof tokenType === 'string' && tokenType.length > 0 ? tokenType : 'Bearer' }
+  }
+
+  return {
+    exchangeCozeToken,
+    async getAccessToken (request) {
+      const { signer } = options
+      if (signer === null) throw new ServiceError('NOT_CONFIGURED', { missing: 'JWT_PRIVATE_KEY' })
+      return await cache.get(request, async () => {
+        const jwt = await signer.signCozeJwt({
+          kid: request.kid,
+          iss: request.iss,
+          aud: options.audience,
+          ttlSeconds: options.jwtTtlSeconds,
+          sessionName: request.sessionName
+        })
+        return await exchangeCozeToken(jwt, request.durationSeconds)
+      })
+    },
+    async close () {
+      if (options.dispatcher === undefined) await dispatcher.close()
+    }
+  }
+}
+
+export interface CozePluginOptions {
+  dispatcher?: Dispatcher
+}
+
+export default fp<CozePluginOptions>(async function coze (fastify, opts) {
+  const { config } = fastify
+  const client = createCozeClient({
+    url: config.COZE_API_URL,
+    timeoutMs: config.COZE_TIMEOUT_MS,
+    signer: fastify.signer,
+    // Coze's SDKs sign for the host of the API they call: api.coze.cn or api.coze.com.
+    audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname,
+    jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
+    reuseSeconds: config.COZE_TOKEN_REUSE_SECONDS,
+    dispatcher: opts.dispatcher
+  })
+  fastify.decorate('coze', client)
+  fastify.addHook('onClose', async () => await client.close())
+}, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer'] })

@@ -1,0 +1,96 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { ServiceError, isServiceError, type ErrorCode } from '../lib/errors.js'
+import { messageFor, pickLocale } from '../lib/messages.js'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Replaces the generated reason of a schema validation failure on this route. */
+    validationReason?: string
+  }
+}
+
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'BAD_REQUEST',
+  FST_ERR_BAD_URL: 'BAD_REQUEST'
+}
+
+const STATUS_CODES: Record<number, ErrorCode> = {
+  400: 'BAD_REQUEST',
+  401: 'UNAUTHORIZED',
+  403: 'FORBIDDEN',
+  404: 'NOT_FOUND',
+  405: 'METHOD_NOT_ALLOWED',
+  413: 'PAYLOAD_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+  429: 'RATE_LIMITED',
+  503: 'SERVICE_UNAVAILABLE'
+}
+
+interface ValidationIssue {
+  instancePath: string
+  keyword: string
+  params: Record<string, unknown>
+  message?: string
+}
+
+/** Names the field and what is wrong with it, from the first Ajv error. */
+export function describeValidation (issues: ValidationIssue[], context: string): { field: string, reason: string } {
+  const issue = issues[0] as ValidationIssue
+  const path = issue.instancePath.slice(1).split('/').filter(Boolean)
+  if (issue.keyword === 'required') path.push(String(issue.params.missingProperty))
+  if (issue.keyword === 'additionalProperties') path.push(String(issue.params.additionalProperty))
+  const field = path.join('.') || context
+  const what = issue.keyword === 'required'
+    ? 'is required'
+    : issue.keyword === 'additionalProperties'
+      ? 'is not an allowed field'
+      : String(issue.message)
+  return { field, reason: `${field} ${what}` }
+}
+
+/** Turns anything thrown into the service's own error, so every answer has a stable code. */
+export function toServiceError (err: FastifyError, validationReason?: string): ServiceError {
+  if (isServiceError(err)) return err
+  if (Array.isArray(err.validation) && err.validation.length > 0) {
+    const described = describeValidation(err.validation as ValidationIssue[], String(err.validationContext))
+    return new ServiceError('VALIDATION_FAILED', validationReason === undefined ? described : { ...described, reason: validationReason })
+  }
+  const byCode = FASTIFY_CODES[err.code]
+  if (byCode !== undefined) return new ServiceError(byCode, {}, { cause: err })
+  const status = err.statusCode ?? 500
+  const byStatus = status < 500 || status === 503 ? STATUS_CODES[status] : undefined
+  return new ServiceError(byStatus ?? (status < 500 ? 'BAD_REQUEST' : 'INTERNAL'), {}, { cause: err })
+}
+
+export function errorEnvelope (error: ServiceError, acceptLanguage: string | string[] | undefined) {
+  return {
+    success: false as const,
+    data: { ...error.details, error: error.code },
+    message: messageFor(pickLocale(acceptLanguage), error.code, error.details)
+  }
+}
+
+export function sendError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const error = toServiceError(err, request.routeOptions.config?.validationReason)
+  if (error.code === 'INTERNAL') {
+    request.log.error({ err }, 'request failed')
+  } else if (error.statusCode >= 500) {
+    // Upstream failures are expected; the cause says why, without request data.
+    const cause = error.cause as { code?: unknown, message?: unknown } | undefined
+    request.log.warn({ code: error.code, cause: cause?.code ?? cause?.message }, 'request failed')
+  }
+  return reply.code(error.statusCode).send(errorEnvelope(error, request.headers['accept-language']))
+}
+
+/** The one error handler and the not-found handler: every error answer is the envelope. */
+export default fp(async function errors (fastify) {
+  fastify.setErrorHandler(sendError)
+  fastify.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send(errorEnvelope(new ServiceError('NOT_FOUND'), request.headers['accept-language']))
+  })
+}, { name: 'errors', fastify: '5.x' })

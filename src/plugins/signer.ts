@@ -1,0 +1,23 @@
+import fp from 'fastify-plugin'
+import { createSigner, importRsaPrivateKey, readPrivateKeyPem, type Signer } from '../lib/coze-jwt.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Null when no private key is configured: POST /token then answers NOT_CONFIGURED. */
+    signer: Signer | null
+  }
+}
+
+/** Imports the private key once, at start; a key that does not parse stops the start. */
+export default fp(async function signer (fastify) {
+  const { config } = fastify
+  const pem = await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
+  // The PEM text is not needed after import; keep it out of anything that may print the config.
+  delete config.JWT_PRIVATE_KEY
+  if (pem === undefined) {
+    fastify.log.warn('no JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: POST /token answers 503 NOT_CONFIGURED')
+    fastify.decorate('signer', null)
+    return
+  }
+  fastify.decorate('signer', createSigner(await importRsaPrivateKey(pem)))
+}, { name: 'signer', fastify: '5.x', dependencies: ['config'] })

@@ -1,0 +1,38 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ServiceError } from '../lib/errors.js'
+import { messageFor, pickLocale } from '../lib/messages.js'
+import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { HealthData, ReadyData } from '../schemas/health.js'
+
+const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get('/health', {
+    schema: {
+      summary: 'Liveness: the process answers. No I/O.',
+      tags: ['probes'],
+      response: { 200: Envelope(HealthData), ...errorResponses }
+    }
+  }, async (request) => ({
+    success: true as const,
+    data: { status: 'ok' as const, service: SERVICE_NAME, version: SERVICE_VERSION, timestamp: new Date().toISOString() },
+    message: messageFor(pickLocale(request.headers['accept-language']), 'HEALTH_OK')
+  }))
+
+  fastify.get('/ready', {
+    schema: {
+      summary: 'Readiness: every configured dependency answers (503 NOT_READY with each check otherwise).',
+      tags: ['probes'],
+      response: { 200: Envelope(ReadyData), ...errorResponses }
+    }
+  }, async (request) => {
+    const { ready, checks } = await fastify.readiness.check()
+    if (!ready) throw new ServiceError('NOT_READY', { status: 'not_ready', checks })
+    return {
+      success: true as const,
+      data: { status: 'ready' as const, checks },
+      message: messageFor(pickLocale(request.headers['accept-language']), 'READY_OK')
+    }
+  })
+}
+
+export default healthRoutes

@@ -1,0 +1,29 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+const url = (description: string, defaultValue: string) =>
+  Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s]*)?$', default: defaultValue, description })
+
+/** Every variable the service reads. Defaults here are the documented defaults (.env.example, README). */
+export const ConfigSchema = Type.Object({
+  // Server
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 9000 }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)), { default: 'info' }),
+  BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 1048576 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
+
+  // Credentials
+  JWT_PRIVATE_KEY: Type.Optional(Type.String()),
+  JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String()),
+  EXPECTED_COZE_API_KEY: Type.Optional(Type.String()),
+
+  // Coze token exchange
+  COZE_API_URL: url('Coze OAuth token endpoint', 'https://api.coze.cn/api/permission/oauth2/token'),
+  COZE_APP_ID: Type.Optional(Type.String()),
+  COZE_JWT_AUDIENCE: Type.Optional(Type.String()),
+  COZE_JWT_TTL_SECONDS: Type.Integer({ minimum: 30, maximum: 86400, default: 600 }),
+  COZE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
+  COZE_TOKEN_REUSE_SECONDS: Type.Integer({ minimum: 0, maximum: 86399, default: 60 })
+})
+
+export type Config = Static<typeof ConfigSchema>

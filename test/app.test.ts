@@ -1,0 +1,130 @@
+import Fastify, { type FastifyError } from 'fastify'
+import fp from 'fastify-plugin'
+import t from 'tap'
+import app from '../src/app.js'
+import { serverOptions } from '../src/options.js'
+import errors, { toServiceError } from '../src/plugins/errors.js'
+import { build, testKeys, LogCapture } from './helper.js'
+
+t.test('GET /health: cheap, the envelope, zh-CN by default and English on request', async (t) => {
+  const { app } = await build(t)
+  const res = await app.inject('/health')
+  t.equal(res.statusCode, 200)
+  const body = res.json()
+  t.match(body, { success: true, data: { status: 'ok', service: 'aibill-token-service', version: /^\d+\.\d+\.\d+/ }, message: '服务运行正常' })
+  t.ok(!Number.isNaN(Date.parse(body.data.timestamp)))
+  t.equal((await app.inject({ url: '/health', headers: { 'accept-language': 'en' } })).json().message, 'Service is healthy')
+  t.equal((await app.inject({ url: '/health', headers: { 'accept-language': 'fr, de;q=0.5' } })).json().message, '服务运行正常', 'unknown languages fall back to zh-CN')
+})
+
+t.test('GET /ready reports each dependency; a failing or hanging check makes it 503 NOT_READY', async (t) => {
+  const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8 })
+  const ready = await app.inject('/ready')
+  t.equal(ready.statusCode, 200)
+  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { signer: 'ok' } }, message: '服务已就绪' })
+
+  const bare = await build(t)
+  t.same((await bare.app.inject('/ready')).json().data.checks, { signer: 'not_configured' }, 'an unconfigured feature does not make the service unready')
+
+  app.readiness.add('broken', async () => { throw new Error('connection refused') })
+  const notReady = await app.inject({ url: '/ready', headers: { 'accept-language': 'en' } })
+  t.equal(notReady.statusCode, 503)
+  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { signer: 'ok', broken: 'down' } }, message: 'The service is not ready' })
+})
+
+t.test('what Fastify itself answers is the envelope too', async (t) => {
+  const { app, logs } = await build(t, { BODY_LIMIT_BYTES: 1024 })
+  const notFound = await app.inject('/no-such-route')
+  t.equal(notFound.statusCode, 404)
+  t.same(notFound.json(), { success: false, data: { error: 'NOT_FOUND' }, message: '请求的资源不存在' })
+  t.equal((await app.inject({ method: 'DELETE', url: '/health' })).json().data.error, 'NOT_FOUND')
+
+  const post = (payload: string, contentType = 'application/json') =>
+    app.inject({ method: 'POST', url: '/token', headers: { 'content-type': contentType }, payload })
+  const cases: Array<[Promise<import('light-my-request').Response>, number, string]> = [
+    [post('{"public_key": '), 400, 'INVALID_JSON'],
+    [post(''), 400, 'INVALID_JSON'],
+    [post('{"__proto__": {"polluted": true}}'), 400, 'INVALID_JSON'],
+    [post('{"constructor": {"prototype": {"polluted": true}}}'), 400, 'INVALID_JSON'],
+    [post('public_key=x', 'application/x-www-form-urlencoded'), 415, 'UNSUPPORTED_MEDIA_TYPE'],
+    [post('hello', 'text/plain'), 415, 'UNSUPPORTED_MEDIA_TYPE'],
+    [post(JSON.stringify({ public_key: 'x'.repeat(2048) })), 413, 'PAYLOAD_TOO_LARGE'],
+    [post('[1, 2, 3]'), 400, 'VALIDATION_FAILED'],
+    [app.inject({ method: 'GET', url: '/%c0' }), 400, 'BAD_REQUEST']
+  ]
+  for (const [pending, status, code] of cases) {
+    const res = await pending
+    t.equal(res.statusCode, status, code)
+    const body = res.json()
+    t.equal(body.success, false)
+    t.equal(body.data.error, code)
+    t.type(body.message, 'string')
+  }
+  t.equal(({} as Record<string, unknown>).polluted, undefined, 'no prototype was polluted')
+  t.notOk(logs.text.includes('polluted'))
+})
+
+t.test('a failure inside a handler is 500 INTERNAL with no internals; other HTTP errors keep their status', async (t) => {
+  const logs = new LogCapture()
+  const server = Fastify(serverOptions({ logStream: logs }))
+  await server.register(fp(errors))
+  const sensible = (await import('@fastify/sensible')).default
+  await server.register(sensible)
+  server.get('/boom', async () => { throw new Error('db password is hunter2') })
+  server.get('/status/:code', async (request) => {
+    throw server.httpErrors.createError(Number((request.params as { code: string }).code), 'internal detail')
+  })
+  t.teardown(async () => await server.close())
+
+  const boom = await server.inject('/boom')
+  t.equal(boom.statusCode, 500)
+  t.same(boom.json(), { success: false, data: { error: 'INTERNAL' }, message: '服务器内部错误' })
+  t.notOk(boom.body.includes('hunter2'))
+  t.ok(logs.records().some((line) => line.level === 50 && line.msg === 'request failed'), 'logged as an error for the operator')
+
+  const expected: Record<number, string> = { 401: 'UNAUTHORIZED', 403: 'FORBIDDEN', 405: 'METHOD_NOT_ALLOWED', 409: 'BAD_REQUEST', 429: 'RATE_LIMITED', 503: 'SERVICE_UNAVAILABLE', 502: 'INTERNAL' }
+  for (const [status, code] of Object.entries(expected)) {
+    const res = await server.inject(`/status/${status}`)
+    t.equal(res.statusCode, ({ 409: 400, 502: 500 } as Record<string, number>)[status] ?? Number(status), 'unknown statuses fold into 400 and 500')
+    t.equal(res.json().data.error, code)
+    t.notOk(res.body.includes('internal detail'))
+  }
+})
+
+t.test('an invalid configuration stops the start and names the variable', async (t) => {
+  const start = async (config: Record<string, unknown>) => {
+    const server = Fastify(serverOptions({ logStream: new LogCapture() }))
+    await server.register(fp(app), { readEnvironment: false, config })
+    t.teardown(async () => await server.close())
+    await server.ready()
+  }
+  await t.rejects(start({ PORT: 70000 }), /PORT/)
+  await t.rejects(start({ COZE_API_URL: 'ftp://example' }), /COZE_API_URL/)
+  await t.rejects(start({ LOG_LEVEL: 'loud' }), /LOG_LEVEL/)
+  await t.rejects(start({ JWT_PRIVATE_KEY: '-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----' }), /JWT_PRIVATE_KEY is not a readable PEM/)
+  await t.rejects(start({ JWT_PRIVATE_KEY_FILE: '/nonexistent/key.pem' }), /JWT_PRIVATE_KEY_FILE cannot be read \(ENOENT\)/)
+})
+
+t.test('the environment is read when the server asks for it', async (t) => {
+  const server = Fastify(serverOptions({ logStream: new LogCapture() }))
+  await server.register(fp(app))
+  t.teardown(async () => await server.close())
+  await server.ready()
+  t.equal(server.config.COZE_API_URL, process.env.COZE_API_URL ?? 'https://api.coze.cn/api/permission/oauth2/token')
+})
+
+t.test('server options: pretty logs only on a terminal, and never in tests', async (t) => {
+  const tty = Object.getOwnPropertyDescriptor(process.stdout, 'isTTY')
+  t.teardown(() => { if (tty === undefined) delete (process.stdout as { isTTY?: boolean }).isTTY; else Object.defineProperty(process.stdout, 'isTTY', tty) })
+  Object.defineProperty(process.stdout, 'isTTY', { value: true, configurable: true })
+  t.match(serverOptions().logger, { transport: { target: /pino-pretty/ } })
+  Object.defineProperty(process.stdout, 'isTTY', { value: false, configurable: true })
+  t.notOk('transport' in (serverOptions().logger as object))
+})
+
+t.test('a route may replace the reason of a validation failure', async (t) => {
+  const issue = { instancePath: '', keyword: 'required', params: { missingProperty: 'code' }, message: 'x' }
+  const err = Object.assign(new Error('invalid'), { validation: [issue], validationContext: 'body', code: 'FST_ERR_VALIDATION' }) as unknown as FastifyError
+  t.match(toServiceError(err, 'code, state are required'), { code: 'VALIDATION_FAILED', details: { field: 'code', reason: 'code, state are required' } })
+  t.match(toServiceError(err), { details: { field: 'code', reason: 'code is required' } })
+})

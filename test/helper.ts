@@ -1,0 +1,105 @@
+import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import app, { type AppOptions } from '../src/app.js'
+import { serverOptions } from '../src/options.js'
+
+interface TestContext {
+  teardown (fn: () => unknown): void
+}
+
+export interface TestKeys {
+  pkcs8: string
+  pkcs1: string
+  publicKey: KeyObject
+}
+
+let keys: TestKeys | undefined
+/** One RSA key pair per test process (generation costs ~100 ms). */
+export function testKeys (): TestKeys {
+  if (keys === undefined) {
+    const pair = generateKeyPairSync('rsa', { modulusLength: 2048 })
+    keys = {
+      pkcs8: pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      pkcs1: pair.privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
+      publicKey: pair.publicKey
+    }
+  }
+  return keys
+}
+
+export const API_KEY = 'test-service-key-0123456789'
+export const KID = '_v0VjcMlLdQc3tRTD3jC5Xz29TUnKQOhtuD5k-gpyf4'
+
+/** Every log line the app wrote, as text, for the secret checks. */
+export class LogCapture extends Writable {
+  readonly lines: string[] = []
+  override _write (chunk: Buffer, _encoding: string, callback: () => void): void {
+    this.lines.push(...chunk.toString('utf8').split('\n').filter(Boolean))
+    callback()
+  }
+
+  get text (): string { return this.lines.join('\n') }
+  records (): Array<Record<string, unknown>> { return this.lines.map((line) => JSON.parse(line) as Record<string, unknown>) }
+}
+
+export interface Built {
+  app: FastifyInstance
+  logs: LogCapture
+}
+
+/** The app as production builds it, with configuration passed as data and the environment ignored. */
+export async function build (t: TestContext, config: AppOptions['config'] = {}, options: Omit<AppOptions, 'config'> = {}): Promise<Built> {
+  const logs = new LogCapture()
+  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug' }))
+  await instance.register(fp(app), { readEnvironment: false, ...options, config: { LOG_LEVEL: 'debug', ...config } })
+  await instance.ready()
+  t.teardown(async () => await instance.close())
+  return { app: instance, logs }
+}
+
+export interface RecordedRequest {
+  method: string
+  url: string
+  headers: IncomingMessage['headers']
+  body: string
+}
+
+export interface Upstream {
+  url: string
+  port: number
+  requests: RecordedRequest[]
+  server: Server
+}
+
+export type UpstreamHandler = (request: RecordedRequest, res: ServerResponse) => void | Promise<void>
+
+/** A real HTTP server on 127.0.0.1 that records what it receives; the handler decides the answer. */
+export async function startUpstream (t: TestContext, handler: UpstreamHandler): Promise<Upstream> {
+  const requests: RecordedRequest[] = []
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const recorded = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8') }
+      requests.push(recorded)
+      Promise.resolve(handler(recorded, res)).catch((err: unknown) => { res.destroy(err as Error) })
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  t.teardown(async () => {
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return { url: `http://127.0.0.1:${port}`, port, requests, server }
+}
+
+export function sendJson (res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}

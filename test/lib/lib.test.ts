@@ -1,0 +1,112 @@
+import { generateKeyPairSync } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { decodeJwt, decodeProtectedHeader } from 'jose'
+import t from 'tap'
+import { createApiKeyVerifier } from '../../src/lib/api-keys.js'
+import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
+import { ServiceError } from '../../src/lib/errors.js'
+import { messageFor, pickLocale } from '../../src/lib/messages.js'
+import { createTokenCache, reuseMillis } from '../../src/lib/token-cache.js'
+import { isTimeout, parseJsonSafely, readBodyLimited, transportError } from '../../src/lib/upstream.js'
+import { createCozeClient } from '../../src/plugins/coze.js'
+import { createReadiness } from '../../src/plugins/readiness.js'
+import { testKeys } from '../helper.js'
+
+t.test('api keys: constant-time match against every configured key, nothing open', async (t) => {
+  const none = createApiKeyVerifier(undefined)
+  t.equal(none.configured, false)
+  t.equal(none.verify('anything'), false)
+  const keys = createApiKeyVerifier(' first , second ,, ')
+  t.equal(keys.configured, true)
+  t.equal(keys.verify('first'), true)
+  t.equal(keys.verify('second'), true)
+  t.equal(keys.verify('firs'), false)
+  t.equal(keys.verify(''), false)
+  t.equal(keys.verify(undefined), false)
+})
+
+t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that never quote the key', async (t) => {
+  const { pkcs8, pkcs1 } = testKeys()
+  t.ok(await importRsaPrivateKey(pkcs8))
+  t.ok(await importRsaPrivateKey(pkcs1))
+  t.ok(await importRsaPrivateKey(`'${pkcs8.trim().replace(/\n/g, '\\r\\n')}'`))
+  t.equal(await readPrivateKeyPem({}), undefined)
+  t.equal(await readPrivateKeyPem({ pem: '  ', file: ' ' }), undefined)
+  t.equal(await readPrivateKeyPem({ pem: pkcs8, file: '/ignored' }), pkcs8, 'the variable wins over the file')
+
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  await t.rejects(importRsaPrivateKey(ec), new PrivateKeyError('JWT_PRIVATE_KEY is a ec key; Coze needs an RSA key for RS256'))
+  const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  await t.rejects(importRsaPrivateKey(small), /1024-bit RSA key; RS256 needs at least 2048 bits/)
+  const garbled = pkcs8.replace(/[A-Za-z]{20}/, 'x')
+  const err = await importRsaPrivateKey(garbled).then(() => new Error('imported'), (error: unknown) => error as Error)
+  t.match(err, { name: 'PrivateKeyError', message: /not a readable PEM private key/ })
+  t.notOk(err.message.includes(pkcs8.split('\n')[2] ?? '-'), 'the message does not quote the key')
+})
+
+t.test('signer: RS256, kid in the header, fresh jti, optional session_name', async (t) => {
+  const signer = createSigner(await importRsaPrivateKey(testKeys().pkcs8), () => 1_700_000_000_500)
+  const jwt = await signer.signCozeJwt({ kid: 'kid-1', iss: 'app', aud: 'api.coze.com', ttlSeconds: 60, sessionName: 'u1' })
+  t.same(decodeProtectedHeader(jwt), { alg: 'RS256', typ: 'JWT', kid: 'kid-1' })
+  t.match(decodeJwt(jwt), { iss: 'app', aud: 'api.coze.com', iat: 1_700_000_000, exp: 1_700_000_060, session_name: 'u1' })
+  const other = await signer.signCozeJwt({ kid: 'kid-1', iss: 'app', aud: 'api.coze.com', ttlSeconds: 60 })
+  t.not(decodeJwt(other).jti, decodeJwt(jwt).jti)
+})
+
+t.test('token cache: a tenth of the duration at most, single flight, failures dropped', async (t) => {
+  t.equal(reuseMillis(60, 86399), 60_000)
+  t.equal(reuseMillis(60, 100), 10_000)
+  t.equal(reuseMillis(60, 5), 500)
+  const cache = createTokenCache({ reuseSeconds: 60, maxEntries: 2 })
+  let n = 0
+  const exchange = async () => { await sleep(10); return { access_token: `t${++n}`, expires_in: 1, token_type: 'Bearer' } }
+  const request = { kid: 'k', iss: 'i', durationSeconds: 600 }
+  const [a, b] = await Promise.all([cache.get(request, exchange), cache.get(request, exchange)])
+  t.same([a.outcome, b.outcome, a.token.access_token, b.token.access_token], ['miss', 'shared', 't1', 't1'])
+  t.equal((await cache.get(request, exchange)).outcome, 'hit')
+  await cache.get({ ...request, kid: 'k2' }, exchange)
+  await cache.get({ ...request, kid: 'k3' }, exchange)
+  t.equal(cache.size, 2, 'bounded')
+  await t.rejects(cache.get({ ...request, kid: 'bad' }, async () => { throw new Error('refused') }), /refused/)
+  t.equal((await cache.get({ ...request, kid: 'bad' }, exchange)).outcome, 'miss')
+  t.equal((await cache.get({ ...request, durationSeconds: 0.001 * 5 }, exchange)).outcome, 'off', 'a window under a millisecond is no cache')
+  t.equal((await createTokenCache({ reuseSeconds: 0 }).get(request, exchange)).outcome, 'off')
+})
+
+t.test('upstream helpers: bounded reads and timeout classification', async (t) => {
+  async function * chunks (...parts: string[]) { for (const part of parts) yield Buffer.from(part) }
+  t.equal((await readBodyLimited(chunks('ab', 'cd'), 4)).toString(), 'abcd')
+  await t.rejects(readBodyLimited(chunks('ab', 'cde'), 4), { name: 'ResponseTooLargeError', limit: 4 })
+  t.equal(isTimeout(null), false)
+  t.equal(isTimeout('TimeoutError'), false)
+  t.equal(isTimeout({ code: 'UND_ERR_HEADERS_TIMEOUT' }), true)
+  t.equal(isTimeout(new Error('wrapped', { cause: Object.assign(new Error('x'), { name: 'TimeoutError' }) })), true)
+  t.equal(isTimeout(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })), false)
+  t.match(transportError({ code: 'ETIMEDOUT' }), { code: 'UPSTREAM_TIMEOUT', statusCode: 504 })
+  t.match(transportError(new Error('refused'), { host: 'h' }), { code: 'UPSTREAM_UNREACHABLE', statusCode: 502, details: { host: 'h' } })
+  t.equal(parseJsonSafely('{"a":1'), undefined)
+  t.same(parseJsonSafely('{"a":1}'), { a: 1 })
+})
+
+t.test('messages: one catalog, two languages', async (t) => {
+  t.equal(pickLocale(undefined), 'zh-CN')
+  t.equal(pickLocale(''), 'zh-CN')
+  t.equal(pickLocale('en-GB'), 'en')
+  t.equal(pickLocale('zh'), 'zh-CN')
+  t.equal(pickLocale('en;q=0.5, zh-CN'), 'zh-CN')
+  t.equal(messageFor('zh-CN', 'VALIDATION_FAILED'), '无效的请求数据')
+  t.equal(messageFor('en', 'VALIDATION_FAILED', { reason: 'x is required' }), 'Invalid request data: x is required')
+  t.equal(messageFor('en', 'COZE_EXCHANGE_FAILED'), 'Coze token exchange failed')
+  t.equal(new ServiceError('UNAUTHORIZED').statusCode, 401)
+})
+
+t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks time out', async (t) => {
+  const client = createCozeClient({ url: 'http://127.0.0.1:9/token', timeoutMs: 1000, signer: null, audience: 'a', jwtTtlSeconds: 60, reuseSeconds: 0 })
+  await t.rejects(client.getAccessToken({ kid: 'k', iss: 'i', durationSeconds: 60 }), { code: 'NOT_CONFIGURED' })
+  await client.close()
+
+  const readiness = createReadiness(50)
+  readiness.add('hangs', async () => await new Promise(() => {}))
+  readiness.add('fine', async () => 'ok')
+  t.same(await readiness.check(), { ready: false, checks: { hangs: 'down', fine: 'ok' } })
+})

@@ -1,0 +1,89 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { request } from 'undici'
+import { ConfigSchema } from '../src/schemas/config.js'
+import { API_KEY, KID, sendJson, startUpstream, testKeys } from './helper.js'
+
+const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url))
+
+interface Started {
+  child: ChildProcess
+  output: () => string
+  exited: Promise<number | null>
+  url?: string
+}
+
+/** tap's loader and coverage settings, without any of the service's own variables. */
+function inheritedEnvironment (): NodeJS.ProcessEnv {
+  const env = { ...process.env }
+  for (const name of Object.keys(ConfigSchema.properties)) delete env[name]
+  // The child runs in an empty folder: point its TypeScript loader at the project's settings.
+  env.TS_NODE_PROJECT = fileURLToPath(new URL('../tsconfig.json', import.meta.url))
+  return env
+}
+
+/** Runs src/server.ts as production runs dist/server.js, in an empty folder so no .env is read. */
+async function startServer (env: Record<string, string>): Promise<Started> {
+  const cwd = await mkdtemp(join(tmpdir(), 'aibill-server-'))
+  const child = spawn(process.execPath, [...process.execArgv, SERVER], {
+    cwd,
+    env: { ...inheritedEnvironment(), HOST: '127.0.0.1', PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let output = ''
+  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
+  const started: Started = { child, output: () => output, exited }
+  const deadline = Date.now() + 20_000
+  while (Date.now() < deadline && child.exitCode === null) {
+    const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
+    if (match !== null) return { ...started, url: match[1] as string }
+    await sleep(50)
+  }
+  return started
+}
+
+t.test('the server starts, finishes in-flight requests on SIGTERM, and exits 0', async (t) => {
+  const coze = await startUpstream(t, async (_req, res) => {
+    await sleep(400)
+    sendJson(res, 200, { access_token: 'czs_slow', expires_in: 1900000000 })
+  })
+  const server = await startServer({
+    JWT_PRIVATE_KEY: testKeys().pkcs8,
+    EXPECTED_COZE_API_KEY: API_KEY,
+    COZE_API_URL: `${coze.url}/api/permission/oauth2/token`
+  })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  t.ok(server.url, server.output())
+  const health = await request(`${server.url}/health`)
+  t.equal(health.statusCode, 200)
+  t.equal((await health.body.json() as { success: boolean }).success, true)
+
+  const inFlight = request(`${server.url}/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ public_key: KID, coze_api_key: API_KEY })
+  })
+  await sleep(150)
+  server.child.kill('SIGTERM')
+  const answer = await inFlight
+  t.equal(answer.statusCode, 200, 'the request in flight at SIGTERM got its full answer')
+  t.match(await answer.body.json(), { success: true, data: { access_token: 'czs_slow' } })
+  t.equal(await server.exited, 0)
+  t.match(server.output(), /"signal":"SIGTERM"/)
+  t.notOk(server.output().includes('czs_slow'), 'no token in the logs')
+  await t.rejects(request(`${server.url}/health`), 'new connections are refused after the stop')
+})
+
+t.test('an invalid variable stops the start with exit code 1 and names it', async (t) => {
+  const server = await startServer({ COZE_TIMEOUT_MS: 'soon' })
+  t.equal(await server.exited, 1)
+  t.match(server.output(), /start failed/)
+  t.match(server.output(), /COZE_TIMEOUT_MS/)
+})
