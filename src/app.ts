@@ -1,13 +1,16 @@
 import type { FastifyInstance } from 'fastify'
 import sensible from '@fastify/sensible'
 import type { Dispatcher } from 'undici'
+import type { Resolver } from './lib/upstream-policy.js'
 import apiKeys from './plugins/api-keys.js'
 import config, { type ConfigOptions } from './plugins/config.js'
 import coze from './plugins/coze.js'
 import errors from './plugins/errors.js'
 import readiness from './plugins/readiness.js'
+import resend from './plugins/resend.js'
 import signer from './plugins/signer.js'
 import healthRoutes from './routes/health.js'
+import resendRoutes from './routes/resend.js'
 import tokenRoutes from './routes/token.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
@@ -18,6 +21,8 @@ export interface AppOptions {
   readEnvironment?: boolean
   /** Stand-in for the Coze connection pool (the bench and tests of the client). */
   cozeDispatcher?: Dispatcher
+  /** Replaces DNS in the destination checks (tests resolve names without DNS). */
+  resolver?: Resolver
 }
 
 /** The whole service, in dependency order. No listen here: src/server.ts does that. */
@@ -35,6 +40,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(apiKeys)
   await fastify.register(signer)
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
+  await fastify.register(resend, { resolver: opts.resolver })
 
   fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
 
@@ -56,4 +62,5 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
 
   await fastify.register(healthRoutes)
   await fastify.register(tokenRoutes)
+  await fastify.register(resendRoutes)
 }

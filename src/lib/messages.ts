@@ -10,14 +10,25 @@ type Text = string | ((details: ErrorDetails) => string)
 const withReason = (prefix: string) => (details: ErrorDetails): string =>
   typeof details.reason === 'string' ? `${prefix}: ${details.reason}` : prefix
 
-const withStatus = (prefix: string) => (details: ErrorDetails): string =>
-  typeof details.upstream_status === 'number' ? `${prefix}: HTTP ${details.upstream_status}` : prefix
+const withStatus = (prefix: string) => (details: ErrorDetails): string => {
+  const status = details.upstream_status ?? details.status
+  return typeof status === 'number' ? `${prefix}: HTTP ${status}` : prefix
+}
 
 // One catalog for every answer the service writes: error codes and the few success texts.
 const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
   'zh-CN': {
     VALIDATION_FAILED: withReason('无效的请求数据'),
     INVALID_JSON: '请求体不是有效的 JSON',
+    COMMAND_FAILED: withReason('命令执行失败'),
+    TENANT_URL_NOT_ALLOWED: '不允许的 tenant_url',
+    OAUTH_STATE_NOT_FOUND: '未找到OAuth状态，请重新获取授权链接',
+    OAUTH_STATE_EXPIRED: 'OAuth状态已过期，请重新获取授权链接',
+    DESTINATION_NOT_ALLOWED: '目标地址不在允许范围内',
+    UPSTREAM_ERROR: withStatus('上游服务返回错误'),
+    UPSTREAM_RESPONSE_TOO_LARGE: '上游服务响应过大',
+    TOKEN_EXCHANGE_FAILED: withStatus('Token交换失败'),
+    STATE_STORE_UNAVAILABLE: '状态存储暂不可用，请稍后再试',
     BAD_REQUEST: '请求无效',
     UNAUTHORIZED: 'API 密钥无效或缺失',
     FORBIDDEN: '禁止访问',
@@ -35,11 +46,23 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     SERVICE_UNAVAILABLE: '服务繁忙，请稍后再试',
     HEALTH_OK: '服务运行正常',
     READY_OK: '服务已就绪',
-    TOKEN_OK: '令牌获取成功'
+    TOKEN_OK: '令牌获取成功',
+    RESEND_OK: '重发成功',
+    AUTH_URL_OK: '授权链接生成成功',
+    COMPLETE_AUTH_OK: 'OAuth授权完成成功'
   },
   en: {
     VALIDATION_FAILED: withReason('Invalid request data'),
     INVALID_JSON: 'The request body is not valid JSON',
+    COMMAND_FAILED: withReason('A command failed'),
+    TENANT_URL_NOT_ALLOWED: 'This tenant_url is not allowed',
+    OAUTH_STATE_NOT_FOUND: 'OAuth state not found; request a new authorization link',
+    OAUTH_STATE_EXPIRED: 'OAuth state expired; request a new authorization link',
+    DESTINATION_NOT_ALLOWED: 'The destination is not allowed',
+    UPSTREAM_ERROR: withStatus('The upstream service answered with an error'),
+    UPSTREAM_RESPONSE_TOO_LARGE: 'The upstream response is too large',
+    TOKEN_EXCHANGE_FAILED: withStatus('Token exchange failed'),
+    STATE_STORE_UNAVAILABLE: 'The state store is unavailable; try again later',
     BAD_REQUEST: 'Bad request',
     UNAUTHORIZED: 'The API key is missing or invalid',
     FORBIDDEN: 'Forbidden',
@@ -57,11 +80,14 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     SERVICE_UNAVAILABLE: 'The service is busy; try again later',
     HEALTH_OK: 'Service is healthy',
     READY_OK: 'Service is ready',
-    TOKEN_OK: 'Access token issued'
+    TOKEN_OK: 'Access token issued',
+    RESEND_OK: 'Request resent',
+    AUTH_URL_OK: 'Authorization link created',
+    COMPLETE_AUTH_OK: 'OAuth authorization completed'
   }
 }
 
-export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK'
+export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
 
 export function messageFor (locale: Locale, key: ErrorCode | SuccessText, details: ErrorDetails = {}): string {
   const text = CATALOG[locale][key]

@@ -23,7 +23,12 @@ export const ConfigSchema = Type.Object({
   COZE_JWT_AUDIENCE: Type.Optional(Type.String()),
   COZE_JWT_TTL_SECONDS: Type.Integer({ minimum: 30, maximum: 86400, default: 600 }),
   COZE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
-  COZE_TOKEN_REUSE_SECONDS: Type.Integer({ minimum: 0, maximum: 86399, default: 60 })
+  COZE_TOKEN_REUSE_SECONDS: Type.Integer({ minimum: 0, maximum: 86399, default: 60 }),
+
+  // Resend relay
+  RESEND_ALLOWED_HOSTS: Type.String({ default: 'open.feishu.cn,open.larksuite.com' }),
+  RESEND_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 15000 }),
+  RESEND_MAX_RESPONSE_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 5242880 })
 })
 
 export type Config = Static<typeof ConfigSchema>

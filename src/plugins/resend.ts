@@ -1,0 +1,201 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyBaseLogger } from 'fastify'
+import fp from 'fastify-plugin'
+import { Agent, type Dispatcher } from 'undici'
+import { ServiceError } from '../lib/errors.js'
+import { applyCommands, type Commands } from '../lib/resend-commands.js'
+import { readBodyLimited, transportError } from '../lib/upstream.js'
+import {
+  checkDestination, createPolicyLookup, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver
+} from '../lib/upstream-policy.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    resend: ResendProcessor
+  }
+}
+
+export type ResendMethod = 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'GET'
+
+export interface ResendRequest {
+  location: string
+  method: ResendMethod
+  headers?: Record<string, string>
+  params?: unknown
+  commands?: Commands
+  maxAttempts: number
+}
+
+export interface ResendOutcome {
+  status: number
+  body: unknown
+  attempts: number
+}
+
+export interface ResendProcessor {
+  /** Applies the commands, checks the destination, sends, retries where allowed; never follows redirects. */
+  resend (request: ResendRequest, log: FastifyBaseLogger): Promise<ResendOutcome>
+  close (): Promise<void>
+}
+
+export interface ResendOptions {
+  allowList: PolicyEntry[]
+  timeoutMs: number
+  maxResponseBytes: number
+  resolver?: Resolver
+}
+
+// Hop-by-hop and framing headers belong to each connection, not to the message being replayed.
+const DROPPED_HEADERS = new Set([
+  'host', 'content-length', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
+  'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'
+])
+const RETRY_STATUSES = new Set([429, 503])
+const RETRY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
+const MAX_RETRY_DELAY_MS = 10_000
+
+export function isRetryableTransportError (err: unknown): boolean {
+  const { code, cause } = err as { code?: unknown, cause?: { code?: unknown } }
+  return RETRY_CODES.has(String(code)) || RETRY_CODES.has(String(cause?.code))
+}
+
+/** Retry-After in seconds or as an HTTP date, capped; undefined when absent or unreadable. */
+export function retryAfterMillis (value: string | string[] | undefined, now = Date.now()): number | undefined {
+  const text = Array.isArray(value) ? value[0] : value
+  if (text === undefined || text.trim() === '') return undefined
+  const millis = /^\s*\d+\s*$/.test(text) ? Number(text) * 1000 : Date.parse(text) - now
+  return Number.isNaN(millis) ? undefined : Math.min(Math.max(millis, 0), MAX_RETRY_DELAY_MS)
+}
+
+/** Exponential back-off with full jitter around it: 250 ms, 500 ms, 1 s, ... capped. */
+export function backoffMillis (attempt: number): number {
+  return Math.min(MAX_RETRY_DELAY_MS, 250 * 2 ** (attempt - 1) * (0.5 + Math.random()))
+}
+
+export function outgoingHeaders (headers: Record<string, string> = {}, hasBody: boolean): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const [name, value] of Object.entries(headers)) {
+    const lower = name.toLowerCase()
+    if (!DROPPED_HEADERS.has(lower)) out[lower] = value
+  }
+  if (hasBody) out['content-type'] ??= 'application/json; charset=utf-8'
+  return out
+}
+
+function parseBody (raw: Buffer, contentType: string | string[] | undefined): unknown {
+  const text = raw.toString('utf8')
+  if (/\bjson\b/i.test(String(contentType))) {
+    try {
+      return JSON.parse(text)
+    } catch {
+      return text
+    }
+  }
+  return text
+}
+
+export function createResendProcessor (options: ResendOptions): ResendProcessor {
+  const agentFor = (allowPrivate: boolean): Agent => new Agent({
+    connections: 32,
+    keepAliveTimeout: 10_000,
+    headersTimeout: options.timeoutMs,
+    bodyTimeout: options.timeoutMs,
+    connect: { timeout: Math.min(options.timeoutMs, 10_000), lookup: createPolicyLookup(allowPrivate, options.resolver) }
+  })
+  // Wildcard entries may only reach public addresses; an entry naming its exact host may reach a private one.
+  const publicOnly = agentFor(false)
+  const exactHost = agentFor(true)
+
+  async function send (dispatcher: Dispatcher, url: URL, request: ResendRequest, body: string | undefined, headers: Record<string, string>) {
+    const response = await dispatcher.request({
+      origin: url.origin,
+      path: url.pathname + url.search,
+      method: request.method,
+      headers,
+      body,
+      signal: AbortSignal.timeout(options.timeoutMs)
+    })
+    return response
+  }
+
+  return {
+    async resend (request, log) {
+      const decision = checkDestination(request.location, options.allowList)
+      if (!decision.allowed) {
+        if (decision.reason === 'url') throw new ServiceError('VALIDATION_FAILED', { field: 'location', reason: 'location must be an absolute http(s) URL' })
+        throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: decision.reason })
+      }
+      const { url } = decision
+      const document: Record<string, unknown> = structuredClone({ location: request.location, method: request.method, headers: request.headers, params: request.params, commands: request.commands })
+      if (request.commands !== undefined) applyCommands(document, request.commands)
+      const hasBody = request.method !== 'GET' && document.params !== undefined
+      const body = hasBody ? JSON.stringify(document.params) : undefined
+      const headers = outgoingHeaders(request.headers, hasBody)
+      const dispatcher = decision.allowPrivate ? exactHost : publicOnly
+      const destination = `${decision.host}${url.pathname}`
+      const started = performance.now()
+
+      const elapsed = (): number => Math.round(performance.now() - started)
+
+      // One attempt: the outcome, or how long to wait before the next one.
+      async function attemptOnce (attempt: number): Promise<ResendOutcome | { retryInMs: number }> {
+        const last = attempt >= request.maxAttempts
+        let response: Dispatcher.ResponseData
+        try {
+          response = await send(dispatcher, url, request, body, headers)
+        } catch (err) {
+          if (isDestinationRefusal(err)) {
+            log.warn({ destination, method: request.method }, 'resend refused: destination resolves to a non-public address')
+            throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: 'address' })
+          }
+          if (!last && isRetryableTransportError(err)) return { retryInMs: backoffMillis(attempt) }
+          log.info({ destination, method: request.method, attempts: attempt, durationMs: elapsed() }, 'resend failed')
+          throw transportError(err, { attempts: attempt })
+        }
+        if (!last && RETRY_STATUSES.has(response.statusCode)) {
+          await response.body.dump()
+          return { retryInMs: retryAfterMillis(response.headers['retry-after']) ?? backoffMillis(attempt) }
+        }
+        let raw: Buffer
+        try {
+          raw = await readBodyLimited(response.body, options.maxResponseBytes)
+        } catch (err) {
+          if ((err as Error).name === 'ResponseTooLargeError') {
+            throw new ServiceError('UPSTREAM_RESPONSE_TOO_LARGE', { status: response.statusCode, limit: options.maxResponseBytes, attempts: attempt })
+          }
+          throw transportError(err, { attempts: attempt })
+        }
+        log.info({ destination, method: request.method, status: response.statusCode, attempts: attempt, durationMs: elapsed() }, 'resend')
+        return { status: response.statusCode, body: parseBody(raw, response.headers['content-type']), attempts: attempt }
+      }
+
+      let attempt = 1
+      let result = await attemptOnce(attempt)
+      while ('retryInMs' in result) {
+        await sleep(result.retryInMs)
+        result = await attemptOnce(++attempt)
+      }
+      return result
+    },
+    async close () {
+      await Promise.all([publicOnly.close(), exactHost.close()])
+    }
+  }
+}
+
+export interface ResendPluginOptions {
+  /** Replaces DNS for the destination check (tests: names that resolve to private addresses, without DNS). */
+  resolver?: Resolver
+}
+
+export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
+  const { config } = fastify
+  const processor = createResendProcessor({
+    allowList: parseAllowList('RESEND_ALLOWED_HOSTS', config.RESEND_ALLOWED_HOSTS),
+    timeoutMs: config.RESEND_TIMEOUT_MS,
+    maxResponseBytes: config.RESEND_MAX_RESPONSE_BYTES,
+    resolver: opts.resolver
+  })
+  fastify.decorate('resend', processor)
+  fastify.addHook('onClose', async () => await processor.close())
+}, { name: 'resend', fastify: '5.x', dependencies: ['config'] })

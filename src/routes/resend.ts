@@ -1,0 +1,38 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ServiceError } from '../lib/errors.js'
+import { messageFor, pickLocale } from '../lib/messages.js'
+import type { ResendMethod } from '../plugins/resend.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { ApiKeyHeaders, ResendBody, ResendData } from '../schemas/resend.js'
+
+const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { apiKeys } = fastify
+
+  fastify.post('/resend', {
+    schema: {
+      summary: 'Send a failed request again, to an allowed destination only, and return its answer.',
+      tags: ['resend'],
+      headers: ApiKeyHeaders,
+      body: ResendBody,
+      response: { 200: Envelope(ResendData), ...errorResponses }
+    }
+  }, async (request) => {
+    const { body } = request
+    if (!apiKeys.configured) throw new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
+    if (!apiKeys.verify(request.headers['x-api-key'] ?? body.coze_api_key)) throw new ServiceError('UNAUTHORIZED')
+
+    const outcome = await fastify.resend.resend({
+      location: body.location,
+      // The schema's defaults fill these in when the caller leaves them out.
+      method: body.method as ResendMethod,
+      maxAttempts: body.max_attempts as number,
+      headers: body.headers,
+      params: body.params,
+      commands: body.commands
+    }, request.log)
+    if (outcome.status < 200 || outcome.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...outcome })
+    return { success: true as const, data: outcome, message: messageFor(pickLocale(request.headers['accept-language']), 'RESEND_OK') }
+  })
+}
+
+export default resendRoutes

@@ -1,0 +1,41 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { CommandsSchema } from '../lib/resend-commands.js'
+
+export const ResendBody = Type.Object({
+  location: Type.String({
+    minLength: 1,
+    maxLength: 4096,
+    pattern: '^[Hh][Tt][Tt][Pp][Ss]?://',
+    description: 'Absolute http(s) URL to send to; it must pass RESEND_ALLOWED_HOSTS.'
+  }),
+  method: Type.Optional(Type.Union(['POST', 'PUT', 'PATCH', 'DELETE', 'GET'].map((method) => Type.Literal(method)), { default: 'POST' })),
+  headers: Type.Optional(Type.Record(
+    Type.String({ pattern: '^[!#$%&\'*+.^_`|~0-9A-Za-z-]{1,256}$' }),
+    Type.String({ maxLength: 16384, pattern: '^[^\\r\\n\\u0000]*$' }),
+    { maxProperties: 64, description: 'Headers sent upstream (hop-by-hop headers and Host are dropped).' }
+  )),
+  params: Type.Optional(Type.Unknown({ description: 'Any JSON value, sent as the JSON body (not for GET).' })),
+  commands: Type.Optional(CommandsSchema),
+  max_attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Retries only after a refused or reset connection, 429 or 503.' })),
+  coze_api_key: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'The service key, when not sent as X-API-Key; never forwarded.' }))
+}, {
+  additionalProperties: false,
+  examples: [{
+    location: 'https://open.feishu.cn/open-apis/bitable/v1/apps/APP/tables/TABLE/records/batch_create',
+    headers: { Authorization: 'Bearer t-xxx' },
+    params: { records: [{ fields: '{"收支类型":"支出","款项金额":14.91}' }] },
+    commands: { json_parse: ['$.params.records[*].fields'] }
+  }]
+})
+export type ResendBody = Static<typeof ResendBody>
+
+export const ResendData = Type.Object({
+  status: Type.Integer({ description: 'The upstream HTTP status.' }),
+  body: Type.Unknown({ description: 'The upstream body: parsed JSON when it says JSON, else text.' }),
+  attempts: Type.Integer()
+}, { examples: [{ status: 200, body: { code: 0, msg: 'success' }, attempts: 1 }] })
+export type ResendData = Static<typeof ResendData>
+
+export const ApiKeyHeaders = Type.Object({
+  'x-api-key': Type.Optional(Type.String({ maxLength: 1024 }))
+})

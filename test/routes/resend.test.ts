@@ -1,0 +1,207 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import t, { type Test } from 'tap'
+import { privateResolver, SSRF_TRICKS } from '../fixtures/ssrf.js'
+import { API_KEY, build, sendJson, startUpstream, type UpstreamHandler } from '../helper.js'
+
+const FEISHU_PATH = '/open-apis/bitable/v1/apps/DC1sb1XABavEDfszxSpcyEtankg/tables/tbl5kDOiahgZrtCO/records/batch_create'
+const FIELDS = '{"收支类型":"支出","款项金额":14.91,"消费类型":"交通","流水说明":"财付通-滴滴出行","日期时间":1745809165,"收入方":"滴滴出行","支出方":"用户","备注":""}'
+
+const ok: UpstreamHandler = (_req, res) => { sendJson(res, 200, { code: 0, msg: 'success', data: { records: [] } }) }
+
+async function setup (t: Test, handler: UpstreamHandler = ok, config: Record<string, unknown> = {}) {
+  const upstream = await startUpstream(t, handler)
+  const built = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `open.feishu.cn,http://127.0.0.1:${upstream.port}`, ...config }, { resolver: privateResolver })
+  const resend = async (body: Record<string, unknown>, headers: Record<string, string> = { 'x-api-key': API_KEY }) =>
+    await built.app.inject({ method: 'POST', url: '/resend', headers, payload: body })
+  return { ...built, upstream, resend, location: `${upstream.url}${FEISHU_PATH}` }
+}
+
+t.test('the seed example: parsed fields arrive as objects, body headers go, incoming headers do not', async (t) => {
+  const { upstream, resend, location, logs } = await setup(t)
+  const res = await resend({
+    location,
+    headers: { Authorization: 'Bearer t-secret-feishu-token', 'X-Trace': 'abc', Host: 'evil.example', Connection: 'close', 'Content-Length': '3', 'Transfer-Encoding': 'chunked' },
+    params: { records: [{ fields: FIELDS }, { fields: FIELDS }] },
+    commands: { json_parse: ['$.params.records[*].fields', '$.params.nothing_here'] },
+    coze_api_key: 'not-forwarded'
+  }, { 'x-api-key': API_KEY, cookie: 'session=incoming', 'x-forwarded-for': '203.0.113.9', 'content-type': 'application/json' })
+
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { success: true, data: { status: 200, body: { code: 0, msg: 'success', data: { records: [] } }, attempts: 1 }, message: '重发成功' })
+  t.equal(upstream.requests.length, 1)
+  const sent = upstream.requests[0]
+  t.equal(sent?.method, 'POST')
+  t.equal(sent?.url, FEISHU_PATH)
+  const body = JSON.parse(sent?.body ?? '')
+  t.same(body, { records: [{ fields: JSON.parse(FIELDS) }, { fields: JSON.parse(FIELDS) }] }, 'the fields are objects now')
+  t.equal(sent?.headers.authorization, 'Bearer t-secret-feishu-token')
+  t.equal(sent?.headers['x-trace'], 'abc')
+  t.equal(sent?.headers.host, `127.0.0.1:${upstream.port}`, 'Host from the body is dropped')
+  t.match(sent?.headers['content-type'], /^application\/json/)
+  t.equal(sent?.headers['content-length'], String(Buffer.byteLength(sent?.body ?? '')))
+  for (const incoming of ['cookie', 'x-forwarded-for', 'x-api-key', 'transfer-encoding']) t.notOk(incoming in (sent?.headers ?? {}), `${incoming} is not forwarded`)
+  t.notOk((sent?.body ?? '').includes('not-forwarded'), 'coze_api_key is not forwarded')
+
+  const line = logs.records().find((record) => record.msg === 'resend')
+  t.match(line, { destination: `127.0.0.1${FEISHU_PATH}`, method: 'POST', status: 200, attempts: 1 })
+  for (const secret of ['t-secret-feishu-token', '滴滴出行', API_KEY, 'session=incoming']) t.notOk(logs.text.includes(secret), 'no header values or params in the logs')
+})
+
+t.test('methods, non-JSON answers, and a name allowed by an explicit origin', async (t) => {
+  const { upstream, resend, location } = await setup(t, (req, res) => {
+    if (req.method === 'DELETE') { res.writeHead(204); res.end(); return }
+    res.writeHead(200, { 'content-type': req.method === 'GET' ? 'text/plain' : 'application/json' })
+    res.end(req.method === 'GET' ? 'plain text' : '{"broken json')
+  })
+  const get = await resend({ location: `${location}?page=2`, method: 'GET', params: { ignored: true }, coze_api_key: API_KEY }, {})
+  t.same(get.json().data, { status: 200, body: 'plain text', attempts: 1 }, 'the key may come in the body')
+  t.equal(upstream.requests[0]?.body, '', 'GET sends no body')
+  t.equal(upstream.requests[0]?.url, `${FEISHU_PATH}?page=2`)
+  t.same((await resend({ location, method: 'PUT', params: [1, 2] })).json().data, { status: 200, body: '{"broken json', attempts: 1 })
+  t.equal(upstream.requests[1]?.body, '[1,2]')
+  t.same((await resend({ location, method: 'DELETE' })).json().data, { status: 204, body: '', attempts: 1 })
+
+  const named = await startUpstream(t, ok)
+  const viaName = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://feishu.test:${named.port}` }, { resolver: privateResolver })
+  const res = await viaName.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `http://feishu.test:${named.port}/x`, params: {} } })
+  t.equal(res.statusCode, 200, 'an entry naming its exact host may reach a private address')
+  t.equal(named.requests[0]?.headers.host, `feishu.test:${named.port}`)
+})
+
+t.test('upstream errors are 502 UPSTREAM_ERROR with the same fields; redirects are not followed', async (t) => {
+  const target = await startUpstream(t, ok)
+  const { upstream, resend, location } = await setup(t, (req, res) => {
+    if (req.url.endsWith('/redirect')) { res.writeHead(302, { location: `${target.url}/internal` }); res.end(); return }
+    sendJson(res, 400, { code: 1254001, msg: 'WrongRequestBody' })
+  })
+  const bad = await resend({ location, params: {} }, { 'x-api-key': API_KEY, 'accept-language': 'en' })
+  t.equal(bad.statusCode, 502)
+  t.same(bad.json(), { success: false, data: { error: 'UPSTREAM_ERROR', status: 400, body: { code: 1254001, msg: 'WrongRequestBody' }, attempts: 1 }, message: 'The upstream service answered with an error: HTTP 400' })
+  const redirect = await resend({ location: `${upstream.url}/redirect`, params: {} })
+  t.equal(redirect.statusCode, 502)
+  t.match(redirect.json().data, { error: 'UPSTREAM_ERROR', status: 302 })
+  t.equal(target.requests.length, 0, 'the redirect target was never contacted')
+})
+
+t.test('who may use it: a key in X-API-Key or coze_api_key, else 401; none configured, 503', async (t) => {
+  const { upstream, resend, location } = await setup(t)
+  t.equal((await resend({ location }, {})).statusCode, 401)
+  t.equal((await resend({ location }, { 'x-api-key': 'wrong' })).statusCode, 401)
+  t.equal((await resend({ location, coze_api_key: 'wrong' }, {})).statusCode, 401)
+  t.same((await resend({ location }, {})).json(), { success: false, data: { error: 'UNAUTHORIZED' }, message: 'API 密钥无效或缺失' })
+  const open = await build(t, { RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}` })
+  const res = await open.app.inject({ method: 'POST', url: '/resend', payload: { location } })
+  t.equal(res.statusCode, 503)
+  t.same(res.json().data, { error: 'NOT_CONFIGURED', missing: 'EXPECTED_COZE_API_KEY' })
+  t.equal(upstream.requests.length, 0)
+})
+
+t.test('commands: bad JSON, filters, scripts and unknown commands are 400 and nothing is sent', async (t) => {
+  const { upstream, resend, location } = await setup(t)
+  const notJson = await resend({ location, params: { records: [{ fields: FIELDS }, { fields: '{"a": 1,}' }] }, commands: { json_parse: ['$.params.records[*].fields'] } })
+  t.equal(notJson.statusCode, 400)
+  t.match(notJson.json(), {
+    success: false,
+    data: { error: 'COMMAND_FAILED', command: 'json_parse', expression: '$.params.records[*].fields', path: "$['params']['records'][1]['fields']", position: 8 },
+    message: /^命令执行失败: the matched string is not valid JSON/
+  })
+  const cases: Array<[unknown, string, number?]> = [
+    [['$..[?(@.fields)]'], 'COMMAND_FAILED', 4],
+    [['$.params.records[(@.length-1)].fields'], 'COMMAND_FAILED', 17],
+    [['$.params[?(@.constructor.constructor("return process")())]'], 'COMMAND_FAILED', 9],
+    [Array.from({ length: 33 }, () => '$.params'), 'VALIDATION_FAILED'],
+    [[''], 'VALIDATION_FAILED'],
+    ['$.params', 'VALIDATION_FAILED']
+  ]
+  for (const [expressions, code, position] of cases) {
+    const res = await resend({ location, params: { records: [] }, commands: { json_parse: expressions } })
+    t.equal(res.statusCode, 400, JSON.stringify(expressions).slice(0, 60))
+    t.equal(res.json().data.error, code)
+    if (position !== undefined) t.equal(res.json().data.position, position)
+  }
+  const unparsable = await resend({ location: 'http://[', params: {} })
+  t.same(unparsable.json().data, { error: 'VALIDATION_FAILED', field: 'location', reason: 'location must be an absolute http(s) URL' })
+  const unknown = await resend({ location, commands: { eval_js: ['1+1'] } })
+  t.equal(unknown.statusCode, 400)
+  t.same(unknown.json().data, { error: 'VALIDATION_FAILED', field: 'commands.eval_js', reason: 'commands.eval_js is not an allowed field' })
+  t.equal(upstream.requests.length, 0, 'nothing was sent')
+})
+
+t.test('the SSRF corpus is refused under three allow-lists, and nothing reaches the recording server', async (t) => {
+  const recorder = await startUpstream(t, ok)
+  const lists = ['open.feishu.cn,open.larksuite.com', '*', '*.larksuite.com,*.feishu.cn']
+  let refused = 0
+  for (const list of lists) {
+    const { app } = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: list }, { resolver: privateResolver })
+    for (const trick of SSRF_TRICKS) {
+      const location = trick.replaceAll('PORT', String(recorder.port))
+      const res = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location, params: { a: 1 }, max_attempts: 3 } })
+      const code = res.json().data.error
+      t.ok(res.statusCode === 403 ? code === 'DESTINATION_NOT_ALLOWED' : res.statusCode === 400 && code === 'VALIDATION_FAILED', `${list} ${location}: ${res.statusCode} ${code}`)
+      refused += 1
+    }
+  }
+  t.ok(refused >= 3 * 40)
+  t.equal(recorder.requests.length, 0, 'no trick reached the recording server')
+})
+
+t.test('retries: only after refused/reset connections, 429 and 503, honouring Retry-After', async (t) => {
+  let calls = 0
+  const { resend, location, upstream } = await setup(t, (req, res) => {
+    calls += 1
+    if (req.url.startsWith('/flaky') && calls <= 2) { res.writeHead(calls === 1 ? 503 : 429, { 'retry-after': '0' }); res.end('busy'); return }
+    if (req.url.startsWith('/reset') && calls === 1) { res.socket?.destroy(); return }
+    if (req.url.startsWith('/busy') && calls === 1) { res.writeHead(503); res.end(); return }
+    if (req.url.startsWith('/error')) { sendJson(res, 500, { msg: 'no' }); return }
+    sendJson(res, 200, { code: 0 })
+  })
+  const flaky = await resend({ location: `${upstream.url}/flaky`, params: {}, max_attempts: 3 })
+  t.same(flaky.json().data, { status: 200, body: { code: 0 }, attempts: 3 })
+  calls = 0
+  const once = await resend({ location: `${upstream.url}/flaky`, params: {} })
+  t.equal(once.statusCode, 502)
+  t.same(once.json().data, { error: 'UPSTREAM_ERROR', status: 503, body: 'busy', attempts: 1 }, 'no retry unless asked')
+  calls = 0
+  const reset = await resend({ location: `${upstream.url}/reset`, params: {}, max_attempts: 2 })
+  t.same(reset.json().data, { status: 200, body: { code: 0 }, attempts: 2 })
+  calls = 0
+  const busy = await resend({ location: `${upstream.url}/busy`, params: {}, max_attempts: 2 })
+  t.same(busy.json().data, { status: 200, body: { code: 0 }, attempts: 2 }, 'without Retry-After it backs off and tries again')
+  calls = 0
+  const error = await resend({ location: `${upstream.url}/error`, params: {}, max_attempts: 5 })
+  t.same(error.json().data, { error: 'UPSTREAM_ERROR', status: 500, body: { msg: 'no' }, attempts: 1 }, 'a 500 is not retried')
+  t.equal(calls, 1)
+  t.ok(location)
+})
+
+t.test('unreachable 502, slow 504, too large 502 — each promptly', async (t) => {
+  const closed = await startUpstream(t, ok)
+  closed.server.close()
+  const refused = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${closed.port}` })
+  const unreachable = await refused.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${closed.url}/x`, max_attempts: 2 } })
+  t.equal(unreachable.statusCode, 502)
+  t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE', attempts: 2 }, message: '无法连接上游服务' })
+
+  const { resend, upstream } = await setup(t, async (req, res) => {
+    if (req.url === '/silent') return
+    if (req.url === '/stall') { res.writeHead(200, { 'content-type': 'application/json' }); res.write('{"a":'); return }
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.write('[')
+    for (let i = 0; i < 64 && !res.destroyed; i++) { res.write(`"${'x'.repeat(1024)}",`); await sleep(1) }
+    res.end('0]')
+  }, { RESEND_TIMEOUT_MS: 300, RESEND_MAX_RESPONSE_BYTES: 4096 })
+  for (const path of ['/silent', '/stall']) {
+    const started = Date.now()
+    const slow = await resend({ location: `${upstream.url}${path}`, params: {} })
+    t.equal(slow.statusCode, 504, path)
+    t.same(slow.json().data, { error: 'UPSTREAM_TIMEOUT', attempts: 1 })
+    t.ok(Date.now() - started < 1300)
+  }
+  const huge = await resend({ location: `${upstream.url}/huge`, params: {} })
+  t.equal(huge.statusCode, 502)
+  t.same(huge.json().data, { error: 'UPSTREAM_RESPONSE_TOO_LARGE', status: 200, limit: 4096, attempts: 1 })
+})
+
+t.test('an invalid allow-list entry stops the start naming RESEND_ALLOWED_HOSTS', async (t) => {
+  await t.rejects(build(t, { RESEND_ALLOWED_HOSTS: 'open.feishu.cn,https://user@x.example' }), /RESEND_ALLOWED_HOSTS: invalid entry "https:\/\/user@x\.example"/)
+})
