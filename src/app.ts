@@ -3,12 +3,15 @@ import sensible from '@fastify/sensible'
 import type { Dispatcher } from 'undici'
 import type { Resolver } from './lib/upstream-policy.js'
 import apiKeys from './plugins/api-keys.js'
+import augment from './plugins/augment.js'
 import config, { type ConfigOptions } from './plugins/config.js'
 import coze from './plugins/coze.js'
 import errors from './plugins/errors.js'
 import readiness from './plugins/readiness.js'
 import resend from './plugins/resend.js'
 import signer from './plugins/signer.js'
+import stateStore from './plugins/state-store.js'
+import augmentRoutes from './routes/augment.js'
 import healthRoutes from './routes/health.js'
 import resendRoutes from './routes/resend.js'
 import tokenRoutes from './routes/token.js'
@@ -41,6 +44,8 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(signer)
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
   await fastify.register(resend, { resolver: opts.resolver })
+  await fastify.register(stateStore)
+  await fastify.register(augment, { resolver: opts.resolver })
 
   fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
 
@@ -63,4 +68,5 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(healthRoutes)
   await fastify.register(tokenRoutes)
   await fastify.register(resendRoutes)
+  await fastify.register(augmentRoutes)
 }

@@ -21,15 +21,15 @@ t.test('GET /ready reports each dependency; a failing or hanging check makes it 
   const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8 })
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200)
-  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { signer: 'ok' } }, message: '服务已就绪' })
+  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { signer: 'ok', state_store: 'ok' } }, message: '服务已就绪' })
 
   const bare = await build(t)
-  t.same((await bare.app.inject('/ready')).json().data.checks, { signer: 'not_configured' }, 'an unconfigured feature does not make the service unready')
+  t.same((await bare.app.inject('/ready')).json().data.checks, { signer: 'not_configured', state_store: 'ok' }, 'an unconfigured feature does not make the service unready')
 
   app.readiness.add('broken', async () => { throw new Error('connection refused') })
   const notReady = await app.inject({ url: '/ready', headers: { 'accept-language': 'en' } })
   t.equal(notReady.statusCode, 503)
-  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { signer: 'ok', broken: 'down' } }, message: 'The service is not ready' })
+  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { signer: 'ok', state_store: 'ok', broken: 'down' } }, message: 'The service is not ready' })
 })
 
 t.test('what Fastify itself answers is the envelope too', async (t) => {

@@ -1,6 +1,8 @@
+import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
@@ -102,4 +104,66 @@ export function sendJson (res: ServerResponse, status: number, body: unknown): v
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
   res.end(text)
+}
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/** Whether a Redis answers PING at the URL, within a second. */
+export async function redisAnswers (url = REDIS_URL): Promise<boolean> {
+  const { hostname, port } = new URL(url)
+  return await new Promise((resolve) => {
+    const socket = connect({ host: hostname, port: Number(port || 6379) })
+    const done = (answer: boolean) => { socket.destroy(); resolve(answer) }
+    socket.setTimeout(1000, () => { done(false) })
+    socket.on('error', () => { done(false) })
+    socket.on('connect', () => { socket.write('PING\r\n') })
+    socket.on('data', (data) => { done(data.toString().startsWith('+PONG')) })
+  })
+}
+
+/**
+ * Tests that need Redis run where one answers; elsewhere they are skipped with a visible reason, except under CI,
+ * where they run and fail: pass the result as the `skip` option of the test.
+ */
+export async function skipWithoutRedis (): Promise<false | string> {
+  if (await redisAnswers()) return false
+  const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'
+  return ci ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
+}
+
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+export interface RedisServer {
+  url: string
+  stop (): Promise<void>
+  start (): Promise<void>
+}
+
+/** A redis-server of the test's own on 127.0.0.1, to stop and start at will. */
+export async function startRedisServer (t: TestContext): Promise<RedisServer> {
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const url = `redis://127.0.0.1:${port}`
+  const server: RedisServer = {
+    url,
+    async start () {
+      child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+      for (let i = 0; i < 100 && !(await redisAnswers(url)); i++) await sleep(50)
+    },
+    async stop () {
+      if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise((resolve) => child?.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    }
+  }
+  await server.start()
+  t.teardown(async () => { await server.stop() })
+  return server
 }

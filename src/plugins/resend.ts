@@ -1,13 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
-import { Agent, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { ServiceError } from '../lib/errors.js'
 import { applyCommands, type Commands } from '../lib/resend-commands.js'
 import { readBodyLimited, transportError } from '../lib/upstream.js'
-import {
-  checkDestination, createPolicyLookup, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver
-} from '../lib/upstream-policy.js'
+import { createPolicyAgents } from '../lib/policy-agents.js'
+import { checkDestination, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver } from '../lib/upstream-policy.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -95,16 +94,7 @@ function parseBody (raw: Buffer, contentType: string | string[] | undefined): un
 }
 
 export function createResendProcessor (options: ResendOptions): ResendProcessor {
-  const agentFor = (allowPrivate: boolean): Agent => new Agent({
-    connections: 32,
-    keepAliveTimeout: 10_000,
-    headersTimeout: options.timeoutMs,
-    bodyTimeout: options.timeoutMs,
-    connect: { timeout: Math.min(options.timeoutMs, 10_000), lookup: createPolicyLookup(allowPrivate, options.resolver) }
-  })
-  // Wildcard entries may only reach public addresses; an entry naming its exact host may reach a private one.
-  const publicOnly = agentFor(false)
-  const exactHost = agentFor(true)
+  const agents = createPolicyAgents({ timeoutMs: options.timeoutMs, resolver: options.resolver })
 
   async function send (dispatcher: Dispatcher, url: URL, request: ResendRequest, body: string | undefined, headers: Record<string, string>) {
     const response = await dispatcher.request({
@@ -131,7 +121,7 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
       const hasBody = request.method !== 'GET' && document.params !== undefined
       const body = hasBody ? JSON.stringify(document.params) : undefined
       const headers = outgoingHeaders(request.headers, hasBody)
-      const dispatcher = decision.allowPrivate ? exactHost : publicOnly
+      const dispatcher = agents.dispatcherFor(decision.allowPrivate)
       const destination = `${decision.host}${url.pathname}`
       const started = performance.now()
 
@@ -178,7 +168,7 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
       return result
     },
     async close () {
-      await Promise.all([publicOnly.close(), exactHost.close()])
+      await agents.close()
     }
   }
 }

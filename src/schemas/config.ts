@@ -28,7 +28,20 @@ export const ConfigSchema = Type.Object({
   // Resend relay
   RESEND_ALLOWED_HOSTS: Type.String({ default: 'open.feishu.cn,open.larksuite.com' }),
   RESEND_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 15000 }),
-  RESEND_MAX_RESPONSE_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 5242880 })
+  RESEND_MAX_RESPONSE_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 5242880 }),
+
+  // Augment OAuth (PKCE)
+  AUGMENT_AUTH_URL: url('Augment authorize endpoint', 'https://auth.augmentcode.com/authorize'),
+  AUGMENT_CLIENT_ID: Type.String({ minLength: 1, maxLength: 128, default: 'v' }),
+  AUGMENT_TENANT_HOSTS: Type.String({ default: '*.augmentcode.com' }),
+  AUGMENT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 30000 }),
+  OAUTH_STATE_TTL_SECONDS: Type.Integer({ minimum: 10, maximum: 86400, default: 1800 }),
+  OAUTH_STATE_MAX_ENTRIES: Type.Integer({ minimum: 1, maximum: 10000000, default: 10000 }),
+
+  // Shared state
+  STATE_STORE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory' }),
+  REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
+  REDIS_KEY_PREFIX: Type.String({ maxLength: 64, default: 'aibill:' })
 })
 
 export type Config = Static<typeof ConfigSchema>

@@ -1,0 +1,71 @@
+import { createHash, randomUUID } from 'node:crypto'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ServiceError } from '../lib/errors.js'
+import { messageFor, pickLocale } from '../lib/messages.js'
+import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
+import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
+
+const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
+
+// Logs name a state by a short digest: enough to follow one sign-in, useless to anyone reading the logs.
+const stateRef = (state: string): string => createHash('sha256').update(state).digest('base64url').slice(0, 10)
+
+const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, stateStore, augment } = fastify
+  const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
+
+  fastify.get('/api/auth-url', {
+    schema: {
+      summary: 'Start an Augment sign-in: an authorize link with a PKCE challenge, and its state.',
+      tags: ['augment'],
+      querystring: AuthUrlQuery,
+      response: { 200: Envelope(AuthUrlData), ...errorResponses }
+    }
+  }, async (request) => {
+    const { verifier, challenge } = createPkcePair()
+    const state = createOAuthState()
+    await stateStore.save(state, { verifier, createdAt: Date.now() })
+    request.log.info({ user_id: request.query.user_id, state_ref: stateRef(state) }, 'augment authorize link issued')
+    return {
+      success: true as const,
+      data: { authorize_url: buildAuthorizeUrl(config.AUGMENT_AUTH_URL, { challenge, clientId: config.AUGMENT_CLIENT_ID, state }), state },
+      message: messageFor(pickLocale(request.headers['accept-language']), 'AUTH_URL_OK')
+    }
+  })
+
+  fastify.post('/api/complete-auth', {
+    config: { validationReason: REQUIRED_FIELDS },
+    schema: {
+      summary: 'Finish an Augment sign-in: exchange the code Augment showed for an access token.',
+      tags: ['augment'],
+      body: CompleteAuthBody,
+      response: { 200: Envelope(CompleteAuthData), ...errorResponses }
+    }
+  }, async (request) => {
+    // Pasted from Augment's page: codes and states hold no white space, so any is a stray line break or space.
+    const code = request.body.code.replace(/\s+/g, '')
+    const state = request.body.state.replace(/\s+/g, '')
+    const tenantUrl = request.body.tenant_url.trim()
+    if (code === '' || state === '' || tenantUrl === '') throw new ServiceError('VALIDATION_FAILED', { reason: REQUIRED_FIELDS })
+
+    // Checked before the state is taken: a refused tenant leaves the state usable.
+    const tenant = augment.checkTenantUrl(tenantUrl)
+    if (tenant === null) throw new ServiceError('TENANT_URL_NOT_ALLOWED')
+
+    const record = await stateStore.take(state)
+    if (record === undefined) throw new ServiceError('OAUTH_STATE_NOT_FOUND')
+    if (Date.now() - record.createdAt > ttlMs) throw new ServiceError('OAUTH_STATE_EXPIRED')
+
+    const token = await augment.exchangeCode(tenant, code, record.verifier)
+    const tokenInfo = { id: randomUUID(), created_at: new Date().toISOString() }
+    request.log.info({ state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }, 'augment sign-in completed')
+    return {
+      success: true as const,
+      data: { status: 'success' as const, token, tenant_url: tenantUrl, token_info: tokenInfo },
+      message: messageFor(pickLocale(request.headers['accept-language']), 'COMPLETE_AUTH_OK')
+    }
+  })
+}
+
+export default augmentRoutes
