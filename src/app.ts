@@ -6,7 +6,11 @@ import apiKeys from './plugins/api-keys.js'
 import augment from './plugins/augment.js'
 import config, { type ConfigOptions } from './plugins/config.js'
 import coze from './plugins/coze.js'
+import docs from './plugins/docs.js'
 import errors from './plugins/errors.js'
+import metrics from './plugins/metrics.js'
+import pressure from './plugins/pressure.js'
+import rateLimit from './plugins/rate-limit.js'
 import readiness from './plugins/readiness.js'
 import resend from './plugins/resend.js'
 import signer from './plugins/signer.js'
@@ -39,13 +43,17 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
 
   await fastify.register(sensible)
   await fastify.register(errors)
+  await fastify.register(docs)
   await fastify.register(readiness)
+  await fastify.register(metrics)
+  await fastify.register(pressure)
   await fastify.register(apiKeys)
   await fastify.register(signer)
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
   await fastify.register(resend, { resolver: opts.resolver })
   await fastify.register(stateStore)
   await fastify.register(augment, { resolver: opts.resolver })
+  await fastify.register(rateLimit)
 
   fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
 
@@ -68,5 +76,5 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(healthRoutes)
   await fastify.register(tokenRoutes)
   await fastify.register(resendRoutes)
-  await fastify.register(augmentRoutes)
+  await fastify.register(augmentRoutes, { prefix: '/api' })
 }

@@ -8,6 +8,8 @@ export interface ServerOptionsInput {
   /** Where log lines go; tests pass a stream they read. Default: stdout. */
   logStream?: DestinationStream
   logLevel?: string
+  /** TRUST_PROXY: who may set X-Forwarded-For, so rate limits see the real client behind a load balancer. */
+  trustProxy?: boolean | string
 }
 
 // Anything that might carry a credential is removed from log lines, whatever logs it.
@@ -36,7 +38,7 @@ function prettyTransport (): { target: string } | undefined {
 }
 
 /** The options of the Fastify server, shared by src/server.ts and the tests so both run the same service. */
-export function serverOptions ({ logStream, logLevel = 'info' }: ServerOptionsInput = {}): FastifyServerOptions {
+export function serverOptions ({ logStream, logLevel = 'info', trustProxy = false }: ServerOptionsInput = {}): FastifyServerOptions {
   const transport = logStream === undefined ? prettyTransport() : undefined
   return {
     logger: {
@@ -48,6 +50,7 @@ export function serverOptions ({ logStream, logLevel = 'info' }: ServerOptionsIn
     // One line per request is logged by the app's onResponse hook instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
+    trustProxy,
     // Longer than a load balancer's idle timeout (60 s on AWS), so the balancer closes first.
     keepAliveTimeout: 72_000,
     requestTimeout: 60_000,

@@ -3,14 +3,25 @@ import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
 import { serverOptions } from './options.js'
+import { loadConfig } from './plugins/config.js'
+import { trustProxySetting, type Config } from './schemas/config.js'
 
-const server = Fastify(serverOptions())
+let config: Config
+try {
+  config = loadConfig()
+} catch (err) {
+  // Names the variable; the values themselves (keys among them) are not repeated.
+  process.stderr.write(`${JSON.stringify({ level: 60, time: Date.now(), msg: 'start failed', err: { message: (err as Error).message } })}\n`)
+  process.exit(1)
+}
+
+const server = Fastify(serverOptions({ logLevel: config.LOG_LEVEL, trustProxy: trustProxySetting(config.TRUST_PROXY) }))
 
 try {
-  await server.register(fp(app), { readEnvironment: true })
+  await server.register(fp(app), { config, readEnvironment: false })
   await server.ready()
 } catch (err) {
-  // An invalid configuration or key: say which, and stop with a non-zero code.
+  // An invalid key or an unreachable Redis: say which, and stop with a non-zero code.
   server.log.fatal({ err: { message: (err as Error).message } }, 'start failed')
   process.exit(1)
 }

@@ -8,6 +8,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import app, { type AppOptions } from '../src/app.js'
 import { serverOptions } from '../src/options.js'
+import { trustProxySetting } from '../src/schemas/config.js'
 
 interface TestContext {
   teardown (fn: () => unknown): void
@@ -56,8 +57,11 @@ export interface Built {
 /** The app as production builds it, with configuration passed as data and the environment ignored. */
 export async function build (t: TestContext, config: AppOptions['config'] = {}, options: Omit<AppOptions, 'config'> = {}): Promise<Built> {
   const logs = new LogCapture()
-  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug' }))
-  await instance.register(fp(app), { readEnvironment: false, ...options, config: { LOG_LEVEL: 'debug', ...config } })
+  const trustProxy = trustProxySetting(String(config.TRUST_PROXY ?? 'false'))
+  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy }))
+  // Limits high enough for suites that send hundreds of requests; the rate-limit tests set their own.
+  const defaults = { LOG_LEVEL: 'debug', RATE_LIMIT_MAX: 100000, RATE_LIMIT_AUTH_URL_MAX: 100000 }
+  await instance.register(fp(app), { readEnvironment: false, ...options, config: { ...defaults, ...config } })
   await instance.ready()
   t.teardown(async () => await instance.close())
   return { app: instance, logs }

@@ -81,9 +81,16 @@ t.test('the server starts, finishes in-flight requests on SIGTERM, and exits 0',
   await t.rejects(request(`${server.url}/health`), 'new connections are refused after the stop')
 })
 
-t.test('an invalid variable stops the start with exit code 1 and names it', async (t) => {
-  const server = await startServer({ COZE_TIMEOUT_MS: 'soon' })
-  t.equal(await server.exited, 1)
-  t.match(server.output(), /start failed/)
-  t.match(server.output(), /COZE_TIMEOUT_MS/)
+t.test('an invalid variable or key stops the start with exit code 1 and says which', async (t) => {
+  const variable = await startServer({ COZE_TIMEOUT_MS: 'soon' })
+  t.equal(await variable.exited, 1)
+  t.match(variable.output(), /start failed/)
+  t.match(variable.output(), /COZE_TIMEOUT_MS/)
+
+  const broken = testKeys().pkcs8.split('\n').filter((_line, index) => index !== 3).join('\n')
+  const key = await startServer({ JWT_PRIVATE_KEY: broken })
+  t.equal(await key.exited, 1)
+  t.match(key.output(), /start failed/)
+  t.match(key.output(), /JWT_PRIVATE_KEY is not a readable PEM private key/)
+  t.notOk(key.output().includes(broken.split('\n')[2] ?? '-'), 'the key is not quoted')
 })

@@ -50,3 +50,8 @@ export class ServiceError extends Error {
 export function isServiceError (err: unknown): err is ServiceError {
   return err instanceof ServiceError
 }
+
+/** A metrics label for how something ended: the error code in lower case, or `internal` for anything else. */
+export function outcomeOf (err: unknown): string {
+  return isServiceError(err) ? err.code.toLowerCase() : 'internal'
+}

@@ -1,4 +1,5 @@
 import fastifyEnv from '@fastify/env'
+import envSchema from 'env-schema'
 import fp from 'fastify-plugin'
 import { ConfigSchema, type Config } from '../schemas/config.js'
 
@@ -27,3 +28,11 @@ export default fp<ConfigOptions>(async function config (fastify, opts) {
   })
   fastify.log.level = fastify.config.LOG_LEVEL
 }, { name: 'config', fastify: '5.x' })
+
+/**
+ * Reads and validates the environment (and `.env`) once, for what must be known before the server exists
+ * (trustProxy, the log level); the plugin then receives the same values as data.
+ */
+export function loadConfig (): Config {
+  return envSchema<Config>({ schema: structuredClone(ConfigSchema), dotenv: true })
+}

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { Pool, type Dispatcher } from 'undici'
 import type { Signer } from '../lib/coze-jwt.js'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { createTokenCache, type CacheOutcome, type CozeToken, type TokenRequest } from '../lib/token-cache.js'
 import { parseJsonSafely, readBodyLimited, transportError } from '../lib/upstream.js'
 
@@ -31,7 +31,9 @@ export interface CozeClientOptions {
   jwtTtlSeconds: number
   reuseSeconds: number
   /** Tests and the bench may pass their own; the client closes only a pool it created. */
-  dispatcher?: Dispatcher
+  dispatcher?: Dispatcher | undefined
+  /** Told the outcome (`success` or the error code, lower case) and duration of every exchange. */
+  onExchange?: (outcome: string, seconds: number) => void
 }
 
 const text = (value: unknown): string | undefined =>
@@ -64,6 +66,19 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
   const path = url.pathname + url.search
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken> {
+    const started = performance.now()
+    const report = (outcome: string): void => options.onExchange?.(outcome, (performance.now() - started) / 1000)
+    try {
+      const token = await exchangeOnce(jwt, durationSeconds)
+      report('success')
+      return token
+    } catch (err) {
+      report(outcomeOf(err))
+      throw err
+    }
+  }
+
+  async function exchangeOnce (jwt: string, durationSeconds: number): Promise<CozeToken> {
     let status: number
     let raw: Buffer
     try {
@@ -129,8 +144,9 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname,
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
     reuseSeconds: config.COZE_TOKEN_REUSE_SECONDS,
-    dispatcher: opts.dispatcher
+    dispatcher: opts.dispatcher,
+    onExchange: fastify.serviceMetrics.cozeExchange
   })
   fastify.decorate('coze', client)
   fastify.addHook('onClose', async () => await client.close())
-}, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer'] })
+}, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer', 'metrics'] })

@@ -61,10 +61,13 @@ export default fp(async function stateStore (fastify) {
     await fastify.register(fastifyRedis, { client, closeClient: false })
     fastify.addHook('onClose', async () => { await client.quit().catch(() => { client.disconnect() }) })
     store = createRedisStateStore(client, { retentionMs })
+    fastify.serviceMetrics.gauge('redis_up', 'Whether the Redis of the state store answers (1) or not (0)', () => (client.status === 'ready' ? 1 : 0))
   } else {
-    store = createMemoryStateStore({ maxEntries: config.OAUTH_STATE_MAX_ENTRIES, retentionMs })
+    const memory = createMemoryStateStore({ maxEntries: config.OAUTH_STATE_MAX_ENTRIES, retentionMs })
+    fastify.serviceMetrics.gauge('oauth_states_stored', 'OAuth states waiting in the memory store', () => memory.size)
+    store = memory
   }
   fastify.decorate('stateStore', store)
   fastify.readiness.add('state_store', async () => (await store.isAvailable() ? 'ok' : 'down'))
   fastify.addHook('onClose', async () => { await store.close() })
-}, { name: 'state-store', fastify: '5.x', dependencies: ['config', 'readiness'] })
+}, { name: 'state-store', fastify: '5.x', dependencies: ['config', 'readiness', 'metrics'] })

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto'
+import cors from '@fastify/cors'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { messageFor, pickLocale } from '../lib/messages.js'
 import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
@@ -11,11 +12,15 @@ const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 // Logs name a state by a short digest: enough to follow one sign-in, useless to anyone reading the logs.
 const stateRef = (state: string): string => createHash('sha256').update(state).digest('base64url').slice(0, 10)
 
+/** Registered under the /api prefix; CORS, when CORS_ORIGINS lists origins, covers these routes only. */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, stateStore, augment } = fastify
+  const origins = config.CORS_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean)
+  if (origins.length > 0) await fastify.register(cors, { origin: origins, methods: ['GET', 'POST'], maxAge: 600 })
   const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
 
-  fastify.get('/api/auth-url', {
+  fastify.get('/auth-url', {
+    config: { rateLimit: { max: config.RATE_LIMIT_AUTH_URL_MAX, timeWindow: config.RATE_LIMIT_WINDOW } },
     schema: {
       summary: 'Start an Augment sign-in: an authorize link with a PKCE challenge, and its state.',
       tags: ['augment'],
@@ -26,6 +31,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const { verifier, challenge } = createPkcePair()
     const state = createOAuthState()
     await stateStore.save(state, { verifier, createdAt: Date.now() })
+    fastify.serviceMetrics.oauthStateIssued()
     request.log.info({ user_id: request.query.user_id, state_ref: stateRef(state) }, 'augment authorize link issued')
     return {
       success: true as const,
@@ -34,7 +40,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   })
 
-  fastify.post('/api/complete-auth', {
+  fastify.post('/complete-auth', {
     config: { validationReason: REQUIRED_FIELDS },
     schema: {
       summary: 'Finish an Augment sign-in: exchange the code Augment showed for an access token.',
@@ -53,11 +59,17 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const tenant = augment.checkTenantUrl(tenantUrl)
     if (tenant === null) throw new ServiceError('TENANT_URL_NOT_ALLOWED')
 
-    const record = await stateStore.take(state)
-    if (record === undefined) throw new ServiceError('OAUTH_STATE_NOT_FOUND')
-    if (Date.now() - record.createdAt > ttlMs) throw new ServiceError('OAUTH_STATE_EXPIRED')
-
-    const token = await augment.exchangeCode(tenant, code, record.verifier)
+    let token: string
+    try {
+      const record = await stateStore.take(state)
+      if (record === undefined) throw new ServiceError('OAUTH_STATE_NOT_FOUND')
+      if (Date.now() - record.createdAt > ttlMs) throw new ServiceError('OAUTH_STATE_EXPIRED')
+      token = await augment.exchangeCode(tenant, code, record.verifier)
+    } catch (err) {
+      fastify.serviceMetrics.oauthCompletion(outcomeOf(err))
+      throw err
+    }
+    fastify.serviceMetrics.oauthCompletion('success')
     const tokenInfo = { id: randomUUID(), created_at: new Date().toISOString() }
     request.log.info({ state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }, 'augment sign-in completed')
     return {

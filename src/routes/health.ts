@@ -1,12 +1,17 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
+import { NEVER_SHED } from '../plugins/pressure.js'
 import { messageFor, pickLocale } from '../lib/messages.js'
 import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { HealthData, ReadyData } from '../schemas/health.js'
 
+// Probes are never rate limited or shed: a busy instance must not look dead to its load balancer.
+const PROBE = { rateLimit: false, ...NEVER_SHED } as const
+
 const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/health', {
+    config: PROBE,
     schema: {
       summary: 'Liveness: the process answers. No I/O.',
       tags: ['probes'],
@@ -19,6 +24,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }))
 
   fastify.get('/ready', {
+    config: PROBE,
     schema: {
       summary: 'Readiness: every configured dependency answers (503 NOT_READY with each check otherwise).',
       tags: ['probes'],

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { messageFor, pickLocale } from '../lib/messages.js'
 import type { ResendMethod } from '../plugins/resend.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
@@ -21,16 +21,25 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (!apiKeys.configured) throw new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
     if (!apiKeys.verify(request.headers['x-api-key'] ?? body.coze_api_key)) throw new ServiceError('UNAUTHORIZED')
 
-    const outcome = await fastify.resend.resend({
-      location: body.location,
-      // The schema's defaults fill these in when the caller leaves them out.
-      method: body.method as ResendMethod,
-      maxAttempts: body.max_attempts as number,
-      headers: body.headers,
-      params: body.params,
-      commands: body.commands
-    }, request.log)
-    if (outcome.status < 200 || outcome.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...outcome })
+    let outcome
+    try {
+      outcome = await fastify.resend.resend({
+        location: body.location,
+        // The schema's defaults fill these in when the caller leaves them out.
+        method: body.method as ResendMethod,
+        maxAttempts: body.max_attempts as number,
+        headers: body.headers,
+        params: body.params,
+        commands: body.commands
+      }, request.log)
+    } catch (err) {
+      const attempts = (err as Partial<ServiceError>).details?.attempts
+      fastify.serviceMetrics.resend(outcomeOf(err), typeof attempts === 'number' ? attempts : 0)
+      throw err
+    }
+    const succeeded = outcome.status >= 200 && outcome.status <= 299
+    fastify.serviceMetrics.resend(succeeded ? 'success' : 'upstream_error', outcome.attempts)
+    if (!succeeded) throw new ServiceError('UPSTREAM_ERROR', { ...outcome })
     return { success: true as const, data: outcome, message: messageFor(pickLocale(request.headers['accept-language']), 'RESEND_OK') }
   })
 }

@@ -27,6 +27,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       // The schema's default fills it in when the caller leaves it out.
       durationSeconds: body.duration_seconds as number
     })
+    fastify.serviceMetrics.tokenRequest(outcome)
     request.log.debug({ cache: outcome }, 'coze token issued')
     return { success: true as const, data: token, message: messageFor(pickLocale(request.headers['accept-language']), 'TOKEN_OK') }
   })

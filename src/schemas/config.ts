@@ -11,6 +11,7 @@ export const ConfigSchema = Type.Object({
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)), { default: 'info' }),
   BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 1048576 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
+  TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false' }),
 
   // Credentials
   JWT_PRIVATE_KEY: Type.Optional(Type.String()),
@@ -41,7 +42,28 @@ export const ConfigSchema = Type.Object({
   // Shared state
   STATE_STORE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory' }),
   REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
-  REDIS_KEY_PREFIX: Type.String({ maxLength: 64, default: 'aibill:' })
+  REDIS_KEY_PREFIX: Type.String({ maxLength: 64, default: 'aibill:' }),
+
+  // Operations
+  DOCS_ENABLED: Type.Boolean({ default: true }),
+  METRICS_ENABLED: Type.Boolean({ default: true }),
+  RATE_LIMIT_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 120 }),
+  RATE_LIMIT_WINDOW: Type.String({ pattern: '^\\d+( ?(ms|millisecond|second|minute|hour|day)s?)?$', default: '1 minute' }),
+  RATE_LIMIT_AUTH_URL_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 20 }),
+  CORS_ORIGINS: Type.String({ default: '' }),
+  PRESSURE_MAX_EVENT_LOOP_DELAY_MS: Type.Integer({ minimum: 0, maximum: 60000, default: 1000 }),
+  PRESSURE_MAX_HEAP_USED_BYTES: Type.Integer({ minimum: 0, default: 0 }),
+  PRESSURE_MAX_RSS_BYTES: Type.Integer({ minimum: 0, default: 0 })
 })
 
 export type Config = Static<typeof ConfigSchema>
+
+/**
+ * Fastify's trustProxy from TRUST_PROXY: true, false, or the balancer's addresses/CIDRs separated by commas.
+ * (A hop count is not offered: Fastify trusts nothing with one, since it cannot vouch for the nearest peer.)
+ */
+export function trustProxySetting (value: string): boolean | string {
+  if (value === 'true') return true
+  if (value === 'false') return false
+  return value
+}

@@ -4,7 +4,8 @@ import { decodeJwt, decodeProtectedHeader } from 'jose'
 import t from 'tap'
 import { createApiKeyVerifier } from '../../src/lib/api-keys.js'
 import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
-import { ServiceError } from '../../src/lib/errors.js'
+import { ServiceError, outcomeOf } from '../../src/lib/errors.js'
+import { trustProxySetting } from '../../src/schemas/config.js'
 import { messageFor, pickLocale } from '../../src/lib/messages.js'
 import { createTokenCache, reuseMillis } from '../../src/lib/token-cache.js'
 import { isTimeout, parseJsonSafely, readBodyLimited, transportError } from '../../src/lib/upstream.js'
@@ -98,6 +99,11 @@ t.test('messages: one catalog, two languages', async (t) => {
   t.equal(messageFor('en', 'VALIDATION_FAILED', { reason: 'x is required' }), 'Invalid request data: x is required')
   t.equal(messageFor('en', 'COZE_EXCHANGE_FAILED'), 'Coze token exchange failed')
   t.equal(new ServiceError('UNAUTHORIZED').statusCode, 401)
+  t.equal(outcomeOf(new ServiceError('UPSTREAM_TIMEOUT')), 'upstream_timeout')
+  t.equal(outcomeOf(new TypeError('boom')), 'internal')
+  t.equal(trustProxySetting('true'), true)
+  t.equal(trustProxySetting('false'), false)
+  t.equal(trustProxySetting('10.0.0.0/8, 172.16.0.0/12'), '10.0.0.0/8, 172.16.0.0/12')
 })
 
 t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks time out', async (t) => {

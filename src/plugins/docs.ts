@@ -1,0 +1,39 @@
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import fp from 'fastify-plugin'
+import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
+
+/** The OpenAPI 3 document, built from the routes' TypeBox schemas; the UI at /docs, the JSON at /docs/json. */
+export default fp(async function docs (fastify) {
+  if (!fastify.config.DOCS_ENABLED) return
+  await fastify.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: SERVICE_NAME,
+        version: SERVICE_VERSION,
+        description: 'Coze access tokens, a safe resend relay, and Augment OAuth PKCE sign-in. Every answer is {success, data, message}.'
+      },
+      tags: [
+        { name: 'probes', description: 'Liveness and readiness' },
+        { name: 'coze', description: 'Coze OAuth JWT exchange' },
+        { name: 'resend', description: 'Replay a failed request to an allowed destination' },
+        { name: 'augment', description: 'Augment Code OAuth with PKCE' }
+      ],
+      components: {
+        securitySchemes: { apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' } }
+      }
+    },
+    refResolver: {
+      // Shared schemas (all added with an $id) keep it as their name in components.schemas.
+      buildLocalReference: (json) => String(json.$id)
+    }
+  })
+  await fastify.register(swaggerUi, {
+    routePrefix: '/docs',
+    uiConfig: { docExpansion: 'list', deepLinking: true },
+    // The UI's own routes are not part of the API.
+    uiHooks: {},
+    staticCSP: true
+  })
+}, { name: 'docs', fastify: '5.x', dependencies: ['config'] })
