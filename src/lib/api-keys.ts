@@ -5,6 +5,8 @@ export interface ApiKeyVerifier {
   readonly configured: boolean
   /** Constant-time check of a presented key against every configured key. */
   verify (presented: string | undefined): boolean
+  /** Like verify, but says which key matched (its place in the list), or -1: an identity that is not the secret. */
+  match (presented: string | undefined): number
 }
 
 const digest = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest()
@@ -14,12 +16,13 @@ export function createApiKeyVerifier (list: string | undefined): ApiKeyVerifier 
   const keys = (list ?? '').split(',').map((key) => key.trim()).filter((key) => key.length > 0).map(digest)
   return {
     configured: keys.length > 0,
-    verify (presented) {
-      if (typeof presented !== 'string' || presented.length === 0) return false
+    verify (presented) { return this.match(presented) >= 0 },
+    match (presented) {
+      if (typeof presented !== 'string' || presented.length === 0) return -1
       // Hashing first gives equal-length buffers, and every key is compared so timing shows nothing.
       const candidate = digest(presented)
-      let matched = false
-      for (const key of keys) matched = timingSafeEqual(candidate, key) || matched
+      let matched = -1
+      keys.forEach((key, index) => { if (timingSafeEqual(candidate, key)) matched = index })
       return matched
     }
   }

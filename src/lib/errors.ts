@@ -39,7 +39,12 @@ export class ServiceError extends Error {
   readonly details: ErrorDetails
 
   constructor (code: ErrorCode, details: ErrorDetails = {}, options?: { cause?: unknown }) {
+    // An expected outcome, not a defect: a stack trace would only cost time (a flood of 401s or 429s
+    // builds thousands). A cause keeps its own stack for the log.
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
     super(code, options)
+    Error.stackTraceLimit = limit
     this.name = 'ServiceError'
     this.code = code
     this.statusCode = ERROR_STATUS[code]

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 
 export interface CozeToken {
@@ -10,6 +9,8 @@ export interface CozeToken {
 export interface TokenRequest {
   kid: string
   iss: string
+  /** Who the issuer is, for the cache, when `iss` is a secret (the caller's key): never the secret itself. */
+  issuerId?: string
   sessionName?: string | undefined
   durationSeconds: number
 }
@@ -28,9 +29,9 @@ export interface TokenCacheOptions {
   maxEntries?: number
 }
 
-// The issuer may be the caller's API key, so the cache key is a digest, never the values themselves.
-function cacheKey ({ kid, iss, sessionName, durationSeconds }: TokenRequest): string {
-  return createHash('sha256').update(JSON.stringify([kid, iss, sessionName ?? null, durationSeconds])).digest('base64url')
+// The issuer may be the caller's key: the cache keys it by issuerId, so no secret becomes a cache key.
+function cacheKey ({ kid, iss, issuerId, sessionName, durationSeconds }: TokenRequest): string {
+  return JSON.stringify([kid, issuerId ?? iss, sessionName ?? null, durationSeconds])
 }
 
 /** How long a token may be handed out again: a tenth of its lifetime, at most `reuseSeconds`. */

@@ -17,12 +17,14 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const body = request.body
     if (!apiKeys.configured) throw new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
-    if (!apiKeys.verify(body.coze_api_key)) throw new ServiceError('UNAUTHORIZED')
+    const keyIndex = apiKeys.match(body.coze_api_key)
+    if (keyIndex < 0) throw new ServiceError('UNAUTHORIZED')
 
     const { token, outcome } = await fastify.coze.getAccessToken({
       kid: body.public_key,
       // Without an app id the presented key is the issuer, as the original service did.
       iss: config.COZE_APP_ID || body.coze_api_key,
+      issuerId: config.COZE_APP_ID ? 'app' : `key-${keyIndex}`,
       sessionName: body.session_name,
       // The schema's default fills it in when the caller leaves it out.
       durationSeconds: body.duration_seconds as number

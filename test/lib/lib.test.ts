@@ -24,6 +24,7 @@ t.test('api keys: constant-time match against every configured key, nothing open
   t.equal(keys.verify('firs'), false)
   t.equal(keys.verify(''), false)
   t.equal(keys.verify(undefined), false)
+  t.same([keys.match('first'), keys.match('second'), keys.match('third')], [0, 1, -1], 'match says which key, not what it is')
 })
 
 t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that never quote the key', async (t) => {
@@ -99,6 +100,8 @@ t.test('messages: one catalog, two languages', async (t) => {
   t.equal(messageFor('en', 'VALIDATION_FAILED', { reason: 'x is required' }), 'Invalid request data: x is required')
   t.equal(messageFor('en', 'COZE_EXCHANGE_FAILED'), 'Coze token exchange failed')
   t.equal(new ServiceError('UNAUTHORIZED').statusCode, 401)
+  t.notMatch(String(new ServiceError('UNAUTHORIZED').stack), /\n\s+at /, 'expected outcomes carry no stack trace')
+  t.match(String(new Error('defect').stack), /\n\s+at /, 'other errors still do')
   t.equal(outcomeOf(new ServiceError('UPSTREAM_TIMEOUT')), 'upstream_timeout')
   t.equal(outcomeOf(new TypeError('boom')), 'internal')
   t.equal(trustProxySetting('true'), true)

@@ -71,6 +71,8 @@ t.test('metrics: request counts by route and status, Coze exchanges, cache, rese
   t.equal(delta('oauth_completions_total', 'outcome="oauth_state_not_found"'), 1)
   t.ok(metricValue(after, 'process_cpu_user_seconds_total') > 0, 'process metrics')
   t.notOk(after.includes('route="/metrics"'), 'scrapes are not counted')
+  await app.inject('/health')
+  t.notOk((await scrape()).includes('route="/health"'), 'nor are probes')
 
   const off = await build(t, { METRICS_ENABLED: false })
   t.equal((await off.app.inject('/metrics')).statusCode, 404)
