@@ -10,6 +10,36 @@ import app, { type AppOptions } from '../src/app.js'
 import { serverOptions } from '../src/options.js'
 import { trustProxySetting } from '../src/schemas/config.js'
 
+/**
+ * Every secret the tests create or see: private keys, caller keys, issued tokens, OAuth codes and verifiers.
+ * When a test process exits, no log line of any app it built may contain one; otherwise it fails.
+ */
+const secrets = new Set<string>()
+const captures: LogCapture[] = []
+
+export function registerSecret (value: unknown): void {
+  // Short values (test placeholders such as "k" or "wrong") would match by chance.
+  if (typeof value === 'string' && value.length >= 12) secrets.add(value)
+}
+
+function registerPem (pem: unknown): void {
+  if (typeof pem !== 'string') return
+  for (const line of pem.replace(/\\n/g, '\n').split('\n')) if (!line.startsWith('-----')) registerSecret(line.trim())
+}
+
+process.on('exit', () => {
+  const leaks: string[] = []
+  for (const capture of captures) {
+    for (const line of capture.lines) {
+      for (const secret of secrets) if (line.includes(secret)) leaks.push(`${secret.slice(0, 6)}… in: ${line.slice(0, 200)}`)
+    }
+  }
+  if (leaks.length > 0) {
+    process.stderr.write(`SECRETS IN LOGS (${leaks.length}):\n${leaks.slice(0, 10).join('\n')}\n`)
+    process.exitCode = 1
+  }
+})
+
 interface TestContext {
   teardown (fn: () => unknown): void
 }
@@ -30,16 +60,25 @@ export function testKeys (): TestKeys {
       pkcs1: pair.privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
       publicKey: pair.publicKey
     }
+    registerPem(keys.pkcs8)
+    registerPem(keys.pkcs1)
   }
   return keys
 }
 
 export const API_KEY = 'test-service-key-0123456789'
+registerSecret(API_KEY)
 export const KID = '_v0VjcMlLdQc3tRTD3jC5Xz29TUnKQOhtuD5k-gpyf4'
 
 /** Every log line the app wrote, as text, for the secret checks. */
 export class LogCapture extends Writable {
   readonly lines: string[] = []
+
+  constructor () {
+    super()
+    captures.push(this)
+  }
+
   override _write (chunk: Buffer, _encoding: string, callback: () => void): void {
     this.lines.push(...chunk.toString('utf8').split('\n').filter(Boolean))
     callback()
@@ -56,6 +95,8 @@ export interface Built {
 
 /** The app as production builds it, with configuration passed as data and the environment ignored. */
 export async function build (t: TestContext, config: AppOptions['config'] = {}, options: Omit<AppOptions, 'config'> = {}): Promise<Built> {
+  registerPem(config.JWT_PRIVATE_KEY)
+  for (const key of String(config.EXPECTED_COZE_API_KEY ?? '').split(',')) registerSecret(key.trim())
   const logs = new LogCapture()
   const trustProxy = trustProxySetting(String(config.TRUST_PROXY ?? 'false'))
   const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy }))
@@ -92,6 +133,12 @@ export async function startUpstream (t: TestContext, handler: UpstreamHandler): 
     req.on('end', () => {
       const recorded = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8') }
       requests.push(recorded)
+      // What reaches an upstream on the service's behalf is secret: JWTs, tokens, codes, verifiers.
+      registerSecret(req.headers.authorization)
+      try {
+        const sent = JSON.parse(recorded.body) as Record<string, unknown>
+        for (const field of ['code', 'code_verifier', 'access_token']) registerSecret(sent[field])
+      } catch { /* not JSON: nothing to register */ }
       Promise.resolve(handler(recorded, res)).catch((err: unknown) => { res.destroy(err as Error) })
     })
   })
@@ -105,6 +152,7 @@ export async function startUpstream (t: TestContext, handler: UpstreamHandler): 
 }
 
 export function sendJson (res: ServerResponse, status: number, body: unknown): void {
+  registerSecret((body as { access_token?: unknown } | null)?.access_token)
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
   res.end(text)

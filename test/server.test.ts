@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import { ConfigSchema } from '../src/schemas/config.js'
 import { API_KEY, KID, sendJson, startUpstream, testKeys } from './helper.js'
 
@@ -79,6 +79,38 @@ t.test('the server starts, finishes in-flight requests on SIGTERM, and exits 0',
   t.match(server.output(), /"signal":"SIGTERM"/)
   t.notOk(server.output().includes('czs_slow'), 'no token in the logs')
   await t.rejects(request(`${server.url}/health`), 'new connections are refused after the stop')
+})
+
+t.test('SIGTERM with 50 requests in flight: each gets its full answer, new connections are refused, exit 0 within the grace delay', async (t) => {
+  const slow = await startUpstream(t, async (req, res) => {
+    await sleep(600)
+    sendJson(res, 200, { echoed: JSON.parse(req.body) as unknown })
+  })
+  const server = await startServer({ EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${slow.port}`, SHUTDOWN_GRACE_MS: '5000' })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  t.ok(server.url, server.output())
+  const agent = new Agent({ connections: 60 })
+  t.teardown(async () => { await agent.close() })
+  const inFlight = Array.from({ length: 50 }, async (_unused, index) => {
+    const res = await request(`${server.url}/resend`, {
+      dispatcher: agent,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+      body: JSON.stringify({ location: `${slow.url}/slow`, params: { index } })
+    })
+    return { status: res.statusCode, body: await res.body.json() as { data: { body: { echoed: { index: number } } } } }
+  })
+  for (let i = 0; i < 100 && slow.requests.length < 50; i++) await sleep(20)
+  t.equal(slow.requests.length, 50, 'all 50 are in flight')
+  const stopped = Date.now()
+  server.child.kill('SIGTERM')
+  await sleep(100)
+  await t.rejects(request(`${server.url}/health`, { dispatcher: new Agent() }), { code: 'ECONNREFUSED' }, 'a new connection is refused')
+  const answers = await Promise.all(inFlight)
+  t.same(answers.map((answer) => answer.status), Array(50).fill(200), 'every in-flight request got its answer')
+  t.same(answers.map((answer) => answer.body.data.body.echoed.index), Array.from({ length: 50 }, (_unused, index) => index), '...in full')
+  t.equal(await server.exited, 0)
+  t.ok(Date.now() - stopped < 5000, `stopped in ${Date.now() - stopped} ms, within the grace delay`)
 })
 
 t.test('an invalid variable or key stops the start with exit code 1 and says which', async (t) => {

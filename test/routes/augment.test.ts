@@ -192,10 +192,12 @@ t.test('Redis outage: 503 STATE_STORE_UNAVAILABLE fast, /ready 503, the rest kee
   const redis = await startRedisServer(t)
   const tenant = await startUpstream(t, tokenAnswer)
   const coze = await startUpstream(t, (_req, res) => { sendJson(res, 200, { access_token: 'czs_during_outage', expires_in: 1900000000 }) })
+  const feishu = await startUpstream(t, (_req, res) => { sendJson(res, 200, { code: 0 }) })
   const { app, logs } = await build(t, {
     STATE_STORE: 'redis',
     REDIS_URL: redis.url,
     AUGMENT_TENANT_HOSTS: `http://127.0.0.1:${tenant.port}`,
+    RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu.port}`,
     JWT_PRIVATE_KEY: testKeys().pkcs8,
     EXPECTED_COZE_API_KEY: API_KEY,
     COZE_API_URL: `${coze.url}/api/permission/oauth2/token`
@@ -216,6 +218,8 @@ t.test('Redis outage: 503 STATE_STORE_UNAVAILABLE fast, /ready 503, the rest kee
   t.match(ready.json().data, { error: 'NOT_READY', checks: { state_store: 'down' } })
   const token = await app.inject({ method: 'POST', url: '/token', payload: { public_key: KID, coze_api_key: API_KEY } })
   t.equal(token.statusCode, 200, '/token does not need Redis')
+  const relayed = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${feishu.url}/x`, params: {} } })
+  t.equal(relayed.statusCode, 200, '/resend does not need Redis')
 
   await redis.start()
   let recovered = false

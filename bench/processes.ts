@@ -1,0 +1,77 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+
+/** The processes of the bench and the soak: the service, the mock upstreams, the ceilings. */
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+
+export interface Child {
+  process: ChildProcess
+  stop: () => Promise<void>
+}
+
+/** Starts a node process, waits for the first line of its stdout that is a JSON handshake, and drains the rest. */
+export async function startNode (script: string, env: Record<string, string>, handshake: (line: string) => unknown): Promise<{ child: Child, value: unknown }> {
+  const child = spawn(process.execPath, [script], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+  let buffer = ''
+  const value = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`${script} did not start`)) }, 20_000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString()
+      for (const line of buffer.split('\n')) {
+        const found = handshake(line)
+        if (found !== undefined) {
+          clearTimeout(timer)
+          buffer = ''
+          resolve(found)
+          return
+        }
+      }
+    })
+    child.on('exit', (code) => { reject(new Error(`${script} exited with ${String(code)}`)) })
+  })
+  child.stdout?.removeAllListeners('data')
+  child.stdout?.resume()
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await Promise.race([exited, sleep(5000).then(() => child.kill('SIGKILL'))])
+  }
+  return { child: { process: child, stop }, value }
+}
+
+export function jsonLine<T> (line: string, key: string): T | undefined {
+  try {
+    const value = JSON.parse(line) as Record<string, unknown>
+    return key in value && !('level' in value) ? value as T : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+/** Resident memory of a process now, from /proc (Linux), in MB. */
+export function rssMb (pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
+  return kb / 1024
+}
+
+/** CPU time a process has used so far (user + system), in ms, from /proc. */
+export function cpuMs (pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? []
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
