@@ -3,7 +3,7 @@ import { Pool, type Dispatcher } from 'undici'
 import type { Signer } from '../lib/coze-jwt.js'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { createTokenCache, type CacheOutcome, type CozeToken, type TokenRequest } from '../lib/token-cache.js'
-import { parseJsonSafely, readBodyLimited, transportError } from '../lib/upstream.js'
+import { parseJsonSafely, readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -82,16 +82,17 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
     let status: number
     let raw: Buffer
     try {
-      const response = await dispatcher.request({
-        origin: url.origin,
-        path,
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'application/json', authorization: `Bearer ${jwt}` },
-        body: JSON.stringify({ grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }),
-        signal: AbortSignal.timeout(options.timeoutMs)
+      [status, raw] = await withDeadline(options.timeoutMs, async (signal) => {
+        const response = await dispatcher.request({
+          origin: url.origin,
+          path,
+          method: 'POST',
+          headers: { 'content-type': 'application/json', accept: 'application/json', authorization: `Bearer ${jwt}` },
+          body: JSON.stringify({ grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }),
+          signal
+        })
+        return [response.statusCode, await readBodyLimited(response.body, MAX_COZE_RESPONSE_BYTES)] as const
       })
-      status = response.statusCode
-      raw = await readBodyLimited(response.body, MAX_COZE_RESPONSE_BYTES)
     } catch (err) {
       if ((err as Error).name === 'ResponseTooLargeError') {
         throw new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' }, { cause: err })

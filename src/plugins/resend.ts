@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
 import { ServiceError } from '../lib/errors.js'
 import { applyCommands, type Commands } from '../lib/resend-commands.js'
-import { readBodyLimited, transportError } from '../lib/upstream.js'
+import { readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
 import { createPolicyAgents } from '../lib/policy-agents.js'
 import { checkDestination, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver } from '../lib/upstream-policy.js'
 
@@ -96,18 +96,6 @@ function parseBody (raw: Buffer, contentType: string | string[] | undefined): un
 export function createResendProcessor (options: ResendOptions): ResendProcessor {
   const agents = createPolicyAgents({ timeoutMs: options.timeoutMs, resolver: options.resolver })
 
-  async function send (dispatcher: Dispatcher, url: URL, request: ResendRequest, body: string | undefined, headers: Record<string, string>) {
-    const response = await dispatcher.request({
-      origin: url.origin,
-      path: url.pathname + url.search,
-      method: request.method,
-      headers,
-      body,
-      signal: AbortSignal.timeout(options.timeoutMs)
-    })
-    return response
-  }
-
   return {
     async resend (request, log) {
       const decision = checkDestination(request.location, options.allowList)
@@ -127,12 +115,12 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
 
       const elapsed = (): number => Math.round(performance.now() - started)
 
-      // One attempt: the outcome, or how long to wait before the next one.
-      async function attemptOnce (attempt: number): Promise<ResendOutcome | { retryInMs: number }> {
+      // One attempt, within RESEND_TIMEOUT_MS from sending to the last byte: the outcome, or how long to wait.
+      async function attemptOnce (attempt: number, signal: AbortSignal): Promise<ResendOutcome | { retryInMs: number }> {
         const last = attempt >= request.maxAttempts
         let response: Dispatcher.ResponseData
         try {
-          response = await send(dispatcher, url, request, body, headers)
+          response = await dispatcher.request({ origin: url.origin, path: url.pathname + url.search, method: request.method, headers, body, signal })
         } catch (err) {
           if (isDestinationRefusal(err)) {
             log.warn({ destination, method: request.method }, 'resend refused: destination resolves to a non-public address')
@@ -160,10 +148,13 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
       }
 
       let attempt = 1
-      let result = await attemptOnce(attempt)
+      const attemptWithDeadline = async (): Promise<ResendOutcome | { retryInMs: number }> =>
+        await withDeadline(options.timeoutMs, async (signal) => await attemptOnce(attempt, signal))
+      let result = await attemptWithDeadline()
       while ('retryInMs' in result) {
         await sleep(result.retryInMs)
-        result = await attemptOnce(++attempt)
+        attempt++
+        result = await attemptWithDeadline()
       }
       return result
     },
