@@ -21,6 +21,13 @@ import resendRoutes from './routes/resend.js'
 import tokenRoutes from './routes/token.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Fields a route adds to the request's one log line (never secrets). */
+    logFields: Record<string, unknown> | null
+  }
+}
+
 export interface AppOptions {
   /** Configuration values that win over the environment; tests pass all of theirs here. */
   config?: ConfigOptions['data']
@@ -57,9 +64,12 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
 
   fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
 
-  // One line per request: the route, not the query string, which may carry user data.
+  // One line per request: the route, not the query string, which may carry user data; routes add their
+  // own fields (request.logFields) to this line rather than writing a second one.
+  fastify.decorateRequest('logFields', null)
   fastify.addHook('onResponse', async (request, reply) => {
     request.log.info({
+      ...request.logFields,
       method: request.method,
       route: request.routeOptions.url ?? null,
       path: request.url.split('?', 1)[0],

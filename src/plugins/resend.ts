@@ -32,8 +32,11 @@ export interface ResendOutcome {
 }
 
 export interface ResendProcessor {
-  /** Applies the commands, checks the destination, sends, retries where allowed; never follows redirects. */
-  resend (request: ResendRequest, log: FastifyBaseLogger): Promise<ResendOutcome>
+  /**
+   * Applies the commands, checks the destination, sends, retries where allowed; never follows redirects.
+   * Fills `trace` with what the request's log line should say: destination, method, status, attempts, time.
+   */
+  resend (request: ResendRequest, log: FastifyBaseLogger, trace?: Record<string, unknown>): Promise<ResendOutcome>
   close (): Promise<void>
 }
 
@@ -97,7 +100,7 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
   const agents = createPolicyAgents({ timeoutMs: options.timeoutMs, resolver: options.resolver })
 
   return {
-    async resend (request, log) {
+    async resend (request, log, trace = {}) {
       const decision = checkDestination(request.location, options.allowList)
       if (!decision.allowed) {
         if (decision.reason === 'url') throw new ServiceError('VALIDATION_FAILED', { field: 'location', reason: 'location must be an absolute http(s) URL' })
@@ -112,8 +115,8 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
       const dispatcher = agents.dispatcherFor(decision.allowPrivate)
       const destination = `${decision.host}${url.pathname}`
       const started = performance.now()
-
-      const elapsed = (): number => Math.round(performance.now() - started)
+      Object.assign(trace, { destination, upstream_method: request.method })
+      const settle = (fields: Record<string, unknown>): void => { Object.assign(trace, fields, { upstream_ms: Math.round(performance.now() - started) }) }
 
       // One attempt, within RESEND_TIMEOUT_MS from sending to the last byte: the outcome, or how long to wait.
       async function attemptOnce (attempt: number, signal: AbortSignal): Promise<ResendOutcome | { retryInMs: number }> {
@@ -127,7 +130,7 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
             throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: 'address' })
           }
           if (!last && isRetryableTransportError(err)) return { retryInMs: backoffMillis(attempt) }
-          log.info({ destination, method: request.method, attempts: attempt, durationMs: elapsed() }, 'resend failed')
+          settle({ attempts: attempt })
           throw transportError(err, { attempts: attempt })
         }
         if (!last && RETRY_STATUSES.has(response.statusCode)) {
@@ -143,7 +146,7 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
           }
           throw transportError(err, { attempts: attempt })
         }
-        log.info({ destination, method: request.method, status: response.statusCode, attempts: attempt, durationMs: elapsed() }, 'resend')
+        settle({ upstream_status: response.statusCode, attempts: attempt })
         return { status: response.statusCode, body: parseBody(raw, response.headers['content-type']), attempts: attempt }
       }
 

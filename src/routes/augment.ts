@@ -32,7 +32,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const state = createOAuthState()
     await stateStore.save(state, { verifier, createdAt: Date.now() })
     fastify.serviceMetrics.oauthStateIssued()
-    request.log.info({ user_id: request.query.user_id, state_ref: stateRef(state) }, 'augment authorize link issued')
+    request.logFields = { user_id: request.query.user_id, state_ref: stateRef(state) }
     return {
       success: true as const,
       data: { authorize_url: buildAuthorizeUrl(config.AUGMENT_AUTH_URL, { challenge, clientId: config.AUGMENT_CLIENT_ID, state }), state },
@@ -71,7 +71,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
     fastify.serviceMetrics.oauthCompletion('success')
     const tokenInfo = { id: randomUUID(), created_at: new Date().toISOString() }
-    request.log.info({ state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }, 'augment sign-in completed')
+    request.logFields = { state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }
     return {
       success: true as const,
       data: { status: 'success' as const, token, tenant_url: tenantUrl, token_info: tokenInfo },

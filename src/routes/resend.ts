@@ -22,6 +22,8 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (!apiKeys.verify(request.headers['x-api-key'] ?? body.coze_api_key)) throw new ServiceError('UNAUTHORIZED')
 
     let outcome
+    const trace: Record<string, unknown> = {}
+    request.logFields = trace
     try {
       outcome = await fastify.resend.resend({
         location: body.location,
@@ -31,7 +33,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         headers: body.headers,
         params: body.params,
         commands: body.commands
-      }, request.log)
+      }, request.log, trace)
     } catch (err) {
       const attempts = (err as Partial<ServiceError>).details?.attempts
       fastify.serviceMetrics.resend(outcomeOf(err), typeof attempts === 'number' ? attempts : 0)

@@ -11,6 +11,7 @@ import { createTokenCache, reuseMillis } from '../../src/lib/token-cache.js'
 import { isTimeout, parseJsonSafely, readBodyLimited, transportError } from '../../src/lib/upstream.js'
 import { createCozeClient } from '../../src/plugins/coze.js'
 import { createReadiness } from '../../src/plugins/readiness.js'
+import { challengeFor, createOAuthState, createPkcePair, randomBase64url } from '../../src/lib/pkce.js'
 import { testKeys } from '../helper.js'
 
 t.test('api keys: constant-time match against every configured key, nothing open', async (t) => {
@@ -118,4 +119,17 @@ t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks ti
   readiness.add('hangs', async () => await new Promise(() => {}))
   readiness.add('fine', async () => 'ok')
   t.same(await readiness.check(), { ready: false, checks: { hangs: 'down', fine: 'ok' } })
+})
+
+t.test('pooled randomness: right length, never handed out twice across refills', async (t) => {
+  const seen = new Set<string>()
+  for (let i = 0; i < 1000; i++) {
+    const value = randomBase64url(32)
+    t.equal(Buffer.from(value, 'base64url').length, 32)
+    seen.add(value)
+  }
+  t.equal(seen.size, 1000)
+  const { verifier, challenge } = createPkcePair()
+  t.equal(challengeFor(verifier), challenge)
+  t.match(createOAuthState(), /^[A-Za-z0-9_-]{22}$/)
 })

@@ -42,8 +42,8 @@ t.test('the seed example: parsed fields arrive as objects, body headers go, inco
   for (const incoming of ['cookie', 'x-forwarded-for', 'x-api-key', 'transfer-encoding']) t.notOk(incoming in (sent?.headers ?? {}), `${incoming} is not forwarded`)
   t.notOk((sent?.body ?? '').includes('not-forwarded'), 'coze_api_key is not forwarded')
 
-  const line = logs.records().find((record) => record.msg === 'resend')
-  t.match(line, { destination: `127.0.0.1${FEISHU_PATH}`, method: 'POST', status: 200, attempts: 1 })
+  const line = logs.records().find((record) => record.msg === 'request completed' && record.route === '/resend')
+  t.match(line, { destination: `127.0.0.1${FEISHU_PATH}`, upstream_method: 'POST', upstream_status: 200, attempts: 1, upstream_ms: Number, statusCode: 200 })
   for (const secret of ['t-secret-feishu-token', '滴滴出行', API_KEY, 'session=incoming']) t.notOk(logs.text.includes(secret), 'no header values or params in the logs')
 })
 
