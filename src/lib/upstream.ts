@@ -1,3 +1,4 @@
+import type { Dispatcher } from 'undici'
 import { ServiceError } from './errors.js'
 
 export class ResponseTooLargeError extends Error {
@@ -60,4 +61,26 @@ export async function withDeadline<T> (ms: number, call: (signal: AbortSignal) =
   } finally {
     clearTimeout(timer)
   }
+}
+
+export interface PostJsonOptions {
+  headers?: Record<string, string>
+  timeoutMs: number
+  /** Past this many bytes the answer is not read further: ResponseTooLargeError. */
+  maxResponseBytes: number
+}
+
+/** POSTs a JSON body and reads the answer, all within the deadline; the caller decides what the answer means. */
+export async function postJson (dispatcher: Dispatcher, url: URL, body: unknown, options: PostJsonOptions): Promise<{ status: number, raw: Buffer }> {
+  return await withDeadline(options.timeoutMs, async (signal) => {
+    const response = await dispatcher.request({
+      origin: url.origin,
+      path: url.pathname + url.search,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json', ...options.headers },
+      body: JSON.stringify(body),
+      signal
+    })
+    return { status: response.statusCode, raw: await readBodyLimited(response.body, options.maxResponseBytes) }
+  })
 }

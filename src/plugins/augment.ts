@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { ServiceError } from '../lib/errors.js'
 import { createPolicyAgents } from '../lib/policy-agents.js'
-import { parseJsonSafely, readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
+import { parseJsonSafely, postJson, transportError } from '../lib/upstream.js'
 import { checkDestination, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver } from '../lib/upstream-policy.js'
 
 declare module 'fastify' {
@@ -49,17 +49,9 @@ export function createAugmentClient (options: AugmentClientOptions): AugmentClie
       let status: number
       let raw: Buffer
       try {
-        [status, raw] = await withDeadline(options.timeoutMs, async (signal) => {
-          const response = await agents.dispatcherFor(tenant.allowPrivate).request({
-            origin: tokenUrl.origin,
-            path: tokenUrl.pathname,
-            method: 'POST',
-            headers: { 'content-type': 'application/json', accept: 'application/json' },
-            body: JSON.stringify({ grant_type: 'authorization_code', client_id: options.clientId, code_verifier: verifier, redirect_uri: '', code }),
-            signal
-          })
-          return [response.statusCode, await readBodyLimited(response.body, MAX_TOKEN_RESPONSE_BYTES)] as const
-        })
+        ({ status, raw } = await postJson(agents.dispatcherFor(tenant.allowPrivate), tokenUrl,
+          { grant_type: 'authorization_code', client_id: options.clientId, code_verifier: verifier, redirect_uri: '', code },
+          { timeoutMs: options.timeoutMs, maxResponseBytes: MAX_TOKEN_RESPONSE_BYTES }))
       } catch (err) {
         if (isDestinationRefusal(err)) throw new ServiceError('TENANT_URL_NOT_ALLOWED', { reason: 'address' })
         if ((err as Error).name === 'ResponseTooLargeError') throw new ServiceError('TOKEN_EXCHANGE_FAILED', { reason: 'response too large' })

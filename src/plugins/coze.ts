@@ -3,7 +3,7 @@ import { Pool, type Dispatcher } from 'undici'
 import type { Signer } from '../lib/coze-jwt.js'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { createTokenCache, type CacheOutcome, type CozeToken, type TokenRequest } from '../lib/token-cache.js'
-import { parseJsonSafely, readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
+import { parseJsonSafely, postJson, transportError } from '../lib/upstream.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -63,7 +63,6 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
     bodyTimeout: options.timeoutMs
   })
   const cache = createTokenCache({ reuseSeconds: options.reuseSeconds })
-  const path = url.pathname + url.search
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken> {
     const started = performance.now()
@@ -82,17 +81,11 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
     let status: number
     let raw: Buffer
     try {
-      [status, raw] = await withDeadline(options.timeoutMs, async (signal) => {
-        const response = await dispatcher.request({
-          origin: url.origin,
-          path,
-          method: 'POST',
-          headers: { 'content-type': 'application/json', accept: 'application/json', authorization: `Bearer ${jwt}` },
-          body: JSON.stringify({ grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }),
-          signal
-        })
-        return [response.statusCode, await readBodyLimited(response.body, MAX_COZE_RESPONSE_BYTES)] as const
-      })
+      ({ status, raw } = await postJson(dispatcher, url, { grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }, {
+        headers: { authorization: `Bearer ${jwt}` },
+        timeoutMs: options.timeoutMs,
+        maxResponseBytes: MAX_COZE_RESPONSE_BYTES
+      }))
     } catch (err) {
       if ((err as Error).name === 'ResponseTooLargeError') {
         throw new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' }, { cause: err })
