@@ -15,8 +15,9 @@ const cozeUrl = new URL(process.env.COZE_API_URL as string)
 const pool = new Pool(cozeUrl.origin, { connections: 64, keepAliveTimeout: 30_000 })
 
 const app = Fastify(serverOptions({ logLevel: process.env.LOG_LEVEL ?? 'info' }))
-app.addHook('onResponse', async (request, reply) => {
+app.addHook('onResponse', (request, reply, done) => {
   request.log.info({ method: request.method, route: request.routeOptions.url, statusCode: reply.statusCode, durationMs: reply.elapsedTime }, 'request completed')
+  done()
 })
 app.get('/hello', async () => ({ hello: 'world' }))
 app.post('/sign-and-post', async () => {

@@ -67,7 +67,8 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   // One line per request: the route, not the query string, which may carry user data; routes add their
   // own fields (request.logFields) to this line rather than writing a second one.
   fastify.decorateRequest('logFields', null)
-  fastify.addHook('onResponse', async (request, reply) => {
+  // (Hooks on every request are callback-style: an async hook costs a promise and a microtask each time.)
+  fastify.addHook('onResponse', (request, reply, done) => {
     request.log.info({
       ...request.logFields,
       method: request.method,
@@ -76,11 +77,13 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
       statusCode: reply.statusCode,
       durationMs: Math.round(reply.elapsedTime * 10) / 10
     }, 'request completed')
+    done()
   })
 
   // While closing, answers end their connection so keep-alive clients move to another instance at once.
-  fastify.addHook('onSend', async (_request, reply) => {
+  fastify.addHook('onSend', (_request, reply, payload, done) => {
     if (!fastify.server.listening) void reply.header('connection', 'close')
+    done(null, payload)
   })
 
   await fastify.register(healthRoutes)

@@ -6,8 +6,9 @@ import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { HealthData, ReadyData } from '../schemas/health.js'
 
-// Probes are never rate limited or shed: a busy instance must not look dead to its load balancer.
-const PROBE = { rateLimit: false, ...NEVER_SHED } as const
+// Probes are never rate limited or shed (a busy instance must not look dead to its load balancer), and are
+// not timed by the request metrics.
+const PROBE = { rateLimit: false, disableMetrics: true, ...NEVER_SHED } as const
 
 const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/health', {
