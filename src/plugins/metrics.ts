@@ -71,8 +71,8 @@ export default fp(async function metrics (fastify) {
     routeMetrics: {
       enabled: { histogram: true, summary: false },
       registeredRoutesOnly: true,
-      // Probes are polled every few seconds by balancers; counting them says nothing about the service.
-      routeBlacklist: ['/metrics', '/health', '/ready'],
+      // Probe routes opt out themselves (config.disableMetrics), which skips the hook earliest.
+      routeBlacklist: ['/metrics'],
       // Both are created even with summaries off; both go to this app's registry.
       overrides: {
         histogram: { registers: [registry], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },

@@ -107,10 +107,15 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
         throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: decision.reason })
       }
       const { url } = decision
-      const document: Record<string, unknown> = structuredClone({ location: request.location, method: request.method, headers: request.headers, params: request.params, commands: request.commands })
-      if (request.commands !== undefined) applyCommands(document, request.commands)
-      const hasBody = request.method !== 'GET' && document.params !== undefined
-      const body = hasBody ? JSON.stringify(document.params) : undefined
+      // Commands rewrite a copy of the whole request; without commands nothing needs copying.
+      let params = request.params
+      if (request.commands !== undefined) {
+        const document: Record<string, unknown> = structuredClone({ location: request.location, method: request.method, headers: request.headers, params, commands: request.commands })
+        applyCommands(document, request.commands)
+        params = document.params
+      }
+      const hasBody = request.method !== 'GET' && params !== undefined
+      const body = hasBody ? JSON.stringify(params) : undefined
       const headers = outgoingHeaders(request.headers, hasBody)
       const dispatcher = agents.dispatcherFor(decision.allowPrivate)
       const destination = `${decision.host}${url.pathname}`

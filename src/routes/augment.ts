@@ -2,10 +2,9 @@ import { createHash, randomUUID } from 'node:crypto'
 import cors from '@fastify/cors'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
-import { messageFor, pickLocale } from '../lib/messages.js'
 import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
-import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 
 const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 
@@ -33,11 +32,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     await stateStore.save(state, { verifier, createdAt: Date.now() })
     fastify.serviceMetrics.oauthStateIssued()
     request.logFields = { user_id: request.query.user_id, state_ref: stateRef(state) }
-    return {
-      success: true as const,
-      data: { authorize_url: buildAuthorizeUrl(config.AUGMENT_AUTH_URL, { challenge, clientId: config.AUGMENT_CLIENT_ID, state }), state },
-      message: messageFor(pickLocale(request.headers['accept-language']), 'AUTH_URL_OK')
-    }
+    const authorizeUrl = buildAuthorizeUrl(config.AUGMENT_AUTH_URL, { challenge, clientId: config.AUGMENT_CLIENT_ID, state })
+    return ok(request.headers['accept-language'], 'AUTH_URL_OK', { authorize_url: authorizeUrl, state })
   })
 
   fastify.post('/complete-auth', {
@@ -72,11 +68,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     fastify.serviceMetrics.oauthCompletion('success')
     const tokenInfo = { id: randomUUID(), created_at: new Date().toISOString() }
     request.logFields = { state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }
-    return {
-      success: true as const,
-      data: { status: 'success' as const, token, tenant_url: tenantUrl, token_info: tokenInfo },
-      message: messageFor(pickLocale(request.headers['accept-language']), 'COMPLETE_AUTH_OK')
-    }
+    return ok(request.headers['accept-language'], 'COMPLETE_AUTH_OK', { status: 'success' as const, token, tenant_url: tenantUrl, token_info: tokenInfo })
   })
 }
 

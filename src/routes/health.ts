@@ -1,9 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
 import { NEVER_SHED } from '../plugins/pressure.js'
-import { messageFor, pickLocale } from '../lib/messages.js'
 import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
-import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 import { HealthData, ReadyData } from '../schemas/health.js'
 
 // Probes are never rate limited or shed (a busy instance must not look dead to its load balancer), and are
@@ -18,10 +17,8 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['probes'],
       response: { 200: Envelope(HealthData), ...errorResponses }
     }
-  }, async (request) => ({
-    success: true as const,
-    data: { status: 'ok' as const, service: SERVICE_NAME, version: SERVICE_VERSION, timestamp: new Date().toISOString() },
-    message: messageFor(pickLocale(request.headers['accept-language']), 'HEALTH_OK')
+  }, async (request) => ok(request.headers['accept-language'], 'HEALTH_OK', {
+    status: 'ok' as const, service: SERVICE_NAME, version: SERVICE_VERSION, timestamp: new Date().toISOString()
   }))
 
   fastify.get('/ready', {
@@ -34,11 +31,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const { ready, checks } = await fastify.readiness.check()
     if (!ready) throw new ServiceError('NOT_READY', { status: 'not_ready', checks })
-    return {
-      success: true as const,
-      data: { status: 'ready' as const, checks },
-      message: messageFor(pickLocale(request.headers['accept-language']), 'READY_OK')
-    }
+    return ok(request.headers['accept-language'], 'READY_OK', { status: 'ready' as const, checks })
   })
 }
 

@@ -1,8 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
-import { messageFor, pickLocale } from '../lib/messages.js'
 import type { ResendMethod } from '../plugins/resend.js'
-import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 import { ApiKeyHeaders, ResendBody, ResendData } from '../schemas/resend.js'
 
 const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -42,7 +41,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const succeeded = outcome.status >= 200 && outcome.status <= 299
     fastify.serviceMetrics.resend(succeeded ? 'success' : 'upstream_error', outcome.attempts)
     if (!succeeded) throw new ServiceError('UPSTREAM_ERROR', { ...outcome })
-    return { success: true as const, data: outcome, message: messageFor(pickLocale(request.headers['accept-language']), 'RESEND_OK') }
+    return ok(request.headers['accept-language'], 'RESEND_OK', outcome)
   })
 }
 

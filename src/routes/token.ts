@@ -1,7 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
-import { messageFor, pickLocale } from '../lib/messages.js'
-import { Envelope, errorResponses } from '../schemas/envelope.js'
+import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 import { TokenBody, TokenData } from '../schemas/token.js'
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -31,7 +30,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     fastify.serviceMetrics.tokenRequest(outcome)
     request.log.debug({ cache: outcome }, 'coze token issued')
-    return { success: true as const, data: token, message: messageFor(pickLocale(request.headers['accept-language']), 'TOKEN_OK') }
+    return ok(request.headers['accept-language'], 'TOKEN_OK', token)
   })
 }
 

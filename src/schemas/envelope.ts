@@ -1,4 +1,5 @@
 import { Type, type TSchema } from '@sinclair/typebox'
+import { messageFor, pickLocale, type SuccessText } from '../lib/messages.js'
 
 /** The one shape of every answer: `{ success, data, message }`. */
 export const Envelope = <T extends TSchema>(data: T) =>
@@ -21,4 +22,9 @@ export const ErrorEnvelope = Type.Object({
 export const errorResponses = {
   '4xx': Type.Ref(ErrorEnvelope),
   '5xx': Type.Ref(ErrorEnvelope)
+}
+
+/** A success answer: the data, and the message of `text` in the caller's language. */
+export function ok<T> (acceptLanguage: string | string[] | undefined, text: SuccessText, data: T): { success: true, data: T, message: string } {
+  return { success: true, data, message: messageFor(pickLocale(acceptLanguage), text) }
 }
