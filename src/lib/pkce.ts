@@ -1,4 +1,4 @@
-import { createHash, randomFillSync } from 'node:crypto'
+import { hash, randomFillSync } from 'node:crypto'
 
 // Entropy is drawn from the CSPRNG in blocks and handed out once each, as Node's own randomUUID does:
 // one call into OpenSSL per 128 sign-ins instead of two per sign-in.
@@ -31,7 +31,7 @@ export function createPkcePair (): PkcePair {
 
 export function challengeFor (verifier: string): string {
   // The verifier's own ASCII characters are hashed, not the bytes they encode.
-  return createHash('sha256').update(verifier, 'ascii').digest('base64url')
+  return hash('sha256', verifier, 'base64url')
 }
 
 /** 16 random bytes, base64url: the OAuth state, unguessable and used once. */

@@ -59,11 +59,14 @@ export function createTokenCache ({ reuseSeconds, maxEntries = 1000 }: TokenCach
       if (reuseSeconds <= 0 || reuseMillis(reuseSeconds, request.durationSeconds) < 1) {
         return { token: await exchange(), outcome: 'off' }
       }
+      const key = cacheKey(request)
+      // A fresh token is handed out at once; fetch() (and its promise) only when one must be made or awaited.
+      const cached = cache.get(key)
+      if (cached !== undefined) return { token: cached, outcome: 'hit' }
       const status: LRUCache.Status<string, CozeToken, Context> = {}
-      const token = await cache.fetch(cacheKey(request), { context: { request, exchange }, status })
-      const outcome: CacheOutcome = status.fetch === 'hit' ? 'hit' : status.fetch === 'inflight' ? 'shared' : 'miss'
+      const token = await cache.fetch(key, { context: { request, exchange }, status })
       // fetch() resolves to undefined only when aborted, which nothing here does.
-      return { token: token as CozeToken, outcome }
+      return { token: token as CozeToken, outcome: status.fetch === 'inflight' ? 'shared' : 'miss' }
     }
   }
 }

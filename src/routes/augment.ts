@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto'
+import { hash, randomUUID } from 'node:crypto'
 import cors from '@fastify/cors'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
@@ -9,7 +9,7 @@ import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 
 // Logs name a state by a short digest: enough to follow one sign-in, useless to anyone reading the logs.
-const stateRef = (state: string): string => createHash('sha256').update(state).digest('base64url').slice(0, 10)
+const stateRef = (state: string): string => hash('sha256', state, 'base64url').slice(0, 10)
 
 /** Registered under the /api prefix; CORS, when CORS_ORIGINS lists origins, covers these routes only. */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
