@@ -70,7 +70,7 @@ export function toServiceError (err: FastifyError, validationReason?: string): S
 export function errorEnvelope (error: ServiceError, acceptLanguage: string | string[] | undefined) {
   return {
     success: false as const,
-    data: { ...error.details, error: error.code },
+    data: Object.assign({}, error.details, { error: error.code }),
     message: messageFor(pickLocale(acceptLanguage), error.code, error.details)
   }
 }

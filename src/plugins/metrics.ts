@@ -82,8 +82,9 @@ export default fp(async function metrics (fastify) {
 
   // Registered routes only (a 404 for an unknown path has no route), and not the probes or the scrape itself.
   fastify.addHook('onResponse', (request, reply, done) => {
-    const route = request.routeOptions.url
-    if (route !== undefined && request.routeOptions.config.disableMetrics !== true) {
+    // (routeOptions is a getter that builds a new object: read once.)
+    const { url: route, config } = request.routeOptions
+    if (route !== undefined && config.disableMetrics !== true) {
       requestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
     }
     done()
