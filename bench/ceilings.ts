@@ -1,15 +1,24 @@
 import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import Fastify from 'fastify'
 import { SignJWT } from 'jose'
 import { Pool } from 'undici'
 import { importRsaPrivateKey } from '../src/lib/coze-jwt.js'
 import { serverOptions } from '../src/options.js'
+import { Envelope, ok } from '../src/schemas/envelope.js'
+import { HealthData } from '../src/schemas/health.js'
+import { TokenBody, TokenData } from '../src/schemas/token.js'
 
 /**
  * The ceilings of the bench: the least a server can do for the same work.
  * GET /hello: a bare Fastify 5 route with the service's logger settings (one line per request, same level).
  * POST /sign-and-post: sign the same JWT with jose and post it to the same Coze mock with an undici pool.
+ * GET /same-health and POST /same-token: the service's own answers (same schemas, same envelope, same body
+ * validation), sent by a bare server with nothing else: what the service adds to its answers, not the answers'
+ * own cost. These are not targets; they say where the rest of a ratio goes.
  */
+// The service's name and version, as its /health says them (build/bench/ sits two levels below the root).
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { name: string, version: string }
 const key = await importRsaPrivateKey(process.env.JWT_PRIVATE_KEY as string)
 const cozeUrl = new URL(process.env.COZE_API_URL as string)
 const pool = new Pool(cozeUrl.origin, { connections: 64, keepAliveTimeout: 30_000 })
@@ -20,6 +29,11 @@ app.addHook('onResponse', (request, reply, done) => {
   done()
 })
 app.get('/hello', async () => ({ hello: 'world' }))
+app.get('/same-health', { schema: { response: { 200: Envelope(HealthData) } } }, async (request) =>
+  ok(request.headers['accept-language'], 'HEALTH_OK', { status: 'ok' as const, service: pkg.name, version: pkg.version, timestamp: new Date().toISOString() }))
+const TOKEN = { access_token: `czs_${'x'.repeat(60)}`, expires_in: 1900000000, token_type: 'Bearer' }
+app.post('/same-token', { schema: { body: TokenBody, response: { 200: Envelope(TokenData) } } }, async (request) =>
+  ok(request.headers['accept-language'], 'TOKEN_OK', TOKEN))
 app.post('/sign-and-post', async () => {
   const now = Math.floor(Date.now() / 1000)
   const jwt = await new SignJWT({})

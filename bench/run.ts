@@ -170,6 +170,11 @@ async function main (): Promise<void> {
     const tokenOn = await measure('POST /token, cache on', jsonPost(`${base}/token`, tokenBody), service.pid)
     const health = await measure('GET /health', { url: `${base}/health` }, service.pid)
     const hello = await measure('ceiling: hello world (bare Fastify)', { url: `http://127.0.0.1:${ceilingPort}/hello` }, ceilingPid)
+    // Not targets: the service's own answers from a bare server, to tell the answers' cost from the service's.
+    const sameHealthOptions = { url: `http://127.0.0.1:${ceilingPort}/same-health` }
+    const sameTokenOptions = jsonPost(`http://127.0.0.1:${ceilingPort}/same-token`, tokenBody)
+    const sameHealth = await measure('reference: the /health answer (bare Fastify)', sameHealthOptions, ceilingPid)
+    const sameToken = await measure('reference: the /token answer, body validated (bare Fastify)', sameTokenOptions, ceilingPid)
 
     const location = `http://127.0.0.1:${ports.feishu}${FEISHU_PATH}`
     const resendBody = JSON.stringify({
@@ -209,7 +214,9 @@ async function main (): Promise<void> {
       tokenOff: [tokenOff.rps / signAndPost.rps],
       tokenOn: [tokenOn.rps / health.rps],
       health: [health.rps / hello.rps],
-      flow: [flow.rps / health.rps]
+      flow: [flow.rps / health.rps],
+      healthOverhead: [health.rps / sameHealth.rps],
+      tokenOnOverhead: [tokenOn.rps / sameToken.rps]
     }
     const push = (key: string, value: number): void => { (rounds[key] as number[]).push(value) }
     for (let round = 2; round <= ROUNDS; round++) {
@@ -223,6 +230,8 @@ async function main (): Promise<void> {
       push('tokenOn', onAgain.rps / healthAgain.rps)
       push('health', healthAgain.rps / helloAgain.rps)
       push('flow', flowAgain.rps / healthAgain.rps)
+      push('healthOverhead', healthAgain.rps / (await measure('reference: the /health answer (bare Fastify)', sameHealthOptions, ceilingPid)).rps)
+      push('tokenOnOverhead', onAgain.rps / (await measure('reference: the /token answer, body validated (bare Fastify)', sameTokenOptions, ceilingPid)).rps)
     }
     await off.child.stop()
     const median = (values: number[]): number => {
@@ -252,7 +261,12 @@ async function main (): Promise<void> {
       { scenario: 'POST /resend, added median latency (ms)', key: '', measured: resend, ceiling: direct, value: resend.p50 - direct.p50, target: '<= 1 ms', ok: resend.p50 - direct.p50 <= 1, limit: 'a second HTTP hop: parse, check, JSONPath, send, read, answer' },
       { scenario: 'auth-url + complete-auth, memory store', key: 'flow', measured: flow, ceiling: health, value: ratio('flow'), target: '>= 0.50', ok: ratio('flow') >= 0.50, limit: 'two requests per flow, PKCE hashing, the tenant round trip' }
     ]
-    const errorsOk = [tokenOff, signAndPost, tokenOn, health, hello, resend, direct, resendThroughput, flow].every((m) => m.errors === 0) && floodErrors === 0
+    const references = [
+      { scenario: 'GET /health vs the same answer from bare Fastify', key: 'healthOverhead', measured: health, ceiling: sameHealth },
+      { scenario: 'POST /token, cache on, vs the same answer from bare Fastify', key: 'tokenOnOverhead', measured: tokenOn, ceiling: sameToken }
+    ].map((r) => ({ ...r, value: ratio(r.key) }))
+    const all = [tokenOff, signAndPost, tokenOn, health, hello, sameHealth, sameToken, resend, direct, resendThroughput, flow]
+    const errorsOk = all.every((m) => m.errors === 0) && floodErrors === 0
     const memory = {
       requests: AUTH_URL_REQUESTS,
       rss_before_mb: Math.round(rssBefore),
@@ -269,7 +283,7 @@ async function main (): Promise<void> {
     const rows = [
       line(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'peak RSS MB', 'server CPU %', 'server CPU µs/req']),
       line(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:']),
-      ...[tokenOff, signAndPost, tokenOn, health, hello, resend, direct, resendThroughput, flow].map((m) =>
+      ...all.map((m) =>
         line([m.name, String(Math.round(m.rps)), String(m.p50), String(m.p99), String(m.errors), m.peakRssMb === null ? '-' : String(m.peakRssMb),
           m.cpuPercent === null ? '-' : String(m.cpuPercent), m.cpuMicrosPerRequest === null ? '-' : String(m.cpuMicrosPerRequest)]))
     ]
@@ -286,6 +300,11 @@ async function main (): Promise<void> {
       line(['OAuth states kept (OAUTH_STATE_MAX_ENTRIES 10000)', String(stored), '-', '<= 10000', memory.max_entries_held ? 'met' : 'FALLS SHORT', '-']),
       line(['service RSS after the whole bench', `${serviceFinalRss} MB`, '-', '< 200 MB', serviceFinalRss < 200 ? 'met' : 'FALLS SHORT', '-'])
     ]
+    const referenceRows = [
+      line(['not a target: what the service adds', `ratio (median of ${ROUNDS} rounds)`, 'rounds', 'by server CPU per request']),
+      line(['---', '---:', '---', '---:']),
+      ...references.map((r) => line([r.scenario, r.value.toFixed(2), (rounds[r.key] as number[]).map((value) => value.toFixed(2)).join(', '), costRatio(r.measured, r.ceiling)?.toFixed(2) ?? '-']))
+    ]
     const tokenShare = tokenOff.rps / signatures
     const summary = [
       `machine: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}; ${CONNECTIONS} connections, ${WARMUP} s warm-up, ${DURATION} s per scenario, ${ROUNDS} rounds of each ratio (the first shown)`,
@@ -295,7 +314,9 @@ async function main (): Promise<void> {
       `RS256 signatures/s with the same key, nothing else running: ${Math.round(signatures)}; POST /token with the cache off reaches ${(tokenShare * 100).toFixed(0)}% of it.`,
       `Peak RSS of the service during the bench: ${peakServiceRss} MB.`,
       '',
-      ...checks
+      ...checks,
+      '',
+      ...referenceRows
     ].join('\n')
     process.stdout.write(`\n${summary}\n`)
 
@@ -315,7 +336,8 @@ async function main (): Promise<void> {
       settings: { connections: CONNECTIONS, warmup_s: WARMUP, duration_s: DURATION, rounds: ROUNDS },
       signatures_per_second: signatures,
       token_share_of_signatures: tokenShare,
-      measured: [tokenOff, signAndPost, tokenOn, health, hello, resend, direct, resendThroughput, flow],
+      measured: all,
+      references: references.map(({ scenario, key, value, measured, ceiling }) => ({ scenario, value, rounds: rounds[key], cost_ratio: costRatio(measured, ceiling) })),
       targets: scenarios.map(({ scenario, key, value, target, ok, limit, measured, ceiling }) => ({ scenario, value, rounds: rounds[key] ?? null, target, ok, limit, cost_ratio: costRatio(measured, ceiling) })),
       memory,
       peak_service_rss_mb: peakServiceRss,
