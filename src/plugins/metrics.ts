@@ -63,7 +63,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
 /**
  * GET /metrics in Prometheus text format: requests by route and status, process metrics, and the service's own.
  * Request durations come from Fastify's own clock (reply.elapsedTime) in one callback hook: no timer and no
- * per-request map entry, which a general-purpose metrics plugin needs and which cost /token a quarter of its time.
+ * per-request map entry, which the general-purpose plugin used before needed. (Turning metrics off made /token
+ * with the cache on about a fifth cheaper with that plugin, about an eighth with this hook; bench, median of rounds.)
  */
 export default fp(async function metrics (fastify) {
   if (!fastify.config.METRICS_ENABLED) {
