@@ -4,7 +4,9 @@ import type { Dispatcher } from 'undici'
 import type { Resolver } from './lib/upstream-policy.js'
 import apiKeys from './plugins/api-keys.js'
 import augment from './plugins/augment.js'
+import body from './plugins/body.js'
 import config, { type ConfigOptions } from './plugins/config.js'
+import connections from './plugins/connections.js'
 import coze from './plugins/coze.js'
 import docs from './plugins/docs.js'
 import errors from './plugins/errors.js'
@@ -17,6 +19,7 @@ import signer from './plugins/signer.js'
 import stateStore from './plugins/state-store.js'
 import augmentRoutes from './routes/augment.js'
 import healthRoutes from './routes/health.js'
+import metricsRoutes from './routes/metrics.js'
 import resendRoutes from './routes/resend.js'
 import tokenRoutes from './routes/token.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
@@ -43,24 +46,23 @@ export interface AppOptions {
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   fastify.addSchema(ErrorEnvelope)
   await fastify.register(config, { data: opts.config, readEnvironment: opts.readEnvironment })
-  const { BODY_LIMIT_BYTES } = fastify.config
-  fastify.addHook('onRoute', (route) => { route.bodyLimit ??= BODY_LIMIT_BYTES })
-  // Every body this service takes is JSON; anything else is 415.
-  fastify.removeContentTypeParser('text/plain')
-
+  await fastify.register(body)
+  await fastify.register(connections)
   await fastify.register(sensible)
-  await fastify.register(errors)
-  await fastify.register(docs)
   await fastify.register(readiness)
   await fastify.register(metrics)
   await fastify.register(pressure)
+  await fastify.register(stateStore)
+  // Before errors (its 404 handler is limited too) and before anything that adds routes: every route but the
+  // probes is limited.
+  await fastify.register(rateLimit)
+  await fastify.register(errors)
+  await fastify.register(docs)
   await fastify.register(apiKeys)
   await fastify.register(signer)
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
   await fastify.register(resend, { resolver: opts.resolver })
-  await fastify.register(stateStore)
   await fastify.register(augment, { resolver: opts.resolver })
-  await fastify.register(rateLimit)
 
   fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
 
@@ -89,6 +91,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   })
 
   await fastify.register(healthRoutes)
+  await fastify.register(metricsRoutes)
   await fastify.register(tokenRoutes)
   await fastify.register(resendRoutes)
   await fastify.register(augmentRoutes, { prefix: '/api' })

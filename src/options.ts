@@ -2,14 +2,15 @@ import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { LogController, type FastifyServerOptions } from 'fastify'
 import type { DestinationStream } from 'pino'
-import { sendError } from './plugins/errors.js'
+import { answerClientError, sendError } from './plugins/errors.js'
+import type { TrustProxy } from './schemas/config.js'
 
 export interface ServerOptionsInput {
   /** Where log lines go; tests pass a stream they read. Default: stdout. */
   logStream?: DestinationStream
   logLevel?: string
   /** TRUST_PROXY: who may set X-Forwarded-For, so rate limits see the real client behind a load balancer. */
-  trustProxy?: boolean | string
+  trustProxy?: TrustProxy
 }
 
 // No log line carries a body or headers; should one ever log request headers, the credentials go.
@@ -58,6 +59,7 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
         allErrors: false
       }
     },
-    frameworkErrors: (error, request, reply) => { sendError(error, request, reply) }
+    frameworkErrors: (error, request, reply) => { sendError(error, request, reply) },
+    clientErrorHandler: answerClientError
   }
 }

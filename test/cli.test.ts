@@ -1,19 +1,21 @@
 import { spawn } from 'node:child_process'
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose'
 import t from 'tap'
 import { HELP, runCozeJwt } from '../src/cli/coze-jwt.js'
-import { KID, sendJson, startUpstream, testKeys } from './helper.js'
+import { KID, sendJson, startUpstream, tempDir, testKeys, trackChild } from './helper.js'
 
 const { pkcs8, pkcs1, publicKey } = testKeys()
+
+// One empty folder for the runs that need no files of their own: no .env is found there.
+const emptyDir = await tempDir(t, 'coze-jwt-')
 
 async function run (argv: string[], env: Record<string, string | undefined> = {}, cwd?: string) {
   let stdout = ''
   let stderr = ''
-  const code = await runCozeJwt(argv, { env, cwd: cwd ?? await mkdtemp(join(tmpdir(), 'coze-jwt-')), stdout: (text) => { stdout += text }, stderr: (text) => { stderr += text } })
+  const code = await runCozeJwt(argv, { env, cwd: cwd ?? emptyDir, stdout: (text) => { stdout += text }, stderr: (text) => { stderr += text } })
   return { code, stdout, stderr }
 }
 
@@ -28,7 +30,7 @@ t.test('prints a signed JWT Coze would accept', async (t) => {
 })
 
 t.test('reads the key from --key, JWT_PRIVATE_KEY_FILE or .env; settings from the environment', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'coze-jwt-'))
+  const dir = await tempDir(t, 'coze-jwt-')
   await writeFile(join(dir, 'key.pem'), pkcs1)
   const fromFlag = await run(['--kid', KID, '--app-id', 'a', '--key', join(dir, 'key.pem'), '--aud', 'api.coze.com'])
   t.equal(fromFlag.code, 0, fromFlag.stderr)
@@ -98,17 +100,17 @@ t.test('usage errors exit 2 with the help; key errors exit 1 and never print the
 
 t.test('runs as a command', async (t) => {
   const entry = fileURLToPath(new URL('../src/cli/coze-jwt.ts', import.meta.url))
-  const child = spawn(process.execPath, [...process.execArgv, entry, '--kid', KID, '--app-id', 'cmd'], {
-    cwd: await mkdtemp(join(tmpdir(), 'coze-jwt-')),
+  const child = trackChild(spawn(process.execPath, [...process.execArgv, entry, '--kid', KID, '--app-id', 'cmd'], {
+    cwd: emptyDir,
     env: { ...process.env, JWT_PRIVATE_KEY: pkcs8, TS_NODE_PROJECT: fileURLToPath(new URL('../tsconfig.json', import.meta.url)) }
-  })
+  }))
   let stdout = ''
   child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
   const code = await new Promise((resolve) => child.on('exit', resolve))
   t.equal(code, 0)
   t.equal(decodeJwt(stdout.trim()).iss, 'cmd')
 
-  const failing = spawn(process.execPath, [...process.execArgv, entry], { env: { ...process.env, TS_NODE_PROJECT: fileURLToPath(new URL('../tsconfig.json', import.meta.url)) } })
+  const failing = trackChild(spawn(process.execPath, [...process.execArgv, entry], { cwd: emptyDir, env: { ...process.env, TS_NODE_PROJECT: fileURLToPath(new URL('../tsconfig.json', import.meta.url)) } }))
   let stderr = ''
   failing.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
   t.equal(await new Promise((resolve) => failing.on('exit', resolve)), 2)

@@ -1,5 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { rmSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -42,6 +46,45 @@ process.on('exit', () => {
 
 interface TestContext {
   teardown (fn: () => unknown): void
+}
+
+// Whatever a test starts or writes is ended and removed when the test ends, and again when the process exits
+// (a test that timed out may never reach its teardown).
+const children = new Set<ChildProcess>()
+const tempDirs = new Set<string>()
+function cleanUp (): void {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+}
+process.on('exit', cleanUp)
+process.once('SIGTERM', () => { cleanUp(); process.exit(143) })
+
+/** Keeps a child process on the list of those killed at exit; the test stops it with stopChild. */
+export function trackChild<C extends ChildProcess> (child: C): C {
+  children.add(child)
+  child.once('exit', () => { children.delete(child) })
+  return child
+}
+
+/** SIGTERM, then SIGKILL if the child has not exited within the grace. */
+export async function stopChild (child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => { child.kill('SIGKILL') }, graceMs)
+  await exited
+  clearTimeout(timer)
+}
+
+/** A fresh temporary folder, removed with everything in it when the test ends. */
+export async function tempDir (t: TestContext, prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  tempDirs.add(dir)
+  t.teardown(async () => {
+    await rm(dir, { recursive: true, force: true })
+    tempDirs.delete(dir)
+  })
+  return dir
 }
 
 export interface TestKeys {
@@ -100,8 +143,9 @@ export async function build (t: TestContext, config: AppOptions['config'] = {}, 
   const logs = new LogCapture()
   const trustProxy = trustProxySetting(String(config.TRUST_PROXY ?? 'false'))
   const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy }))
-  // Limits high enough for suites that send hundreds of requests; the rate-limit tests set their own.
-  const defaults = { LOG_LEVEL: 'debug', RATE_LIMIT_MAX: 100000, RATE_LIMIT_AUTH_URL_MAX: 100000 }
+  // Limits high enough for suites that send hundreds of requests; the rate-limit tests set their own. Lag never
+  // sheds here (a busy test machine lags): only the test of shedding turns it on.
+  const defaults = { LOG_LEVEL: 'debug', RATE_LIMIT_MAX: 100000, RATE_LIMIT_AUTH_URL_MAX: 100000, PRESSURE_MAX_EVENT_LOOP_DELAY_MS: 0 }
   await instance.register(fp(app), { readEnvironment: false, ...options, config: { ...defaults, ...config } })
   await instance.ready()
   t.teardown(async () => await instance.close())
@@ -205,7 +249,7 @@ export async function startRedisServer (t: TestContext): Promise<RedisServer> {
   const server: RedisServer = {
     url,
     async start () {
-      child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+      child = trackChild(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' }))
       for (let i = 0; i < 100 && !(await redisAnswers(url)); i++) await sleep(50)
     },
     async stop () {

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache'
+import { ServiceError } from './errors.js'
 
 export interface CozeToken {
   access_token: string
@@ -21,12 +22,16 @@ export interface TokenCache {
   /** Returns a reusable token for the same request, or runs `exchange` once for every concurrent caller. */
   get (request: TokenRequest, exchange: () => Promise<CozeToken>): Promise<{ token: CozeToken, outcome: CacheOutcome }>
   readonly size: number
+  /** Exchanges waiting for Coze now. */
+  readonly pending: number
 }
 
 export interface TokenCacheOptions {
   /** Upper bound of reuse, in seconds; 0 turns the cache (and single flight) off. */
   reuseSeconds: number
   maxEntries?: number
+  /** Exchanges waiting for Coze at once, shared or not; one more is refused with 503 rather than queued. */
+  maxPending?: number
 }
 
 // The issuer may be the caller's key: the cache keys it by issuerId, so no secret becomes a cache key.
@@ -39,34 +44,42 @@ export function reuseMillis (reuseSeconds: number, durationSeconds: number): num
   return Math.floor(Math.min(reuseSeconds, durationSeconds / 10) * 1000)
 }
 
-export function createTokenCache ({ reuseSeconds, maxEntries = 1000 }: TokenCacheOptions): TokenCache {
-  type Context = { request: TokenRequest, exchange: () => Promise<CozeToken> }
-  const cache = new LRUCache<string, CozeToken, Context>({
-    max: maxEntries,
-    // Set per entry below; a default is required for per-entry TTLs to be tracked.
-    ttl: Math.max(1, reuseSeconds * 1000),
-    fetchMethod: async (_key, _stale, { options, context }) => {
-      const token = await context.exchange()
-      // get() bypasses the cache when this window is under a millisecond.
-      options.ttl = reuseMillis(reuseSeconds, context.request.durationSeconds)
-      return token
+/**
+ * Finished tokens live in a bounded LRU; exchanges still waiting for Coze live apart, in a map of promises
+ * bounded by `maxPending`. So no waiting caller can be evicted by other callers: each gets the outcome of its
+ * own exchange (or of the identical one it joined), and a flood past the bound is told 503 at once.
+ */
+export function createTokenCache ({ reuseSeconds, maxEntries = 1000, maxPending = 1000 }: TokenCacheOptions): TokenCache {
+  const tokens = new LRUCache<string, CozeToken>({ max: maxEntries })
+  const pending = new Map<string, Promise<CozeToken>>()
+  let inFlight = 0
+
+  async function bounded (exchange: () => Promise<CozeToken>): Promise<CozeToken> {
+    if (inFlight >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
+    inFlight++
+    try {
+      return await exchange()
+    } finally {
+      inFlight--
     }
-  })
+  }
 
   return {
-    get size () { return cache.size },
+    get size () { return tokens.size },
+    get pending () { return inFlight },
     async get (request, exchange) {
-      if (reuseSeconds <= 0 || reuseMillis(reuseSeconds, request.durationSeconds) < 1) {
-        return { token: await exchange(), outcome: 'off' }
-      }
+      const ttl = reuseMillis(reuseSeconds, request.durationSeconds)
+      if (ttl < 1) return { token: await bounded(exchange), outcome: 'off' }
       const key = cacheKey(request)
-      // A fresh token is handed out at once; fetch() (and its promise) only when one must be made or awaited.
-      const cached = cache.get(key)
+      const cached = tokens.get(key)
       if (cached !== undefined) return { token: cached, outcome: 'hit' }
-      const status: LRUCache.Status<string, CozeToken, Context> = {}
-      const token = await cache.fetch(key, { context: { request, exchange }, status })
-      // fetch() resolves to undefined only when aborted, which nothing here does.
-      return { token: token as CozeToken, outcome: status.fetch === 'inflight' ? 'shared' : 'miss' }
+      const joined = pending.get(key)
+      if (joined !== undefined) return { token: await joined, outcome: 'shared' }
+      const exchanging = bounded(exchange)
+        .then((token) => { tokens.set(key, token, { ttl }); return token })
+        .finally(() => { pending.delete(key) })
+      pending.set(key, exchanging)
+      return { token: await exchanging, outcome: 'miss' }
     }
   }
 }

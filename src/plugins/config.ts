@@ -27,6 +27,9 @@ export default fp<ConfigOptions>(async function config (fastify, opts) {
     dotenv: readEnvironment
   })
   fastify.log.level = fastify.config.LOG_LEVEL
+  if (fastify.config.TRUST_PROXY === 'true') {
+    fastify.log.warn('TRUST_PROXY=true believes the leftmost X-Forwarded-For entry, which any client can write: rate limits can be dodged. Use the balancer\'s CIDR or a hop count (TRUST_PROXY=1).')
+  }
 }, { name: 'config', fastify: '5.x' })
 
 /**

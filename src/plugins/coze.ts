@@ -30,6 +30,8 @@ export interface CozeClientOptions {
   audience: string
   jwtTtlSeconds: number
   reuseSeconds: number
+  /** COZE_MAX_PENDING_EXCHANGES (default 1000) */
+  maxPending?: number
   /** Tests and the bench may pass their own; the client closes only a pool it created. */
   dispatcher?: Dispatcher | undefined
   /** Told the outcome (`success` or the error code, lower case) and duration of every exchange. */
@@ -62,7 +64,7 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
     headersTimeout: options.timeoutMs,
     bodyTimeout: options.timeoutMs
   })
-  const cache = createTokenCache({ reuseSeconds: options.reuseSeconds })
+  const cache = createTokenCache({ reuseSeconds: options.reuseSeconds, maxPending: options.maxPending })
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken> {
     const started = performance.now()
@@ -138,6 +140,7 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname,
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
     reuseSeconds: config.COZE_TOKEN_REUSE_SECONDS,
+    maxPending: config.COZE_MAX_PENDING_EXCHANGES,
     dispatcher: opts.dispatcher,
     onExchange: fastify.serviceMetrics.cozeExchange
   })

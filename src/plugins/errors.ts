@@ -1,4 +1,6 @@
-import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { STATUS_CODES as HTTP_REASONS } from 'node:http'
+import type { Socket } from 'node:net'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { ServiceError, isServiceError, type ErrorCode } from '../lib/errors.js'
 import { messageFor, pickLocale } from '../lib/messages.js'
@@ -84,13 +86,50 @@ export function sendError (err: FastifyError, request: FastifyRequest, reply: Fa
     const cause = error.cause as { code?: unknown, message?: unknown } | undefined
     request.log.warn({ code: error.code, cause: cause?.code ?? cause?.message }, 'request failed')
   }
-  return reply.code(error.statusCode).send(errorEnvelope(error, request.headers['accept-language']))
+  return reply.code(error.statusCode).type('application/json; charset=utf-8').send(serializeErrorEnvelope(error, request))
+}
+
+/**
+ * The error answer as JSON text, serialized here rather than by Fastify so that no detail (an upstream body
+ * included) can make serialization fail and leave the envelope: what cannot be written is left out, said so.
+ */
+export function serializeErrorEnvelope (error: ServiceError, request: FastifyRequest): string {
+  const envelope = errorEnvelope(error, request.headers['accept-language'])
+  try {
+    return JSON.stringify(envelope)
+  } catch (err) {
+    request.log.warn({ code: error.code, reason: (err as Error).message.slice(0, 200) }, 'error details could not be serialized; left out')
+    return JSON.stringify({ ...envelope, data: { error: error.code, details: 'omitted: not serializable' } })
+  }
+}
+
+/**
+ * A request Node's HTTP parser refused (a broken header line, Content-Length with Transfer-Encoding, headers
+ * too large, too slow): the envelope where the socket can still take it, and a log line with the parser's code
+ * only. (The default handler logs err.rawPacket, whose bytes hold the caller's headers, keys included.)
+ */
+export function answerClientError (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const code: ErrorCode = err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+    ? 'REQUEST_TIMEOUT'
+    : err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST'
+  this.log.info({ code: err.code, reason: code }, 'malformed request refused')
+  if (socket.writable) {
+    const error = new ServiceError(code)
+    const body = JSON.stringify(errorEnvelope(error, undefined))
+    socket.write(`HTTP/1.1 ${error.statusCode} ${String(HTTP_REASONS[error.statusCode])}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy()
 }
 
 /** The one error handler and the not-found handler: every error answer is the envelope. */
 export default fp(async function errors (fastify) {
   fastify.setErrorHandler(sendError)
-  fastify.setNotFoundHandler((request, reply) => {
+  // Unknown paths count toward the caller's rate limit like any other request (app.ts registers the limiter
+  // first; a test that builds this plugin alone has none).
+  const limited = fastify.hasDecorator('rateLimit') ? { preHandler: fastify.rateLimit() } : {}
+  fastify.setNotFoundHandler(limited, (request, reply) => {
     void reply.code(404).send(errorEnvelope(new ServiceError('NOT_FOUND'), request.headers['accept-language']))
   })
 }, { name: 'errors', fastify: '5.x' })

@@ -1,11 +1,15 @@
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
 import promClient, { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import { NEVER_SHED } from './pressure.js'
+import { createApiKeyVerifier } from '../lib/api-keys.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** The service's own counters. */
     serviceMetrics: ServiceMetrics
+    /** The registry and the scrape's access rule; null with METRICS_ENABLED=false. */
+    prometheus: Prometheus | null
   }
   interface FastifyContextConfig {
     /** Leaves the route out of http_request_duration_seconds (probes, the scrape). */
@@ -60,15 +64,23 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
   }
 }
 
+export interface Prometheus {
+  registry: Registry
+  /** Whether a scrape may read the metrics: always without METRICS_TOKEN, else only with `Bearer <token>`. */
+  authorize (authorization: string | undefined): boolean
+}
+
 /**
- * GET /metrics in Prometheus text format: requests by route and status, process metrics, and the service's own.
- * Request durations come from Fastify's own clock (reply.elapsedTime) in one callback hook: no timer and no
- * per-request map entry, which the general-purpose plugin used before needed. (Turning metrics off made /token
- * with the cache on about a fifth cheaper with that plugin, about an eighth with this hook; bench, median of rounds.)
+ * Prometheus metrics: requests by route and status, process metrics, and the service's own counters. Request
+ * durations come from Fastify's own clock (reply.elapsedTime) in one callback hook: no timer and no per-request
+ * map entry. The scrape is served by routes/metrics.ts on the API port, or here on METRICS_PORT, a listener of
+ * its own that the load balancer need not expose.
  */
 export default fp(async function metrics (fastify) {
-  if (!fastify.config.METRICS_ENABLED) {
+  const { config } = fastify
+  if (!config.METRICS_ENABLED) {
     fastify.decorate('serviceMetrics', disabledMetrics)
+    fastify.decorate('prometheus', null)
     return
   }
   const registry = new Registry()
@@ -91,14 +103,31 @@ export default fp(async function metrics (fastify) {
     done()
   })
 
-  // Scrapers are never rate limited or shed.
-  fastify.get('/metrics', {
-    logLevel: 'warn',
-    config: { rateLimit: false, disableMetrics: true, ...NEVER_SHED },
-    schema: { hide: true }
-  }, async (_request, reply) => {
-    void reply.type(registry.contentType)
-    return await registry.metrics()
-  })
+  const token = createApiKeyVerifier(config.METRICS_TOKEN)
+  const prometheus: Prometheus = {
+    registry,
+    authorize (authorization) {
+      if (!token.configured) return true
+      return typeof authorization === 'string' && authorization.startsWith('Bearer ') && token.verify(authorization.slice(7))
+    }
+  }
   fastify.decorate('serviceMetrics', createServiceMetrics(registry))
+  fastify.decorate('prometheus', prometheus)
+
+  if (config.METRICS_PORT > 0) {
+    const side = createServer((req, res) => {
+      const path = (req.url as string).split('?', 1)[0]
+      const status = req.method !== 'GET' || path !== '/metrics' ? 404 : prometheus.authorize(req.headers.authorization) ? 200 : 401
+      if (status !== 200) { res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 404 ? 'not found\n' : 'unauthorized\n'); return }
+      registry.metrics().then((text) => { res.writeHead(200, { 'content-type': registry.contentType }).end(text) }, () => { res.writeHead(500).end() })
+    })
+    fastify.addHook('onListen', async () => {
+      await new Promise<void>((resolve, reject) => { side.once('error', reject).listen(config.METRICS_PORT, config.HOST, resolve) })
+      fastify.log.info({ port: (side.address() as AddressInfo).port }, 'metrics listening')
+    })
+    fastify.addHook('onClose', async () => {
+      side.closeAllConnections()
+      await new Promise((resolve) => side.close(resolve))
+    })
+  }
 }, { name: 'metrics', fastify: '5.x', dependencies: ['config'] })

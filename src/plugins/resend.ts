@@ -3,7 +3,8 @@ import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
 import { ServiceError } from '../lib/errors.js'
-import { applyCommands, type Commands } from '../lib/resend-commands.js'
+import { jsonDeeperThan } from '../lib/json-depth.js'
+import { applyCommands, type CommandReport, type Commands } from '../lib/resend-commands.js'
 import { readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
 import { createPolicyAgents } from '../lib/policy-agents.js'
 import { checkDestination, isDestinationRefusal, parseAllowList, type PolicyEntry, type Resolver } from '../lib/upstream-policy.js'
@@ -29,6 +30,8 @@ export interface ResendOutcome {
   status: number
   body: unknown
   attempts: number
+  /** What the commands did, when there were any. */
+  commands?: CommandReport
 }
 
 export interface ResendProcessor {
@@ -44,6 +47,8 @@ export interface ResendOptions {
   allowList: PolicyEntry[]
   timeoutMs: number
   maxResponseBytes: number
+  /** BODY_MAX_DEPTH: how deep the rewritten body and a JSON answer may nest. */
+  maxDepth: number
   resolver?: Resolver
 }
 
@@ -84,9 +89,10 @@ export function outgoingHeaders (headers: Record<string, string> = {}, hasBody: 
   return out
 }
 
-function parseBody (raw: Buffer, contentType: string | string[] | undefined): unknown {
+/** JSON answers are passed on parsed; text, and JSON nested too deep to carry, as text. */
+function parseBody (raw: Buffer, contentType: string | string[] | undefined, maxDepth: number): unknown {
   const text = raw.toString('utf8')
-  if (/\bjson\b/i.test(String(contentType))) {
+  if (/\bjson\b/i.test(String(contentType)) && !jsonDeeperThan(text, maxDepth)) {
     try {
       return JSON.parse(text)
     } catch {
@@ -107,13 +113,10 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
         throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: decision.reason })
       }
       const { url } = decision
-      // Commands rewrite a copy of the whole request; without commands nothing needs copying.
-      let params = request.params
-      if (request.commands !== undefined) {
-        const document: Record<string, unknown> = structuredClone({ location: request.location, method: request.method, headers: request.headers, params, commands: request.commands })
-        applyCommands(document, request.commands)
-        params = document.params
-      }
+      // Commands rewrite the body in place: it belongs to this request alone, and a failed command sends nothing.
+      const document = { params: request.params }
+      const report = request.commands === undefined ? undefined : applyCommands(document, request.commands, options.maxDepth)
+      const { params } = document
       const hasBody = request.method !== 'GET' && params !== undefined
       const body = hasBody ? JSON.stringify(params) : undefined
       const headers = outgoingHeaders(request.headers, hasBody)
@@ -152,7 +155,9 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
           throw transportError(err, { attempts: attempt })
         }
         settle({ upstream_status: response.statusCode, attempts: attempt })
-        return { status: response.statusCode, body: parseBody(raw, response.headers['content-type']), attempts: attempt }
+        const outcome: ResendOutcome = { status: response.statusCode, body: parseBody(raw, response.headers['content-type'], options.maxDepth), attempts: attempt }
+        if (report !== undefined) outcome.commands = report
+        return outcome
       }
 
       let attempt = 1
@@ -183,6 +188,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     allowList: parseAllowList('RESEND_ALLOWED_HOSTS', config.RESEND_ALLOWED_HOSTS),
     timeoutMs: config.RESEND_TIMEOUT_MS,
     maxResponseBytes: config.RESEND_MAX_RESPONSE_BYTES,
+    maxDepth: config.BODY_MAX_DEPTH,
     resolver: opts.resolver
   })
   fastify.decorate('resend', processor)

@@ -19,7 +19,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
 
   fastify.get('/auth-url', {
-    config: { rateLimit: { max: config.RATE_LIMIT_AUTH_URL_MAX, timeWindow: config.RATE_LIMIT_WINDOW } },
+    // Each call stores a state: its own limit, never looser than the global one.
+    config: { rateLimit: { max: Math.min(config.RATE_LIMIT_AUTH_URL_MAX, config.RATE_LIMIT_MAX), timeWindow: config.RATE_LIMIT_WINDOW } },
     schema: {
       summary: 'Start an Augment sign-in: an authorize link with a PKCE challenge, and its state.',
       tags: ['augment'],

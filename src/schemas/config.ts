@@ -10,8 +10,11 @@ export const ConfigSchema = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)), { default: 'info' }),
   BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 1048576 }),
+  BODY_MAX_DEPTH: Type.Integer({ minimum: 2, maximum: 512, default: 64 }),
+  WRITE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
+  MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1000000, default: 10000 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
-  TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false' }),
+  TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false', description: 'false, CIDRs or addresses of the balancers, a hop count, or true (unsafe)' }),
 
   // Credentials
   JWT_PRIVATE_KEY: Type.Optional(Type.String()),
@@ -25,6 +28,7 @@ export const ConfigSchema = Type.Object({
   COZE_JWT_TTL_SECONDS: Type.Integer({ minimum: 30, maximum: 86400, default: 600 }),
   COZE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
   COZE_TOKEN_REUSE_SECONDS: Type.Integer({ minimum: 0, maximum: 86399, default: 60 }),
+  COZE_MAX_PENDING_EXCHANGES: Type.Integer({ minimum: 1, maximum: 100000, default: 1000 }),
 
   // Resend relay
   RESEND_ALLOWED_HOSTS: Type.String({ default: 'open.feishu.cn,open.larksuite.com' }),
@@ -47,23 +51,34 @@ export const ConfigSchema = Type.Object({
   // Operations
   DOCS_ENABLED: Type.Boolean({ default: true }),
   METRICS_ENABLED: Type.Boolean({ default: true }),
+  METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, a scrape must send Authorization: Bearer <token>' })),
+  METRICS_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 0, description: 'When set, /metrics is served on this port only' }),
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 120 }),
   RATE_LIMIT_WINDOW: Type.String({ pattern: '^\\d+( ?(ms|millisecond|second|minute|hour|day)s?)?$', default: '1 minute' }),
   RATE_LIMIT_AUTH_URL_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 20 }),
   CORS_ORIGINS: Type.String({ default: '' }),
   PRESSURE_MAX_EVENT_LOOP_DELAY_MS: Type.Integer({ minimum: 0, maximum: 60000, default: 1000 }),
+  PRESSURE_WARMUP_MS: Type.Integer({ minimum: 0, maximum: 600000, default: 10000 }),
   PRESSURE_MAX_HEAP_USED_BYTES: Type.Integer({ minimum: 0, default: 0 }),
   PRESSURE_MAX_RSS_BYTES: Type.Integer({ minimum: 0, default: 0 })
 })
 
 export type Config = Static<typeof ConfigSchema>
 
+/** Fastify's trustProxy: whom to believe about the client's address in X-Forwarded-For. */
+export type TrustProxy = boolean | string | ((address: string, hop: number) => boolean)
+
 /**
- * Fastify's trustProxy from TRUST_PROXY: true, false, or the balancer's addresses/CIDRs separated by commas.
- * (A hop count is not offered: Fastify trusts nothing with one, since it cannot vouch for the nearest peer.)
+ * TRUST_PROXY: `false`; the balancers' addresses or CIDRs, comma-separated; a hop count (`1`: the one balancer in
+ * front, so the client is the address it appended); or `true`, which believes the leftmost entry, one the client
+ * writes itself. (Fastify turns a plain number into "trust nothing", so the count is given as a function.)
  */
-export function trustProxySetting (value: string): boolean | string {
+export function trustProxySetting (value: string): TrustProxy {
   if (value === 'true') return true
   if (value === 'false') return false
+  if (/^\s*\d+\s*$/.test(value)) {
+    const hops = Number(value)
+    return (_address: string, hop: number) => hop < hops
+  }
   return value
 }

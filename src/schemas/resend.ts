@@ -1,6 +1,19 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { CommandsSchema } from '../lib/resend-commands.js'
 
+/**
+ * Header names are RFC 9110 tokens; values are visible Latin-1 with spaces and tabs (no control characters).
+ * TypeBox's Record turns the key schema into `patternProperties` only: without `additionalProperties: false`
+ * a name outside the pattern would not be checked at all, nor would its value.
+ */
+export function ResendHeaders () {
+  return Type.Record(
+    Type.String({ pattern: '^[!#$%&\'*+.^_`|~0-9A-Za-z-]{1,256}$' }),
+    Type.String({ maxLength: 16384, pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$' }),
+    { maxProperties: 64, additionalProperties: false, description: 'Headers sent upstream (hop-by-hop headers and Host are dropped). Names are HTTP tokens; values printable Latin-1.' }
+  )
+}
+
 export const ResendBody = Type.Object({
   location: Type.String({
     minLength: 1,
@@ -9,11 +22,7 @@ export const ResendBody = Type.Object({
     description: 'Absolute http(s) URL to send to; it must pass RESEND_ALLOWED_HOSTS.'
   }),
   method: Type.Optional(Type.Union(['POST', 'PUT', 'PATCH', 'DELETE', 'GET'].map((method) => Type.Literal(method)), { default: 'POST' })),
-  headers: Type.Optional(Type.Record(
-    Type.String({ pattern: '^[!#$%&\'*+.^_`|~0-9A-Za-z-]{1,256}$' }),
-    Type.String({ maxLength: 16384, pattern: '^[^\\r\\n\\u0000]*$' }),
-    { maxProperties: 64, description: 'Headers sent upstream (hop-by-hop headers and Host are dropped).' }
-  )),
+  headers: Type.Optional(ResendHeaders()),
   params: Type.Optional(Type.Unknown({ description: 'Any JSON value, sent as the JSON body (not for GET).' })),
   commands: Type.Optional(CommandsSchema),
   max_attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Retries only after a refused or reset connection, 429 or 503.' })),
@@ -32,8 +41,11 @@ export type ResendBody = Static<typeof ResendBody>
 export const ResendData = Type.Object({
   status: Type.Integer({ description: 'The upstream HTTP status.' }),
   body: Type.Unknown({ description: 'The upstream body: parsed JSON when it says JSON, else text.' }),
-  attempts: Type.Integer()
-}, { examples: [{ status: 200, body: { code: 0, msg: 'success' }, attempts: 1 }] })
+  attempts: Type.Integer(),
+  commands: Type.Optional(Type.Object({
+    json_parse: Type.Optional(Type.Array(Type.Integer(), { description: 'How many values each expression replaced, in order.' }))
+  }, { description: 'What the commands did; present when commands were given.' }))
+}, { examples: [{ status: 200, body: { code: 0, msg: 'success' }, attempts: 1, commands: { json_parse: [2] } }] })
 export type ResendData = Static<typeof ResendData>
 
 export const ApiKeyHeaders = Type.Object({

@@ -74,6 +74,14 @@ t.test('token cache: a tenth of the duration at most, single flight, failures dr
   t.equal((await cache.get({ ...request, kid: 'bad' }, exchange)).outcome, 'miss')
   t.equal((await cache.get({ ...request, durationSeconds: 0.001 * 5 }, exchange)).outcome, 'off', 'a window under a millisecond is no cache')
   t.equal((await createTokenCache({ reuseSeconds: 0 }).get(request, exchange)).outcome, 'off')
+
+  // More exchanges in flight than the cache holds: none is evicted, each caller gets its own token.
+  const small = createTokenCache({ reuseSeconds: 60, maxEntries: 2, maxPending: 10 })
+  const own = async (kid: string) => { await sleep(20); return { access_token: `token-${kid}`, expires_in: 1, token_type: 'Bearer' } }
+  const answers = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (kid) => await small.get({ ...request, kid }, async () => await own(kid))))
+  t.same(answers.map((answer) => answer.token.access_token), ['token-a', 'token-b', 'token-c', 'token-d', 'token-e'])
+  t.equal(small.pending, 0)
+  t.equal(small.size, 2)
 })
 
 t.test('upstream helpers: bounded reads and timeout classification', async (t) => {

@@ -90,7 +90,10 @@ t.test('rate limits: per client IP, 429 RATE_LIMITED with Retry-After, stricter 
   t.equal((await post('10.9.8.7')).statusCode, 400, 'another client has its own budget')
   for (let i = 0; i < 10; i++) {
     t.equal((await app.inject('/health')).statusCode, 200)
-    t.equal((await app.inject('/metrics')).statusCode, 200)
+    t.equal((await app.inject('/ready')).statusCode, 200)
+  }
+  for (const url of ['/metrics', '/docs/json', '/docs', '/no-such-route', '/docs/static/index.css']) {
+    t.equal((await app.inject(url)).statusCode, 429, `${url} counts toward the limit too`)
   }
   t.equal((await app.inject({ url: '/api/auth-url', remoteAddress: '10.0.0.2' })).statusCode, 200)
   t.equal((await app.inject({ url: '/api/auth-url', remoteAddress: '10.0.0.2' })).statusCode, 200)

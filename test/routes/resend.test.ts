@@ -22,12 +22,12 @@ t.test('the seed example: parsed fields arrive as objects, body headers go, inco
     location,
     headers: { Authorization: 'Bearer t-secret-feishu-token', 'X-Trace': 'abc', Host: 'evil.example', Connection: 'close', 'Content-Length': '3', 'Transfer-Encoding': 'chunked' },
     params: { records: [{ fields: FIELDS }, { fields: FIELDS }] },
-    commands: { json_parse: ['$.params.records[*].fields', '$.params.nothing_here'] },
+    commands: { json_parse: ['$.params.records[*].fields', '$.params.records[0].fields'] },
     coze_api_key: 'not-forwarded'
   }, { 'x-api-key': API_KEY, cookie: 'session=incoming', 'x-forwarded-for': '203.0.113.9', 'content-type': 'application/json' })
 
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { success: true, data: { status: 200, body: { code: 0, msg: 'success', data: { records: [] } }, attempts: 1 }, message: '重发成功' })
+  t.same(res.json(), { success: true, data: { status: 200, body: { code: 0, msg: 'success', data: { records: [] } }, attempts: 1, commands: { json_parse: [2, 0] } }, message: '重发成功' })
   t.equal(upstream.requests.length, 1)
   const sent = upstream.requests[0]
   t.equal(sent?.method, 'POST')

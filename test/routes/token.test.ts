@@ -1,10 +1,9 @@
-import { writeFile, mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { decodeProtectedHeader, jwtVerify } from 'jose'
 import t, { type Test } from 'tap'
-import { API_KEY, KID, build, sendJson, startUpstream, testKeys, type RecordedRequest, type UpstreamHandler } from '../helper.js'
+import { API_KEY, KID, build, sendJson, startUpstream, tempDir, testKeys, type RecordedRequest, type UpstreamHandler } from '../helper.js'
 
 const TOKEN_PATH = '/api/permission/oauth2/token'
 const { pkcs8, pkcs1, publicKey } = testKeys()
@@ -84,7 +83,7 @@ t.test('keys: PKCS#1 on one line with literal \\n, and a key file', async (t) =>
   const first = await build(t, { JWT_PRIVATE_KEY: `"${oneLine}"`, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
   t.equal((await tokenRequest(first.app, { public_key: KID, coze_api_key: API_KEY })).statusCode, 200)
 
-  const dir = await mkdtemp(join(tmpdir(), 'aibill-key-'))
+  const dir = await tempDir(t, 'aibill-key-')
   const file = join(dir, 'private_key.pem')
   await writeFile(file, pkcs8, { mode: 0o600 })
   const second = await build(t, { JWT_PRIVATE_KEY_FILE: file, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })

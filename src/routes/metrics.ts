@@ -1,0 +1,23 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ServiceError } from '../lib/errors.js'
+import { NEVER_SHED } from '../plugins/pressure.js'
+
+/** GET /metrics on the API port, unless METRICS_PORT gives the scrape a listener of its own. */
+const metricsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { prometheus, config } = fastify
+  if (prometheus === null || config.METRICS_PORT > 0) return
+  // Rate limited like every route but the probes; never shed, and not timed itself.
+  fastify.get('/metrics', {
+    logLevel: 'warn',
+    config: { disableMetrics: true, ...NEVER_SHED },
+    schema: { hide: true },
+    preHandler: (request, _reply, done) => {
+      done(prometheus.authorize(request.headers.authorization) ? undefined : new ServiceError('UNAUTHORIZED'))
+    }
+  }, async (_request, reply) => {
+    void reply.type(prometheus.registry.contentType)
+    return await prometheus.registry.metrics()
+  })
+}
+
+export default metricsRoutes
