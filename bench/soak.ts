@@ -25,7 +25,7 @@ async function main (): Promise<void> {
       HOST: '127.0.0.1',
       PORT: String(port),
       LOG_LEVEL: 'info',
-      JWT_PRIVATE_KEY: pem,
+      JWT_PRIVATE_KEY: pem, COZE_APP_ID: '1180000000001',
       EXPECTED_COZE_API_KEY: API_KEY,
       COZE_API_URL: `http://127.0.0.1:${ports.coze}/api/permission/oauth2/token`,
       RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${ports.feishu}`,

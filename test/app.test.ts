@@ -18,7 +18,7 @@ t.test('GET /health: cheap, the envelope, zh-CN by default and English on reques
 })
 
 t.test('GET /ready reports each dependency; a failing or hanging check makes it 503 NOT_READY', async (t) => {
-  const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8 })
+  const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001' })
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200)
   t.same(ready.json(), { success: true, data: { status: 'ready', checks: { signer: 'ok', state_store: 'ok' } }, message: '服务已就绪' })

@@ -56,7 +56,7 @@ t.test('the server starts, finishes in-flight requests on SIGTERM, and exits 0',
     sendJson(res, 200, { access_token: 'czs_slow', expires_in: 1900000000 })
   })
   const server = await startServer(t, {
-    JWT_PRIVATE_KEY: testKeys().pkcs8,
+    JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001',
     EXPECTED_COZE_API_KEY: API_KEY,
     COZE_API_URL: `${coze.url}/api/permission/oauth2/token`
   })

@@ -101,9 +101,9 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
       io.stdout(`${jwt}\n`)
       return 0
     }
-    const client = createCozeClient({ url, timeoutMs: Number(env.COZE_TIMEOUT_MS) || 10_000, signer, audience: '', jwtTtlSeconds: ttlSeconds, reuseSeconds: 0 })
+    const client = createCozeClient({ url, timeoutMs: Number(env.COZE_TIMEOUT_MS) || 10_000, signer, issuer: { appId }, audience: '', jwtTtlSeconds: ttlSeconds, reuseSeconds: 0 })
     try {
-      io.stdout(`${JSON.stringify(await client.exchangeCozeToken(jwt, duration))}\n`)
+      io.stdout(`${JSON.stringify((await client.exchangeCozeToken(jwt, duration)).token)}\n`)
     } finally {
       await client.close()
     }

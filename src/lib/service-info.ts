@@ -5,3 +5,5 @@ const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.ur
 
 export const SERVICE_NAME: string = pkg.name
 export const SERVICE_VERSION: string = pkg.version
+/** Sent to every upstream, so that Coze, Augment and relay destinations can tell who calls them. */
+export const USER_AGENT = `${SERVICE_NAME}/${SERVICE_VERSION}`

@@ -7,11 +7,17 @@ export interface CozeToken {
   token_type: string
 }
 
+/** A token with what Coze said about the exchange that made it (its x-tt-logid, for support). */
+export interface CozeExchange {
+  token: CozeToken
+  logid?: string | undefined
+}
+
+/** What makes two token requests the same. */
 export interface TokenRequest {
   kid: string
-  iss: string
-  /** Who the issuer is, for the cache, when `iss` is a secret (the caller's key): never the secret itself. */
-  issuerId?: string
+  /** Who the issuer is: never a secret (the issuer may be the caller's key; this names it by its place). */
+  issuerId: string
   sessionName?: string | undefined
   durationSeconds: number
 }
@@ -20,7 +26,7 @@ export type CacheOutcome = 'hit' | 'miss' | 'shared' | 'off'
 
 export interface TokenCache {
   /** Returns a reusable token for the same request, or runs `exchange` once for every concurrent caller. */
-  get (request: TokenRequest, exchange: () => Promise<CozeToken>): Promise<{ token: CozeToken, outcome: CacheOutcome }>
+  get (request: TokenRequest, exchange: () => Promise<CozeExchange>): Promise<CozeExchange & { outcome: CacheOutcome }>
   readonly size: number
   /** Exchanges waiting for Coze now. */
   readonly pending: number
@@ -34,9 +40,8 @@ export interface TokenCacheOptions {
   maxPending?: number
 }
 
-// The issuer may be the caller's key: the cache keys it by issuerId, so no secret becomes a cache key.
-function cacheKey ({ kid, iss, issuerId, sessionName, durationSeconds }: TokenRequest): string {
-  return JSON.stringify([kid, issuerId ?? iss, sessionName ?? null, durationSeconds])
+function cacheKey ({ kid, issuerId, sessionName, durationSeconds }: TokenRequest): string {
+  return JSON.stringify([kid, issuerId, sessionName ?? null, durationSeconds])
 }
 
 /** How long a token may be handed out again: a tenth of its lifetime, at most `reuseSeconds`. */
@@ -51,10 +56,10 @@ export function reuseMillis (reuseSeconds: number, durationSeconds: number): num
  */
 export function createTokenCache ({ reuseSeconds, maxEntries = 1000, maxPending = 1000 }: TokenCacheOptions): TokenCache {
   const tokens = new LRUCache<string, CozeToken>({ max: maxEntries })
-  const pending = new Map<string, Promise<CozeToken>>()
+  const pending = new Map<string, Promise<CozeExchange>>()
   let inFlight = 0
 
-  async function bounded (exchange: () => Promise<CozeToken>): Promise<CozeToken> {
+  async function bounded (exchange: () => Promise<CozeExchange>): Promise<CozeExchange> {
     if (inFlight >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
     inFlight++
     try {
@@ -69,17 +74,17 @@ export function createTokenCache ({ reuseSeconds, maxEntries = 1000, maxPending 
     get pending () { return inFlight },
     async get (request, exchange) {
       const ttl = reuseMillis(reuseSeconds, request.durationSeconds)
-      if (ttl < 1) return { token: await bounded(exchange), outcome: 'off' }
+      if (ttl < 1) return { ...await bounded(exchange), outcome: 'off' }
       const key = cacheKey(request)
       const cached = tokens.get(key)
       if (cached !== undefined) return { token: cached, outcome: 'hit' }
       const joined = pending.get(key)
-      if (joined !== undefined) return { token: await joined, outcome: 'shared' }
+      if (joined !== undefined) return { ...await joined, outcome: 'shared' }
       const exchanging = bounded(exchange)
-        .then((token) => { tokens.set(key, token, { ttl }); return token })
+        .then((done) => { tokens.set(key, done.token, { ttl }); return done })
         .finally(() => { pending.delete(key) })
       pending.set(key, exchanging)
-      return { token: await exchanging, outcome: 'miss' }
+      return { ...await exchanging, outcome: 'miss' }
     }
   }
 }

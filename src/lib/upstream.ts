@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici'
 import { ServiceError } from './errors.js'
+import { USER_AGENT } from './service-info.js'
 
 export class ResponseTooLargeError extends Error {
   constructor (readonly limit: number) {
@@ -71,16 +72,16 @@ export interface PostJsonOptions {
 }
 
 /** POSTs a JSON body and reads the answer, all within the deadline; the caller decides what the answer means. */
-export async function postJson (dispatcher: Dispatcher, url: URL, body: unknown, options: PostJsonOptions): Promise<{ status: number, raw: Buffer }> {
+export async function postJson (dispatcher: Dispatcher, url: URL, body: unknown, options: PostJsonOptions): Promise<{ status: number, headers: Dispatcher.ResponseData['headers'], raw: Buffer }> {
   return await withDeadline(options.timeoutMs, async (signal) => {
     const response = await dispatcher.request({
       origin: url.origin,
       path: url.pathname + url.search,
       method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'application/json', ...options.headers },
+      headers: { 'content-type': 'application/json', accept: 'application/json', 'user-agent': USER_AGENT, ...options.headers },
       body: JSON.stringify(body),
       signal
     })
-    return { status: response.statusCode, raw: await readBodyLimited(response.body, options.maxResponseBytes) }
+    return { status: response.statusCode, headers: response.headers, raw: await readBodyLimited(response.body, options.maxResponseBytes) }
   })
 }

@@ -19,8 +19,8 @@ export interface Tenant {
 }
 
 export interface AugmentClient {
-  /** The tenant as it will be contacted, or null when the policy refuses it (nothing is contacted then). */
-  checkTenantUrl (tenantUrl: string): Tenant | null
+  /** The tenant as it will be contacted; TENANT_URL_NOT_ALLOWED with the reason when the policy refuses it. */
+  checkTenantUrl (tenantUrl: string): Tenant
   /** Exchanges the authorization code and PKCE verifier at the tenant for an access token. */
   exchangeCode (tenant: Tenant, code: string, verifier: string): Promise<string>
   close (): Promise<void>
@@ -39,9 +39,11 @@ export function createAugmentClient (options: AugmentClientOptions): AugmentClie
   return {
     checkTenantUrl (tenantUrl) {
       const decision = checkDestination(tenantUrl, options.tenantHosts)
-      if (!decision.allowed) return null
+      if (!decision.allowed) throw new ServiceError('TENANT_URL_NOT_ALLOWED', { reason: decision.reason })
       // A tenant is an origin (and path); a query or fragment has no place in it.
-      if (decision.url.search !== '' || decision.url.hash !== '' || tenantUrl.includes('?') || tenantUrl.includes('#')) return null
+      if (decision.url.search !== '' || decision.url.hash !== '' || tenantUrl.includes('?') || tenantUrl.includes('#')) {
+        throw new ServiceError('TENANT_URL_NOT_ALLOWED', { reason: 'query' })
+      }
       return { url: decision.url, allowPrivate: decision.allowPrivate }
     },
     async exchangeCode (tenant, code, verifier) {

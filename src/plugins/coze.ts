@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import { Pool, type Dispatcher } from 'undici'
 import type { Signer } from '../lib/coze-jwt.js'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
-import { createTokenCache, type CacheOutcome, type CozeToken, type TokenRequest } from '../lib/token-cache.js'
+import { createTokenCache, type CacheOutcome, type CozeExchange } from '../lib/token-cache.js'
 import { parseJsonSafely, postJson, transportError } from '../lib/upstream.js'
 
 declare module 'fastify' {
@@ -15,18 +15,33 @@ export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 // Coze's answers are a few hundred bytes; anything near this is not a token answer.
 const MAX_COZE_RESPONSE_BYTES = 64 * 1024
 
+/** What a caller asks for; the client decides the issuer. */
+export interface AccessTokenRequest {
+  kid: string
+  /** The key the caller presented, and its place in EXPECTED_COZE_API_KEY (an identity that is not the secret). */
+  callerKey: string
+  callerKeyIndex: number
+  sessionName?: string | undefined
+  durationSeconds: number
+}
+
 export interface CozeClient {
   /** Signs a one-time JWT and exchanges it for an access token, reusing a recent one for identical requests. */
-  getAccessToken (request: TokenRequest): Promise<{ token: CozeToken, outcome: CacheOutcome }>
+  getAccessToken (request: AccessTokenRequest): Promise<CozeExchange & { outcome: CacheOutcome }>
   /** One exchange, no cache: what the CLI and the cache use. */
-  exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken>
+  exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange>
   close (): Promise<void>
 }
+
+/** Who the JWT says is asking: the app (COZE_APP_ID), or, as the original service did, the caller's own key. */
+export type Issuer = { appId: string } | { fromCallerKey: true } | null
 
 export interface CozeClientOptions {
   url: string
   timeoutMs: number
   signer: Signer | null
+  /** null: POST /token answers NOT_CONFIGURED naming COZE_APP_ID. */
+  issuer: Issuer
   audience: string
   jwtTtlSeconds: number
   reuseSeconds: number
@@ -42,11 +57,12 @@ const text = (value: unknown): string | undefined =>
   typeof value === 'string' && value.length > 0 ? value.slice(0, 500) : undefined
 
 /** Coze's OAuth endpoint says `error_code`/`error_message`; its other APIs say `code`/`msg`. */
-export function describeCozeError (status: number, payload: unknown): Record<string, unknown> {
+export function describeCozeError (status: number, payload: unknown, logid?: string): Record<string, unknown> {
   const body = (typeof payload === 'object' && payload !== null ? payload : {}) as Record<string, unknown>
   const errorCode = text(body.error_code) ?? text(body.error) ?? (typeof body.code === 'number' ? String(body.code) : undefined)
   const errorMessage = text(body.error_message) ?? text(body.msg)
   const details: Record<string, unknown> = { upstream_status: status }
+  if (logid !== undefined) details.logid = logid
   if (errorCode !== undefined) details.error_code = errorCode
   if (errorMessage !== undefined) details.error_message = errorMessage
   if (errorMessage !== undefined && /\bkid\b/i.test(errorMessage)) {
@@ -66,7 +82,7 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
   })
   const cache = createTokenCache({ reuseSeconds: options.reuseSeconds, maxPending: options.maxPending })
 
-  async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeToken> {
+  async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange> {
     const started = performance.now()
     const report = (outcome: string): void => options.onExchange?.(outcome, (performance.now() - started) / 1000)
     try {
@@ -79,15 +95,18 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
     }
   }
 
-  async function exchangeOnce (jwt: string, durationSeconds: number): Promise<CozeToken> {
+  async function exchangeOnce (jwt: string, durationSeconds: number): Promise<CozeExchange> {
     let status: number
     let raw: Buffer
+    let logid: string | undefined
     try {
-      ({ status, raw } = await postJson(dispatcher, url, { grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }, {
+      let headers
+      ({ status, headers, raw } = await postJson(dispatcher, url, { grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }, {
         headers: { authorization: `Bearer ${jwt}` },
         timeoutMs: options.timeoutMs,
         maxResponseBytes: MAX_COZE_RESPONSE_BYTES
       }))
+      logid = text(headers['x-tt-logid'])
     } catch (err) {
       if ((err as Error).name === 'ResponseTooLargeError') {
         throw new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' }, { cause: err })
@@ -95,24 +114,30 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
       throw transportError(err)
     }
     const payload = parseJsonSafely(raw.toString('utf8'))
-    if (status < 200 || status > 299) throw new ServiceError('COZE_EXCHANGE_FAILED', describeCozeError(status, payload))
+    if (status < 200 || status > 299) throw new ServiceError('COZE_EXCHANGE_FAILED', describeCozeError(status, payload, logid))
     const body = (typeof payload === 'object' && payload !== null ? payload : {}) as Record<string, unknown>
     const { access_token: accessToken, expires_in: expiresIn, token_type: tokenType } = body
     if (typeof accessToken !== 'string' || accessToken.length === 0 || typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) {
-      throw new ServiceError('COZE_EXCHANGE_FAILED', { ...describeCozeError(status, payload), reason: 'malformed response' })
+      throw new ServiceError('COZE_EXCHANGE_FAILED', { ...describeCozeError(status, payload, logid), reason: 'malformed response' })
     }
-    return { access_token: accessToken, expires_in: expiresIn, token_type: typeof tokenType === 'string' && tokenType.length > 0 ? tokenType : 'Bearer' }
+    const token = { access_token: accessToken, expires_in: expiresIn, token_type: typeof tokenType === 'string' && tokenType.length > 0 ? tokenType : 'Bearer' }
+    return { token, logid }
   }
 
   return {
     exchangeCozeToken,
     async getAccessToken (request) {
-      const { signer } = options
+      const { signer, issuer } = options
       if (signer === null) throw new ServiceError('NOT_CONFIGURED', { missing: 'JWT_PRIVATE_KEY' })
-      return await cache.get(request, async () => {
+      if (issuer === null) throw new ServiceError('NOT_CONFIGURED', { missing: 'COZE_APP_ID' })
+      const fromApp = 'appId' in issuer
+      const iss = fromApp ? issuer.appId : request.callerKey
+      // The cache knows the issuer by a name that is never the caller's key.
+      const cacheRequest = { kid: request.kid, issuerId: fromApp ? `app:${iss}` : `key-${request.callerKeyIndex}`, sessionName: request.sessionName, durationSeconds: request.durationSeconds }
+      return await cache.get(cacheRequest, async () => {
         const jwt = await signer.signCozeJwt({
           kid: request.kid,
-          iss: request.iss,
+          iss,
           aud: options.audience,
           ttlSeconds: options.jwtTtlSeconds,
           sessionName: request.sessionName
@@ -136,6 +161,7 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     url: config.COZE_API_URL,
     timeoutMs: config.COZE_TIMEOUT_MS,
     signer: fastify.signer,
+    issuer: config.COZE_APP_ID !== undefined && config.COZE_APP_ID !== '' ? { appId: config.COZE_APP_ID } : config.COZE_ISS_FROM_CALLER_KEY ? { fromCallerKey: true } : null,
     // Coze's SDKs sign for the host of the API they call: api.coze.cn or api.coze.com.
     audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname,
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
@@ -144,6 +170,9 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     dispatcher: opts.dispatcher,
     onExchange: fastify.serviceMetrics.cozeExchange
   })
+  if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
+    fastify.log.warn('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
+  }
   fastify.decorate('coze', client)
   fastify.addHook('onClose', async () => await client.close())
 }, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer', 'metrics'] })

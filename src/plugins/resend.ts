@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
 import { ServiceError } from '../lib/errors.js'
 import { jsonDeeperThan } from '../lib/json-depth.js'
+import { USER_AGENT } from '../lib/service-info.js'
 import { applyCommands, type CommandReport, type Commands } from '../lib/resend-commands.js'
 import { readBodyLimited, transportError, withDeadline } from '../lib/upstream.js'
 import { createPolicyAgents } from '../lib/policy-agents.js'
@@ -86,6 +87,7 @@ export function outgoingHeaders (headers: Record<string, string> = {}, hasBody: 
     if (!DROPPED_HEADERS.has(lower)) out[lower] = value
   }
   if (hasBody) out['content-type'] ??= 'application/json; charset=utf-8'
+  out['user-agent'] ??= USER_AGENT
   return out
 }
 

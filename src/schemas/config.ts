@@ -24,6 +24,7 @@ export const ConfigSchema = Type.Object({
   // Coze token exchange
   COZE_API_URL: url('Coze OAuth token endpoint', 'https://api.coze.cn/api/permission/oauth2/token'),
   COZE_APP_ID: Type.Optional(Type.String()),
+  COZE_ISS_FROM_CALLER_KEY: Type.Boolean({ default: false }),
   COZE_JWT_AUDIENCE: Type.Optional(Type.String()),
   COZE_JWT_TTL_SECONDS: Type.Integer({ minimum: 30, maximum: 86400, default: 600 }),
   COZE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),

@@ -9,7 +9,7 @@ export const TokenBody = Type.Object({
     pattern: '^[A-Za-z0-9_\\-.=+/]+$',
     description: 'The public-key fingerprint shown on the Coze OAuth app page (the JWT header kid), not the public key itself.'
   }),
-  coze_api_key: Type.String({ minLength: 1, maxLength: 1024, description: 'A key of EXPECTED_COZE_API_KEY.' }),
+  coze_api_key: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'A key of EXPECTED_COZE_API_KEY, when not sent as X-API-Key (the header wins).' })),
   duration_seconds: Type.Optional(Type.Integer({
     minimum: 1,
     maximum: MAX_DURATION_SECONDS,

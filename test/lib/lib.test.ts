@@ -62,11 +62,11 @@ t.test('token cache: a tenth of the duration at most, single flight, failures dr
   t.equal(reuseMillis(60, 5), 500)
   const cache = createTokenCache({ reuseSeconds: 60, maxEntries: 2 })
   let n = 0
-  const exchange = async () => { await sleep(10); return { access_token: `t${++n}`, expires_in: 1, token_type: 'Bearer' } }
-  const request = { kid: 'k', iss: 'i', durationSeconds: 600 }
+  const exchange = async () => { await sleep(10); return { token: { access_token: `t${++n}`, expires_in: 1, token_type: 'Bearer' }, logid: `log-${n}` } }
+  const request = { kid: 'k', issuerId: 'app:i', durationSeconds: 600 }
   const [a, b] = await Promise.all([cache.get(request, exchange), cache.get(request, exchange)])
-  t.same([a.outcome, b.outcome, a.token.access_token, b.token.access_token], ['miss', 'shared', 't1', 't1'])
-  t.equal((await cache.get(request, exchange)).outcome, 'hit')
+  t.same([a.outcome, b.outcome, a.token.access_token, b.token.access_token, a.logid, b.logid], ['miss', 'shared', 't1', 't1', 'log-1', 'log-1'])
+  t.same(await cache.get(request, exchange), { token: a.token, outcome: 'hit' }, 'a hit made no exchange: no logid')
   await cache.get({ ...request, kid: 'k2' }, exchange)
   await cache.get({ ...request, kid: 'k3' }, exchange)
   t.equal(cache.size, 2, 'bounded')
@@ -77,7 +77,7 @@ t.test('token cache: a tenth of the duration at most, single flight, failures dr
 
   // More exchanges in flight than the cache holds: none is evicted, each caller gets its own token.
   const small = createTokenCache({ reuseSeconds: 60, maxEntries: 2, maxPending: 10 })
-  const own = async (kid: string) => { await sleep(20); return { access_token: `token-${kid}`, expires_in: 1, token_type: 'Bearer' } }
+  const own = async (kid: string) => { await sleep(20); return { token: { access_token: `token-${kid}`, expires_in: 1, token_type: 'Bearer' } } }
   const answers = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (kid) => await small.get({ ...request, kid }, async () => await own(kid))))
   t.same(answers.map((answer) => answer.token.access_token), ['token-a', 'token-b', 'token-c', 'token-d', 'token-e'])
   t.equal(small.pending, 0)
@@ -116,11 +116,13 @@ t.test('messages: one catalog, two languages', async (t) => {
   t.equal(trustProxySetting('true'), true)
   t.equal(trustProxySetting('false'), false)
   t.equal(trustProxySetting('10.0.0.0/8, 172.16.0.0/12'), '10.0.0.0/8, 172.16.0.0/12')
+  const oneHop = trustProxySetting('1') as (address: string, hop: number) => boolean
+  t.same([oneHop('10.0.0.1', 0), oneHop('203.0.113.1', 1)], [true, false], 'a hop count trusts that many hops')
 })
 
 t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks time out', async (t) => {
-  const client = createCozeClient({ url: 'http://127.0.0.1:9/token', timeoutMs: 1000, signer: null, audience: 'a', jwtTtlSeconds: 60, reuseSeconds: 0 })
-  await t.rejects(client.getAccessToken({ kid: 'k', iss: 'i', durationSeconds: 60 }), { code: 'NOT_CONFIGURED' })
+  const client = createCozeClient({ url: 'http://127.0.0.1:9/token', timeoutMs: 1000, signer: null, issuer: { appId: 'i' }, audience: 'a', jwtTtlSeconds: 60, reuseSeconds: 0 })
+  await t.rejects(client.getAccessToken({ kid: 'k', callerKey: 'c', callerKeyIndex: 0, durationSeconds: 60 }), { code: 'NOT_CONFIGURED' })
   await client.close()
 
   const readiness = createReadiness(50)

@@ -88,9 +88,9 @@ t.test('the connect-time lookup refuses private answers and honours family and a
 })
 
 t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async (t) => {
-  t.same(outgoingHeaders({ Authorization: 'Bearer x', Host: 'h', 'Keep-Alive': '1', 'Content-Type': 'text/plain' }, true), { authorization: 'Bearer x', 'content-type': 'text/plain' })
-  t.same(outgoingHeaders(undefined, true), { 'content-type': 'application/json; charset=utf-8' })
-  t.same(outgoingHeaders(undefined, false), {})
+  t.same(outgoingHeaders({ Authorization: 'Bearer x', Host: 'h', 'Keep-Alive': '1', 'Content-Type': 'text/plain' }, true), { authorization: 'Bearer x', 'content-type': 'text/plain', 'user-agent': 'aibill-token-service/1.0.0' })
+  t.same(outgoingHeaders(undefined, true), { 'content-type': 'application/json; charset=utf-8', 'user-agent': 'aibill-token-service/1.0.0' })
+  t.same(outgoingHeaders(undefined, false), { 'user-agent': 'aibill-token-service/1.0.0' })
   const now = Date.parse('2026-01-01T00:00:00Z')
   t.equal(retryAfterMillis('3', now), 3000)
   t.equal(retryAfterMillis(['120'], now), 10_000, 'capped at 10 s')

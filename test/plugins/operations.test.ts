@@ -40,7 +40,7 @@ t.test('metrics: request counts by route and status, Coze exchanges, cache, rese
   const coze = await startUpstream(t, (_req, res) => { sendJson(res, 200, { access_token: 'czs_m', expires_in: 1900000000 }) })
   const feishu = await startUpstream(t, (_req, res) => { sendJson(res, 200, { code: 0 }) })
   const { app } = await build(t, {
-    JWT_PRIVATE_KEY: testKeys().pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: `${coze.url}/token`, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu.port}`
+    JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: `${coze.url}/token`, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu.port}`
   })
   const scrape = async (): Promise<string> => {
     const res = await app.inject('/metrics')

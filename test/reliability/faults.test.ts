@@ -71,7 +71,7 @@ t.test('every upstream fault gets its documented answer within its timeout plus 
 
   const call: Record<string, (fault: string) => Promise<import('light-my-request').Response>> = {
     coze: async (fault) => {
-      const { app } = await build(t, { ...timeouts, JWT_PRIVATE_KEY: testKeys().pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: `${origin(fault)}/${fault}/token` })
+      const { app } = await build(t, { ...timeouts, JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: `${origin(fault)}/${fault}/token` })
       return await app.inject({ method: 'POST', url: '/token', payload: { public_key: KID, coze_api_key: API_KEY } })
     },
     resend: async (fault) => await relay.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${origin(fault)}/${fault}/x`, params: {} } }),

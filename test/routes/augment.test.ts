@@ -85,17 +85,23 @@ t.test('missing or empty fields: 400 with the documented message, and the state 
 t.test('tenant URLs the policy refuses: 400 TENANT_URL_NOT_ALLOWED, nothing contacted, the state left in place', async (t) => {
   const { app, tenant, tenantUrl } = await setup(t)
   const { state } = await authorize(app)
-  const refused = [
-    `${tenantUrl}?next=x`, `${tenantUrl}#frag`, `${tenantUrl}?`, `https://127.0.0.1:${tenant.port}/`, `http://user@127.0.0.1:${tenant.port}/`,
-    `http://127.0.0.1:${tenant.port + 1}/`, 'https://d12.api.augmentcode.com.evil.example/', 'https://evil.example/', 'not a url'
+  const refused: Array<[string, string]> = [
+    [`${tenantUrl}?next=x`, 'query'], [`${tenantUrl}#frag`, 'query'], [`${tenantUrl}?`, 'query'], [`https://127.0.0.1:${tenant.port}/`, 'scheme'],
+    [`http://user@127.0.0.1:${tenant.port}/`, 'userinfo'], [`http://127.0.0.1:${tenant.port + 1}/`, 'port'],
+    ['https://d12.api.augmentcode.com.evil.example/', 'host'], ['https://evil.example/', 'host'], ['not a url', 'url']
   ]
-  for (const tenantUrlCandidate of refused) {
+  for (const [tenantUrlCandidate, reason] of refused) {
     const res = await complete(app, { code: CODE, state, tenant_url: tenantUrlCandidate }, { 'accept-language': 'en' })
     t.equal(res.statusCode, 400, tenantUrlCandidate)
-    t.same(res.json(), { success: false, data: { error: 'TENANT_URL_NOT_ALLOWED' }, message: 'This tenant_url is not allowed' })
+    t.same(res.json(), { success: false, data: { error: 'TENANT_URL_NOT_ALLOWED', reason }, message: `This tenant_url is not allowed: ${reason}` })
+    t.equal(res.headers['cache-control'], 'no-store, max-age=0, private', 'no answer of complete-auth is stored')
   }
   t.equal(tenant.requests.length, 0)
-  t.equal((await complete(app, { code: CODE, state, tenant_url: tenantUrl })).statusCode, 200, 'the state was still there')
+  const done = await complete(app, { code: CODE, state, tenant_url: tenantUrl })
+  t.equal(done.statusCode, 200, 'the state was still there')
+  t.equal(done.headers['cache-control'], 'no-store, max-age=0, private')
+  t.equal(done.headers.pragma, 'no-cache')
+  t.match(tenant.requests[0]?.headers['user-agent'], /^aibill-token-service\//, 'Augment is told who calls')
 })
 
 t.test('the shared SSRF corpus against complete-auth, with the default tenant policy', async (t) => {
@@ -198,7 +204,7 @@ t.test('Redis outage: 503 STATE_STORE_UNAVAILABLE fast, /ready 503, the rest kee
     REDIS_URL: redis.url,
     AUGMENT_TENANT_HOSTS: `http://127.0.0.1:${tenant.port}`,
     RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu.port}`,
-    JWT_PRIVATE_KEY: testKeys().pkcs8,
+    JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001',
     EXPECTED_COZE_API_KEY: API_KEY,
     COZE_API_URL: `${coze.url}/api/permission/oauth2/token`
   })

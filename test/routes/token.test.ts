@@ -62,15 +62,15 @@ t.test('POST /token signs a JWT Coze accepts and answers the access token', asyn
   t.match(line, { method: 'POST', route: '/token', statusCode: 200 })
 })
 
-t.test('defaults: duration 86399, iss is the presented key, aud from the URL, Bearer when Coze omits token_type', async (t) => {
+t.test('defaults: duration 86399, iss is COZE_APP_ID, aud from the URL, Bearer when Coze omits token_type', async (t) => {
   const coze = await startCoze(t, (_req, res) => { sendJson(res, 200, { access_token: 'czs_a', expires_in: 1900000000 }) })
-  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: `old-key, ${API_KEY}`, COZE_API_URL: coze.tokenUrl, COZE_JWT_AUDIENCE: 'api.coze.cn', COZE_JWT_TTL_SECONDS: 120 })
+  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: `old-key, ${API_KEY}`, COZE_API_URL: coze.tokenUrl, COZE_JWT_AUDIENCE: 'api.coze.cn', COZE_JWT_TTL_SECONDS: 120 })
   const res = await tokenRequest(app, { public_key: KID, coze_api_key: API_KEY }, { 'accept-language': 'en-US,en;q=0.9' })
   t.equal(res.statusCode, 200)
   t.same(res.json(), { success: true, data: { access_token: 'czs_a', expires_in: 1900000000, token_type: 'Bearer' }, message: 'Access token issued' })
   const exchange = coze.exchanges[0]
   t.equal(JSON.parse(exchange?.request.body ?? '').duration_seconds, 86399)
-  t.equal(exchange?.claims.iss, API_KEY)
+  t.equal(exchange?.claims.iss, '1180000000001')
   t.equal(exchange?.claims.aud, 'api.coze.cn')
   t.equal((exchange?.claims.exp as number) - (exchange?.claims.iat as number), 120)
   t.notOk('session_name' in (exchange?.claims ?? {}))
@@ -80,13 +80,13 @@ t.test('defaults: duration 86399, iss is the presented key, aud from the URL, Be
 t.test('keys: PKCS#1 on one line with literal \\n, and a key file', async (t) => {
   const coze = await startCoze(t)
   const oneLine = pkcs1.trim().replace(/\n/g, '\\n')
-  const first = await build(t, { JWT_PRIVATE_KEY: `"${oneLine}"`, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const first = await build(t, { JWT_PRIVATE_KEY: `"${oneLine}"`, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
   t.equal((await tokenRequest(first.app, { public_key: KID, coze_api_key: API_KEY })).statusCode, 200)
 
   const dir = await tempDir(t, 'aibill-key-')
   const file = join(dir, 'private_key.pem')
   await writeFile(file, pkcs8, { mode: 0o600 })
-  const second = await build(t, { JWT_PRIVATE_KEY_FILE: file, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const second = await build(t, { JWT_PRIVATE_KEY_FILE: file, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
   t.equal((await tokenRequest(second.app, { public_key: KID, coze_api_key: API_KEY })).statusCode, 200)
   t.equal(coze.exchanges.length, 2, 'both JWTs verified with the public key')
 })
@@ -97,7 +97,7 @@ t.test('the cache reuses a token for identical requests and shares one exchange 
     await sleep(50)
     sendJson(res, 200, { access_token: `czs_${++issued}`, expires_in: 1900000000 })
   })
-  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 60 })
+  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 60 })
   const body = { public_key: KID, coze_api_key: API_KEY, duration_seconds: 3600 }
 
   const concurrent = await Promise.all(Array.from({ length: 5 }, async () => await tokenRequest(app, body)))
@@ -119,13 +119,13 @@ t.test('COZE_TOKEN_REUSE_SECONDS=0 exchanges every time; failures are never cach
     if (calls === 2) sendJson(res, 500, { error_code: 'internal_error', error_message: 'try again' })
     else sendJson(res, 200, { access_token: `czs_${calls}`, expires_in: 1900000000 })
   })
-  const off = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 0 })
+  const off = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 0 })
   const body = { public_key: KID, coze_api_key: API_KEY }
   t.equal((await tokenRequest(off.app, body)).json().data.access_token, 'czs_1')
   const failed = await tokenRequest(off.app, body)
   t.equal(failed.statusCode, 502)
 
-  const on = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const on = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
   calls = 1
   t.equal((await tokenRequest(on.app, body)).statusCode, 502, 'a failure')
   t.equal((await tokenRequest(on.app, body)).json().data.access_token, 'czs_3', 'is not reused: the next request exchanges again')
@@ -133,10 +133,9 @@ t.test('COZE_TOKEN_REUSE_SECONDS=0 exchanges every time; failures are never cach
 
 t.test('bad requests are 400 VALIDATION_FAILED naming the field; nothing is sent to Coze', async (t) => {
   const coze = await startCoze(t)
-  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const { app } = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
   const cases: Array<[Record<string, unknown>, string]> = [
     [{ coze_api_key: API_KEY }, 'public_key'],
-    [{ public_key: KID }, 'coze_api_key'],
     [{ public_key: 42, coze_api_key: API_KEY }, 'public_key'],
     [{ public_key: '', coze_api_key: API_KEY }, 'public_key'],
     [{ public_key: '-----BEGIN PUBLIC KEY-----\nMIIB', coze_api_key: API_KEY }, 'public_key'],
@@ -159,6 +158,8 @@ t.test('bad requests are 400 VALIDATION_FAILED naming the field; nothing is sent
   const wrongKey = await tokenRequest(app, { public_key: KID, coze_api_key: 'not-the-key' })
   t.equal(wrongKey.statusCode, 401)
   t.same(wrongKey.json(), { success: false, data: { error: 'UNAUTHORIZED' }, message: 'API 密钥无效或缺失' })
+  t.equal((await tokenRequest(app, { public_key: KID })).statusCode, 401, 'no key at all')
+  t.equal((await tokenRequest(app, { public_key: KID, coze_api_key: API_KEY }, { 'x-api-key': 'not-the-key' })).statusCode, 401, 'the header wins over the body')
   t.equal(coze.requests.length, 0, 'Coze was never called')
 })
 
@@ -170,7 +171,7 @@ t.test('not configured: 503 NOT_CONFIGURED, never an open door', async (t) => {
   t.same(res.json().data, { error: 'NOT_CONFIGURED', missing: 'JWT_PRIVATE_KEY' })
   t.ok(noKey.logs.records().some((line) => line.level === 40 && String(line.msg).includes('JWT_PRIVATE_KEY')), 'a warning at start')
 
-  const noApiKey = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: ' , ', COZE_API_URL: coze.tokenUrl })
+  const noApiKey = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: ' , ', COZE_API_URL: coze.tokenUrl })
   const open = await tokenRequest(noApiKey.app, { public_key: KID, coze_api_key: 'anything' })
   t.equal(open.statusCode, 503)
   t.same(open.json().data, { error: 'NOT_CONFIGURED', missing: 'EXPECTED_COZE_API_KEY' })
@@ -188,7 +189,7 @@ t.test('Coze errors: 502 COZE_EXCHANGE_FAILED with Coze\'s code and message', as
   ]
   let index = 0
   const coze = await startCoze(t, async (req, res) => { await answers[index++]?.(req, res) })
-  const { app, logs } = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 0 })
+  const { app, logs } = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_TOKEN_REUSE_SECONDS: 0 })
   const body = { public_key: KID, coze_api_key: API_KEY }
 
   const kid = await tokenRequest(app, body)
@@ -213,16 +214,53 @@ t.test('Coze unreachable: 502 UPSTREAM_UNREACHABLE; too slow: 504 UPSTREAM_TIMEO
   const closedUrl = `${closed.url}${TOKEN_PATH}`
   closed.server.close()
   await new Promise((resolve) => setImmediate(resolve))
-  const down = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: closedUrl })
+  const down = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: closedUrl })
   const unreachable = await tokenRequest(down.app, { public_key: KID, coze_api_key: API_KEY })
   t.equal(unreachable.statusCode, 502)
   t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE' }, message: '无法连接上游服务' })
 
   const silent = await startCoze(t, () => { /* never answers */ })
-  const slow = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: silent.tokenUrl, COZE_TIMEOUT_MS: 300 })
+  const slow = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: silent.tokenUrl, COZE_TIMEOUT_MS: 300 })
   const started = Date.now()
   const timeout = await tokenRequest(slow.app, { public_key: KID, coze_api_key: API_KEY })
   t.equal(timeout.statusCode, 504)
   t.same(timeout.json(), { success: false, data: { error: 'UPSTREAM_TIMEOUT' }, message: '上游服务响应超时' })
   t.ok(Date.now() - started < 1300, 'within the timeout plus a second')
+})
+
+t.test('without COZE_APP_ID the caller key never leaves: 503 NOT_CONFIGURED, unless COZE_ISS_FROM_CALLER_KEY', async (t) => {
+  const coze = await startCoze(t)
+  const { app, logs } = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const res = await tokenRequest(app, { public_key: KID }, { 'x-api-key': API_KEY })
+  t.equal(res.statusCode, 503)
+  t.same(res.json().data, { error: 'NOT_CONFIGURED', missing: 'COZE_APP_ID' })
+  t.equal(coze.requests.length, 0, 'nothing was sent to Coze')
+  t.notOk(logs.text.includes('COZE_ISS_FROM_CALLER_KEY'))
+
+  const legacy = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_ISS_FROM_CALLER_KEY: true })
+  t.ok(legacy.logs.records().some((line) => line.level === 40 && /COZE_ISS_FROM_CALLER_KEY=true/.test(String(line.msg))), 'a warning at start names it')
+  t.equal((await tokenRequest(legacy.app, { public_key: KID, coze_api_key: API_KEY })).statusCode, 200)
+  t.equal(coze.exchanges[0]?.claims.iss, API_KEY, 'the Rust service\'s behaviour, on request')
+})
+
+t.test('the key in X-API-Key; token answers are never cached; User-Agent out, Coze\'s logid in', async (t) => {
+  const coze = await startCoze(t, (req, res) => {
+    res.setHeader('x-tt-logid', '20261129abcdef0123')
+    if (JSON.parse(req.body).duration_seconds === 60) { sendJson(res, 401, { error_code: 'invalid_client', error_message: 'invalid jwt' }); return }
+    sendJson(res, 200, { access_token: 'czs_header_0123456789', expires_in: 1900000000, token_type: 'Bearer' })
+  })
+  const { app, logs } = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl })
+  const res = await tokenRequest(app, { public_key: KID }, { 'x-api-key': API_KEY })
+  t.equal(res.statusCode, 200)
+  t.equal(res.headers['cache-control'], 'no-store, max-age=0, private')
+  t.equal(res.headers.pragma, 'no-cache')
+  t.match(coze.requests[0]?.headers['user-agent'], /^aibill-token-service\/\d+\.\d+\.\d+$/)
+  t.ok(logs.records().some((line) => line.route === '/token' && line.coze_logid === '20261129abcdef0123' && line.cache === 'miss'), 'the logid is in the log line')
+
+  const failed = await tokenRequest(app, { public_key: KID, duration_seconds: 60 }, { 'x-api-key': API_KEY })
+  t.equal(failed.statusCode, 502)
+  t.match(failed.json().data, { error: 'COZE_EXCHANGE_FAILED', error_code: 'invalid_client', logid: '20261129abcdef0123' })
+  t.equal(failed.headers['cache-control'], 'no-store, max-age=0, private', 'errors too')
+  const refused = await tokenRequest(app, { public_key: KID }, { 'x-api-key': 'wrong' })
+  t.equal(refused.headers['cache-control'], 'no-store, max-age=0, private')
 })
