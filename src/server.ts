@@ -3,22 +3,22 @@ import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
 import { serverOptions } from './options.js'
-import { loadConfig } from './plugins/config.js'
-import { trustProxySetting, type Config } from './schemas/config.js'
+import { loadConfig, trustProxySetting, type LoadedConfig } from './schemas/config.js'
 
-let config: Config
+let loaded: LoadedConfig
 try {
-  config = loadConfig()
+  loaded = loadConfig()
 } catch (err) {
   // Names the variable; the values themselves (keys among them) are not repeated.
   process.stderr.write(`${JSON.stringify({ level: 60, time: Date.now(), msg: 'start failed', err: { message: (err as Error).message } })}\n`)
   process.exit(1)
 }
 
+const { config } = loaded
 const server = Fastify(serverOptions({ logLevel: config.LOG_LEVEL, trustProxy: trustProxySetting(config.TRUST_PROXY) }))
 
 try {
-  await server.register(fp(app), { config, readEnvironment: false })
+  await server.register(fp(app), loaded)
   await server.ready()
 } catch (err) {
   // An invalid key or an unreachable Redis: say which, and stop with a non-zero code.

@@ -1,10 +1,13 @@
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import Fastify, { type FastifyError } from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
 import app from '../src/app.js'
 import { serverOptions } from '../src/options.js'
 import errors, { toServiceError } from '../src/plugins/errors.js'
-import { build, testKeys, LogCapture } from './helper.js'
+import { didYouMean, loadConfig } from '../src/schemas/config.js'
+import { build, tempDir, testKeys, LogCapture } from './helper.js'
 
 t.test('GET /health: cheap, the envelope, zh-CN by default and English on request', async (t) => {
   const { app } = await build(t)
@@ -91,26 +94,39 @@ t.test('a failure inside a handler is 500 INTERNAL with no internals; other HTTP
   }
 })
 
-t.test('an invalid configuration stops the start and names the variable', async (t) => {
+t.test('an invalid configuration stops the start, names the variable and says what it may be', async (t) => {
+  const load = (overrides: Record<string, unknown>) => () => loadConfig({ overrides, env: false })
+  t.throws(load({ PORT: 70000 }), { name: 'ConfigError', message: 'PORT must be <= 65535' })
+  t.throws(load({ COZE_API_URL: 'ftp://example' }), /^COZE_API_URL must match pattern/)
+  t.throws(load({ STATE_STORE: 'Redis' }), { message: 'STATE_STORE must be one of: memory, redis' })
+  t.throws(load({ LOG_LEVEL: 'loud', STATE_STORE: 'disk' }), { message: 'LOG_LEVEL must be one of: fatal, error, warn, info, debug, trace, silent; STATE_STORE must be one of: memory, redis' })
+  t.throws(load({ COZE_TIMEOUT_MS: 'soon' }), { message: 'COZE_TIMEOUT_MS must be integer' })
+
   const start = async (config: Record<string, unknown>) => {
     const server = Fastify(serverOptions({ logStream: new LogCapture() }))
-    await server.register(fp(app), { readEnvironment: false, config })
+    await server.register(fp(app), loadConfig({ overrides: config, env: false }))
     t.teardown(async () => await server.close())
     await server.ready()
   }
-  await t.rejects(start({ PORT: 70000 }), /PORT/)
-  await t.rejects(start({ COZE_API_URL: 'ftp://example' }), /COZE_API_URL/)
-  await t.rejects(start({ LOG_LEVEL: 'loud' }), /LOG_LEVEL/)
   await t.rejects(start({ JWT_PRIVATE_KEY: '-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----' }), /JWT_PRIVATE_KEY is not a readable PEM/)
   await t.rejects(start({ JWT_PRIVATE_KEY_FILE: '/nonexistent/key.pem' }), /JWT_PRIVATE_KEY_FILE cannot be read \(ENOENT\)/)
 })
 
-t.test('the environment is read when the server asks for it', async (t) => {
-  const server = Fastify(serverOptions({ logStream: new LogCapture() }))
-  await server.register(fp(app))
-  t.teardown(async () => await server.close())
-  await server.ready()
-  t.equal(server.config.COZE_API_URL, process.env.COZE_API_URL ?? 'https://api.coze.cn/api/permission/oauth2/token')
+t.test('a variable one edit from a known one is warned about at start', async (t) => {
+  t.equal(didYouMean('JWT_PRIVATE_KEY_PATH'), 'JWT_PRIVATE_KEY_FILE')
+  t.equal(didYouMean('REDIS_URI'), 'REDIS_URL')
+  t.equal(didYouMean('COZE_APPID'), 'COZE_APP_ID')
+  for (const unrelated of ['PATH', 'HOME', 'HOSTNAME', 'NODE_ENV', 'npm_config_cache', 'REDIS_URL', 'AWS_REGION', 'ECS_CONTAINER_METADATA_URI_V4']) t.equal(didYouMean(unrelated), undefined, unrelated)
+  const { logs } = await build(t, { JWT_PRIVATE_KEY_PATH: '/run/secrets/key.pem' } as Record<string, unknown>)
+  t.ok(logs.records().some((line) => line.level === 40 && line.msg === 'JWT_PRIVATE_KEY_PATH is not a variable of this service: did you mean JWT_PRIVATE_KEY_FILE?'))
+})
+
+t.test('the environment and .env are read when the server asks for it; the environment wins', async (t) => {
+  const dir = await tempDir(t, 'aibill-env-')
+  await writeFile(join(dir, '.env'), 'COZE_TIMEOUT_MS=4321\nRESEND_TIMEOUT_MS=1234\n')
+  const { config } = loadConfig({ env: { RESEND_TIMEOUT_MS: '2345' }, dotenvPath: join(dir, '.env') })
+  t.equal(config.COZE_TIMEOUT_MS, 4321)
+  t.equal(config.RESEND_TIMEOUT_MS, 2345)
 })
 
 t.test('server options: pretty logs only on a terminal, and never in tests', async (t) => {

@@ -12,7 +12,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import app, { type AppOptions } from '../src/app.js'
 import { serverOptions } from '../src/options.js'
-import { trustProxySetting } from '../src/schemas/config.js'
+import { loadConfig, trustProxySetting, type Config } from '../src/schemas/config.js'
 
 /**
  * Every secret the tests create or see: private keys, caller keys, issued tokens, OAuth codes and verifiers.
@@ -137,16 +137,16 @@ export interface Built {
 }
 
 /** The app as production builds it, with configuration passed as data and the environment ignored. */
-export async function build (t: TestContext, config: AppOptions['config'] = {}, options: Omit<AppOptions, 'config'> = {}): Promise<Built> {
+export async function build (t: TestContext, config: Partial<Record<keyof Config, unknown>> = {}, options: Omit<AppOptions, 'config' | 'warnings'> = {}): Promise<Built> {
   registerPem(config.JWT_PRIVATE_KEY)
   for (const key of String(config.EXPECTED_COZE_API_KEY ?? '').split(',')) registerSecret(key.trim())
   const logs = new LogCapture()
-  const trustProxy = trustProxySetting(String(config.TRUST_PROXY ?? 'false'))
-  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy }))
   // Limits high enough for suites that send hundreds of requests; the rate-limit tests set their own. Lag never
   // sheds here (a busy test machine lags): only the test of shedding turns it on.
   const defaults = { LOG_LEVEL: 'debug', RATE_LIMIT_MAX: 100000, RATE_LIMIT_AUTH_URL_MAX: 100000, PRESSURE_MAX_EVENT_LOOP_DELAY_MS: 0 }
-  await instance.register(fp(app), { readEnvironment: false, ...options, config: { ...defaults, ...config } })
+  const loaded = loadConfig({ overrides: { ...defaults, ...config }, env: false })
+  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy: trustProxySetting(loaded.config.TRUST_PROXY) }))
+  await instance.register(fp(app), { ...options, ...loaded })
   await instance.ready()
   t.teardown(async () => await instance.close())
   return { app: instance, logs }

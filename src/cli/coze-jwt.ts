@@ -1,13 +1,15 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync, realpathSync } from 'node:fs'
+import { realpathSync } from 'node:fs'
+import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { parseArgs, parseEnv } from 'node:util'
+import { parseArgs } from 'node:util'
 import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../lib/coze-jwt.js'
 import { isServiceError } from '../lib/errors.js'
+import { ConfigSchema, loadConfig } from '../schemas/config.js'
 import { MAX_DURATION_SECONDS } from '../schemas/token.js'
 import { createCozeClient } from '../plugins/coze.js'
 
-const DEFAULT_URL = 'https://api.coze.cn/api/permission/oauth2/token'
+const DEFAULT_URL = ConfigSchema.properties.COZE_API_URL.default as string
 
 export const HELP = `Usage: coze-jwt --kid KID [options]
 
@@ -73,27 +75,26 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
     return 0
   }
 
-  const dotenvPath = `${io.cwd ?? process.cwd()}/.env`
-  // The real environment wins over .env, as in the service.
-  const env = { ...(existsSync(dotenvPath) ? parseEnv(readFileSync(dotenvPath, 'utf8')) : {}), ...io.env }
   try {
+    // The service's own configuration, read as the service reads it; flags win over it.
+    const { config } = loadConfig({ env: io.env, dotenvPath: join(io.cwd ?? process.cwd(), '.env') })
     if (args.kid === undefined || args.kid === '') throw new UsageError('--kid is required')
-    const appId = args['app-id'] ?? env.COZE_APP_ID
+    const appId = args['app-id'] ?? config.COZE_APP_ID
     if (appId === undefined || appId === '') throw new UsageError('--app-id (or COZE_APP_ID) is required')
-    const url = args.url ?? (env.COZE_API_URL || DEFAULT_URL)
+    const url = args.url ?? config.COZE_API_URL
     if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) throw new UsageError('--url must be an http(s) URL')
-    const ttlSeconds = positiveInteger('--ttl', args.ttl ?? (env.COZE_JWT_TTL_SECONDS || '600'), 86400)
+    const ttlSeconds = args.ttl === undefined ? config.COZE_JWT_TTL_SECONDS : positiveInteger('--ttl', args.ttl, 86400)
     const duration = positiveInteger('--duration', args.duration ?? String(MAX_DURATION_SECONDS), MAX_DURATION_SECONDS)
 
     const pem = args.key !== undefined
       ? await readPrivateKeyPem({ file: args.key })
-      : await readPrivateKeyPem({ pem: env.JWT_PRIVATE_KEY, file: env.JWT_PRIVATE_KEY_FILE })
+      : await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
     if (pem === undefined) throw new PrivateKeyError('no private key: pass --key FILE or set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE')
     const signer = createSigner(await importRsaPrivateKey(pem))
     const jwt = await signer.signCozeJwt({
       kid: args.kid,
       iss: appId,
-      aud: args.aud ?? (env.COZE_JWT_AUDIENCE || new URL(url).hostname),
+      aud: args.aud ?? (config.COZE_JWT_AUDIENCE || new URL(url).hostname),
       ttlSeconds,
       sessionName: args['session-name']
     })
@@ -101,7 +102,7 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
       io.stdout(`${jwt}\n`)
       return 0
     }
-    const client = createCozeClient({ url, timeoutMs: Number(env.COZE_TIMEOUT_MS) || 10_000, signer, issuer: { appId }, audience: '', jwtTtlSeconds: ttlSeconds, reuseSeconds: 0 })
+    const client = createCozeClient({ url, timeoutMs: config.COZE_TIMEOUT_MS, signer, issuer: { appId }, audience: '', jwtTtlSeconds: ttlSeconds, reuseSeconds: 0 })
     try {
       io.stdout(`${JSON.stringify((await client.exchangeCozeToken(jwt, duration)).token)}\n`)
     } finally {

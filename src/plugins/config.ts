@@ -1,7 +1,5 @@
-import fastifyEnv from '@fastify/env'
-import envSchema from 'env-schema'
 import fp from 'fastify-plugin'
-import { ConfigSchema, type Config } from '../schemas/config.js'
+import type { Config } from '../schemas/config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -10,32 +8,15 @@ declare module 'fastify' {
 }
 
 export interface ConfigOptions {
-  /** Values that win over the environment (tests pass their whole configuration here). */
-  data?: Partial<Record<keyof Config, unknown>>
-  /** Read process.env and `.env`; tests turn this off so a developer's environment cannot leak in. */
-  readEnvironment?: boolean
+  /** Loaded and validated by loadConfig (src/schemas/config.ts). */
+  config: Config
+  /** Said once, at start. */
+  warnings: string[]
 }
 
-/** Loads and validates the configuration once, at start; an invalid value stops the start naming the variable. */
+/** Decorates the configuration loadConfig validated, sets the log level, and says its warnings. */
 export default fp<ConfigOptions>(async function config (fastify, opts) {
-  const readEnvironment = opts.readEnvironment ?? true
-  await fastify.register(fastifyEnv, {
-    confKey: 'config',
-    schema: ConfigSchema,
-    data: opts.data ?? {},
-    env: readEnvironment,
-    dotenv: readEnvironment
-  })
-  fastify.log.level = fastify.config.LOG_LEVEL
-  if (fastify.config.TRUST_PROXY === 'true') {
-    fastify.log.warn('TRUST_PROXY=true believes the leftmost X-Forwarded-For entry, which any client can write: rate limits can be dodged. Use the balancer\'s CIDR or a hop count (TRUST_PROXY=1).')
-  }
+  fastify.decorate('config', opts.config)
+  fastify.log.level = opts.config.LOG_LEVEL
+  for (const warning of opts.warnings) fastify.log.warn(warning)
 }, { name: 'config', fastify: '5.x' })
-
-/**
- * Reads and validates the environment (and `.env`) once, for what must be known before the server exists
- * (trustProxy, the log level); the plugin then receives the same values as data.
- */
-export function loadConfig (): Config {
-  return envSchema<Config>({ schema: structuredClone(ConfigSchema), dotenv: true })
-}

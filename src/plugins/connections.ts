@@ -13,7 +13,7 @@ interface Progress {
  * closed to make room, and a new one is refused only when none is idle. An answer the client does not read
  * waits in memory: when no byte of it has left for WRITE_TIMEOUT_MS, the connection is destroyed and the
  * memory freed. (Node's socket timeouts cannot say this: they count reads and writes alike and would also end
- * a request that waits on a slow upstream.)
+ * a request that waits on a slow upstream.) While the server closes, every answer closes its connection.
  */
 export default fp(async function connections (fastify) {
   const { MAX_CONNECTIONS, WRITE_TIMEOUT_MS } = fastify.config
@@ -52,4 +52,10 @@ export default fp(async function connections (fastify) {
   }, Math.max(100, Math.min(1000, WRITE_TIMEOUT_MS / 4)))
   sweeper.unref()
   fastify.addHook('onClose', (_instance, done) => { clearInterval(sweeper); done() })
+
+  // While closing, answers end their connection so keep-alive clients move to another instance at once.
+  fastify.addHook('onSend', (_request, reply, payload, done) => {
+    if (!server.listening) void reply.header('connection', 'close')
+    done(null, payload)
+  })
 }, { name: 'connections', fastify: '5.x', dependencies: ['config'] })

@@ -170,9 +170,6 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     dispatcher: opts.dispatcher,
     onExchange: fastify.serviceMetrics.cozeExchange
   })
-  if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
-    fastify.log.warn('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
-  }
   fastify.decorate('coze', client)
   fastify.addHook('onClose', async () => await client.close())
 }, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer', 'metrics'] })

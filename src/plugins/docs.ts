@@ -34,6 +34,12 @@ export default fp(async function docs (fastify) {
     uiConfig: { docExpansion: 'list', deepLinking: true },
     // The UI's own routes are not part of the API.
     uiHooks: {},
-    staticCSP: true
+    staticCSP: true,
+    // The page is served over plain HTTP on a task's own address too: upgrade-insecure-requests would turn every
+    // asset into an https request there and leave the page blank. Swagger UI sets style attributes, which a
+    // style hash cannot allow (and 'unsafe-inline' is ignored beside one), so styles are 'self' and inline.
+    transformStaticCSP: (header) => header
+      .replace(/\s*upgrade-insecure-requests;?/, '')
+      .replace(/style-src [^;]*;/, "style-src 'self' 'unsafe-inline';")
   })
 }, { name: 'docs', fastify: '5.x', dependencies: ['config'] })

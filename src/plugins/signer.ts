@@ -12,12 +12,11 @@ declare module 'fastify' {
 export default fp(async function signer (fastify) {
   const { config } = fastify
   const pem = await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
-  // The PEM text is not needed after import; keep it out of anything that may print the config.
-  delete config.JWT_PRIVATE_KEY
+  fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
   if (pem === undefined) {
     fastify.log.warn('no JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: POST /token answers 503 NOT_CONFIGURED')
     fastify.decorate('signer', null)
     return
   }
   fastify.decorate('signer', createSigner(await importRsaPrivateKey(pem)))
-}, { name: 'signer', fastify: '5.x', dependencies: ['config'] })
+}, { name: 'signer', fastify: '5.x', dependencies: ['config', 'readiness'] })

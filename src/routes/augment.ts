@@ -1,5 +1,4 @@
 import { hash, randomUUID } from 'node:crypto'
-import cors from '@fastify/cors'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
 import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
@@ -11,11 +10,9 @@ const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 // Logs name a state by a short digest: enough to follow one sign-in, useless to anyone reading the logs.
 const stateRef = (state: string): string => hash('sha256', state, 'base64url').slice(0, 10)
 
-/** Registered under the /api prefix; CORS, when CORS_ORIGINS lists origins, covers these routes only. */
+/** Registered under the /api prefix (the only routes plugins/cors.ts opens to browsers). */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, stateStore, augment } = fastify
-  const origins = config.CORS_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean)
-  if (origins.length > 0) await fastify.register(cors, { origin: origins, methods: ['GET', 'POST'], maxAge: 600 })
   const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
 
   fastify.get('/auth-url', {

@@ -1,4 +1,7 @@
-import { Type, type Static } from '@sinclair/typebox'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { existsSync, readFileSync } from 'node:fs'
+import { parseEnv } from 'node:util'
+import envSchema from 'env-schema'
 
 const url = (description: string, defaultValue: string) =>
   Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s]*)?$', default: defaultValue, description })
@@ -82,4 +85,104 @@ export function trustProxySetting (value: string): TrustProxy {
     return (_address: string, hop: number) => hop < hops
   }
   return value
+}
+
+export class ConfigError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+interface AjvIssue { instancePath: string, message?: string }
+
+/** One line per variable that is wrong, saying what it may be: enums list their values. Values are not repeated. */
+export function describeConfigIssues (issues: AjvIssue[]): string {
+  const byVariable = new Map<string, AjvIssue[]>()
+  for (const issue of issues) {
+    const name = issue.instancePath.replace(/^\//, '').split('/')[0] as string
+    byVariable.set(name, [...(byVariable.get(name) ?? []), issue])
+  }
+  const properties = ConfigSchema.properties as Record<string, TSchema>
+  return [...byVariable].map(([name, found]) => {
+    // The enums (LOG_LEVEL, STATE_STORE) are unions of literals: name their values, not Ajv's "anyOf".
+    const literals = (properties[name] as TSchema).anyOf as TSchema[] | undefined
+    if (literals !== undefined) return `${name} must be one of: ${literals.map((option) => String(option.const)).join(', ')}`
+    return `${name} ${String((found[0] as AjvIssue).message)}`
+  }).join('; ')
+}
+
+function editDistance (a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0] as number
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j] as number
+      row[j] = Math.min(above + 1, (row[j - 1] as number) + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
+      diagonal = above
+    }
+  }
+  return row[b.length] as number
+}
+
+/**
+ * The variable a misspelt name was probably meant to be: two edits away at most, or one word of several changed
+ * (JWT_PRIVATE_KEY_PATH for JWT_PRIVATE_KEY_FILE). Names of one word (PATH, HOME) are never guessed at.
+ */
+export function didYouMean (name: string): string | undefined {
+  if (!/^[A-Z0-9]+(_[A-Z0-9]+)+$/.test(name) || name in ConfigSchema.properties) return undefined
+  const words = name.split('_')
+  return Object.keys(ConfigSchema.properties).find((known) => {
+    if (!known.includes('_')) return false
+    if (editDistance(name, known) <= 2) return true
+    const knownWords = known.split('_')
+    return words.length >= 3 && knownWords.length === words.length && knownWords.filter((word, i) => word !== words[i]).length === 1
+  })
+}
+
+export interface LoadConfigOptions {
+  /** Values that win over everything (tests pass their whole configuration here). */
+  overrides?: Partial<Record<keyof Config, unknown>>
+  /** The environment to read: process.env by default; false reads none (tests). */
+  env?: Record<string, string | undefined> | false
+  /** The `.env` file read beneath the environment, when it exists (default: `.env` in the working directory). */
+  dotenvPath?: string
+}
+
+export interface LoadedConfig {
+  config: Config
+  /** Said once at start by the config plugin (a likely misspelt variable, a setting that is unsafe). */
+  warnings: string[]
+}
+
+/**
+ * The one configuration loader, for the server, the tests and the coze-jwt command: the environment (and `.env`,
+ * which the real environment overrides) under the overrides, validated against ConfigSchema once. An invalid
+ * value throws ConfigError naming each variable and what it may be.
+ */
+export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.env' }: LoadConfigOptions = {}): LoadedConfig {
+  // The real environment wins over .env, and the overrides over both.
+  const fromFile = env !== false && existsSync(dotenvPath) ? parseEnv(readFileSync(dotenvPath, 'utf8')) : {}
+  const data = { ...fromFile, ...(env === false ? {} : env), ...overrides }
+  let config: Config
+  try {
+    config = envSchema<Config>({ schema: structuredClone(ConfigSchema), data, env: false, dotenv: false })
+  } catch (err) {
+    const issues = (err as { errors?: AjvIssue[] }).errors
+    /* c8 ignore next - env-schema always attaches Ajv's errors to a validation failure */
+    throw new ConfigError(issues === undefined ? (err as Error).message : describeConfigIssues(issues))
+  }
+  const warnings: string[] = []
+  for (const name of Object.keys(data)) {
+    const meant = didYouMean(name)
+    if (meant !== undefined) warnings.push(`${name} is not a variable of this service: did you mean ${meant}?`)
+  }
+  if (config.TRUST_PROXY === 'true') {
+    warnings.push('TRUST_PROXY=true believes the leftmost X-Forwarded-For entry, which any client can write: rate limits can be dodged. Use the balancer\'s CIDR or a hop count (TRUST_PROXY=1).')
+  }
+  if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
+    warnings.push('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
+  }
+  return { config, warnings }
 }
