@@ -85,6 +85,9 @@ export default fp(async function metrics (fastify) {
   }
   const registry = new Registry()
   promClient.collectDefaultMetrics({ register: registry })
+  // Gauges named like counters, which Prometheus' own checker refuses; each is the sum of its per-type gauge
+  // (nodejs_active_handles{type}, ...), which stays.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name)
   const requestDuration = new Histogram({
     name: 'http_request_duration_seconds',
     help: 'Duration of API requests by method, route and status code',

@@ -19,6 +19,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     // Each call stores a state: its own limit, never looser than the global one.
     config: { rateLimit: { max: Math.min(config.RATE_LIMIT_AUTH_URL_MAX, config.RATE_LIMIT_MAX), timeWindow: config.RATE_LIMIT_WINDOW } },
     schema: {
+      operationId: 'createAuthUrl',
+      security: [],
       summary: 'Start an Augment sign-in: an authorize link with a PKCE challenge, and its state.',
       tags: ['augment'],
       querystring: AuthUrlQuery,
@@ -39,6 +41,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     // The answer carries a token: never stored by a proxy or a browser, errors included.
     onRequest: (_request, reply, done) => { reply.preventCache(); done() },
     schema: {
+      operationId: 'completeAuth',
+      security: [],
       summary: 'Finish an Augment sign-in: exchange the code Augment showed for an access token.',
       tags: ['augment'],
       body: CompleteAuthBody,

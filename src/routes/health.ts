@@ -13,6 +13,8 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/health', {
     config: PROBE,
     schema: {
+      operationId: 'getHealth',
+      security: [],
       summary: 'Liveness: the process answers. No I/O.',
       tags: ['probes'],
       response: { 200: Envelope(HealthData), ...errorResponses }
@@ -24,6 +26,8 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/ready', {
     config: PROBE,
     schema: {
+      operationId: 'getReady',
+      security: [],
       summary: 'Readiness: every configured dependency answers (503 NOT_READY with each check otherwise).',
       tags: ['probes'],
       response: { 200: Envelope(ReadyData), ...errorResponses }

@@ -9,6 +9,8 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/resend', {
     schema: {
+      operationId: 'resend',
+      security: [{ apiKey: [] }],
       summary: 'Send a failed request again, to an allowed destination only, and return its answer.',
       tags: ['resend'],
       headers: ApiKeyHeaders,

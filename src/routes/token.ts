@@ -11,6 +11,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     // An answer that carries a token is never stored by a proxy or a browser, errors included.
     onRequest: (_request, reply, done) => { reply.preventCache(); done() },
     schema: {
+      operationId: 'createToken',
+      security: [{ apiKey: [] }],
       summary: 'Mint a Coze access token: sign an RS256 JWT with the service key and exchange it at Coze.',
       tags: ['coze'],
       headers: ApiKeyHeaders,

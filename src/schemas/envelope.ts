@@ -1,4 +1,5 @@
 import { Type, type TSchema } from '@sinclair/typebox'
+import { ERROR_STATUS, type ErrorCode } from '../lib/errors.js'
 import { messageFor, pickLocale, type SuccessText } from '../lib/messages.js'
 
 /** The one shape of every answer: `{ success, data, message }`. */
@@ -13,7 +14,7 @@ export const Envelope = <T extends TSchema>(data: T) =>
 export const ErrorEnvelope = Type.Object({
   success: Type.Literal(false),
   data: Type.Object({
-    error: Type.String({ pattern: '^[A-Z_]+$' })
+    error: Type.Unsafe<ErrorCode>({ type: 'string', enum: Object.keys(ERROR_STATUS), description: 'The stable code; the HTTP status belongs to it.' })
   }, { additionalProperties: true }),
   message: Type.String()
 }, { $id: 'ErrorEnvelope', description: 'An error: data.error is a stable code; data may carry details.' })
