@@ -20,19 +20,30 @@ t.test('GET /health: cheap, the envelope, zh-CN by default and English on reques
   t.equal((await app.inject({ url: '/health', headers: { 'accept-language': 'fr, de;q=0.5' } })).json().message, '服务运行正常', 'unknown languages fall back to zh-CN')
 })
 
-t.test('GET /ready reports each dependency; a failing or hanging check makes it 503 NOT_READY', async (t) => {
-  const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001' })
+t.test('GET /ready reports each dependency and each served route; anything not ok makes it 503 NOT_READY', async (t) => {
+  const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: 'a-caller-key-0123456789' })
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200)
-  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { signer: 'ok', state_store: 'ok' } }, message: '服务已就绪' })
+  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok' } }, message: '服务已就绪' })
 
+  // The Quick start's first run: it starts, and /ready says what is missing for each route it serves.
   const bare = await build(t)
-  t.same((await bare.app.inject('/ready')).json().data.checks, { signer: 'not_configured', state_store: 'ok' }, 'an unconfigured feature does not make the service unready')
+  const unready = await bare.app.inject('/ready')
+  t.equal(unready.statusCode, 503)
+  t.same(unready.json().data.checks, { state_store: 'ok', token: 'not_configured: EXPECTED_COZE_API_KEY, JWT_PRIVATE_KEY, COZE_APP_ID', resend: 'not_configured: EXPECTED_COZE_API_KEY' })
+
+  // An instance that only runs the sign-in is ready without any Coze setting, and serves nothing else.
+  const signIn = await build(t, { ROUTES: 'augment' })
+  t.same((await signIn.app.inject('/ready')).json().data, { status: 'ready', checks: { state_store: 'ok' } })
+  t.equal((await signIn.app.inject({ method: 'POST', url: '/token', payload: {} })).statusCode, 404, 'an unlisted route is not there')
+  t.equal((await signIn.app.inject('/api/auth-url')).statusCode, 200)
+  t.equal((await build(t, { ROUTES: 'token,resend' })).app.printRoutes().includes('auth-url'), false)
+  t.throws(() => loadConfig({ overrides: { ROUTES: 'token,billing' }, env: false }), { message: /^ROUTES must match pattern/ })
 
   app.readiness.add('broken', async () => { throw new Error('connection refused') })
   const notReady = await app.inject({ url: '/ready', headers: { 'accept-language': 'en' } })
   t.equal(notReady.statusCode, 503)
-  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { signer: 'ok', state_store: 'ok', broken: 'down' } }, message: 'The service is not ready' })
+  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok', broken: 'down' } }, message: 'The service is not ready' })
 })
 
 t.test('what Fastify itself answers is the envelope too', async (t) => {
@@ -40,7 +51,13 @@ t.test('what Fastify itself answers is the envelope too', async (t) => {
   const notFound = await app.inject('/no-such-route')
   t.equal(notFound.statusCode, 404)
   t.same(notFound.json(), { success: false, data: { error: 'NOT_FOUND' }, message: '请求的资源不存在' })
-  t.equal((await app.inject({ method: 'DELETE', url: '/health' })).json().data.error, 'NOT_FOUND')
+  const wrongMethod = await app.inject({ method: 'DELETE', url: '/health' })
+  t.equal(wrongMethod.statusCode, 405)
+  t.same(wrongMethod.json(), { success: false, data: { error: 'METHOD_NOT_ALLOWED' }, message: '不支持该请求方法' })
+  t.equal(wrongMethod.headers.allow, 'GET, HEAD')
+  const getToken = await app.inject({ method: 'GET', url: '/token?x=1' })
+  t.equal(getToken.statusCode, 405)
+  t.equal(getToken.headers.allow, 'POST')
 
   const post = (payload: string, contentType = 'application/json') =>
     app.inject({ method: 'POST', url: '/token', headers: { 'content-type': contentType }, payload })

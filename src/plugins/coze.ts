@@ -26,6 +26,8 @@ export interface AccessTokenRequest {
 }
 
 export interface CozeClient {
+  /** The variables POST /token still needs (the key, the app id); empty when it can mint. */
+  readonly missing: string[]
   /** Signs a one-time JWT and exchanges it for an access token, reusing a recent one for identical requests. */
   getAccessToken (request: AccessTokenRequest): Promise<CozeExchange & { outcome: CacheOutcome }>
   /** One exchange, no cache: what the CLI and the cache use. */
@@ -125,6 +127,7 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
   }
 
   return {
+    missing: [...(options.signer === null ? ['JWT_PRIVATE_KEY'] : []), ...(options.issuer === null ? ['COZE_APP_ID'] : [])],
     exchangeCozeToken,
     async getAccessToken (request) {
       const { signer, issuer } = options

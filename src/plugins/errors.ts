@@ -129,7 +129,17 @@ export default fp(async function errors (fastify) {
   // Unknown paths count toward the caller's rate limit like any other request (app.ts registers the limiter
   // first; a test that builds this plugin alone has none).
   const limited = fastify.hasDecorator('rateLimit') ? { preHandler: fastify.rateLimit() } : {}
+  // A path the service has, asked with another method, is 405 with the methods it takes (Fastify says 404).
+  const methodsByPath = new Map<string, Set<string>>()
+  fastify.addHook('onRoute', (route) => {
+    const methods = methodsByPath.get(route.url) ?? new Set<string>()
+    for (const method of [route.method].flat()) methods.add(method)
+    methodsByPath.set(route.url, methods)
+  })
   fastify.setNotFoundHandler(limited, (request, reply) => {
-    void reply.code(404).send(errorEnvelope(new ServiceError('NOT_FOUND'), request.headers['accept-language']))
+    const allowed = methodsByPath.get(request.url.split('?', 1)[0] as string)
+    if (allowed !== undefined) void reply.header('allow', [...allowed].sort().join(', '))
+    const error = new ServiceError(allowed === undefined ? 'NOT_FOUND' : 'METHOD_NOT_ALLOWED')
+    void reply.code(error.statusCode).send(errorEnvelope(error, request.headers['accept-language']))
   })
 }, { name: 'errors', fastify: '5.x' })

@@ -6,14 +6,20 @@ declare module 'fastify' {
   }
 }
 
-export type CheckStatus = 'ok' | 'down' | 'not_configured'
+/** `ok`, `down`, or `not_configured: VARIABLE, ...` naming what a served route lacks. */
+export type CheckStatus = 'ok' | 'down' | `not_configured: ${string}`
+
+/** The status of a route that needs configuration: ok, or what is missing. */
+export function configurationStatus (missing: string[]): CheckStatus {
+  return missing.length === 0 ? 'ok' : `not_configured: ${missing.join(', ')}`
+}
 
 /** A dependency check: resolves to its status; a throw or a hang past the timeout counts as down. */
 export type ReadinessCheck = () => Promise<CheckStatus>
 
 export interface Readiness {
   add (name: string, check: ReadinessCheck): void
-  /** Runs every check at once; ready when none is down. */
+  /** Runs every check at once; ready when every one is ok. */
   check (): Promise<{ ready: boolean, checks: Record<string, CheckStatus> }>
 }
 
@@ -32,7 +38,7 @@ export function createReadiness (timeoutMs: number): Readiness {
     add (name, check) { checks.set(name, check) },
     async check () {
       const entries = await Promise.all([...checks].map(async ([name, check]) => [name, await run(check)] as const))
-      return { ready: entries.every(([, status]) => status !== 'down'), checks: Object.fromEntries(entries) }
+      return { ready: entries.every(([, status]) => status === 'ok'), checks: Object.fromEntries(entries) }
     }
   }
 }

@@ -12,11 +12,10 @@ declare module 'fastify' {
 export default fp(async function signer (fastify) {
   const { config } = fastify
   const pem = await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
-  fastify.readiness.add('signer', async () => (fastify.signer === null ? 'not_configured' : 'ok'))
   if (pem === undefined) {
     fastify.log.warn('no JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: POST /token answers 503 NOT_CONFIGURED')
     fastify.decorate('signer', null)
     return
   }
   fastify.decorate('signer', createSigner(await importRsaPrivateKey(pem)))
-}, { name: 'signer', fastify: '5.x', dependencies: ['config', 'readiness'] })
+}, { name: 'signer', fastify: '5.x', dependencies: ['config'] })

@@ -1,6 +1,7 @@
 import { hash, randomUUID } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
+import { serves } from '../schemas/config.js'
 import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
 import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
@@ -13,6 +14,7 @@ const stateRef = (state: string): string => hash('sha256', state, 'base64url').s
 /** Registered under the /api prefix (the only routes plugins/cors.ts opens to browsers). */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, stateStore, augment } = fastify
+  if (!serves(config, 'augment')) return
   const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
 
   fastify.get('/auth-url', {

@@ -1,11 +1,15 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError, outcomeOf } from '../lib/errors.js'
+import { configurationStatus } from '../plugins/readiness.js'
+import { serves } from '../schemas/config.js'
 import type { ResendMethod } from '../plugins/resend.js'
 import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 import { ApiKeyHeaders, ResendBody, ResendData } from '../schemas/resend.js'
 
 const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { apiKeys } = fastify
+  const { apiKeys, config } = fastify
+  if (!serves(config, 'resend')) return
+  fastify.readiness.add('resend', async () => configurationStatus(apiKeys.configured ? [] : ['EXPECTED_COZE_API_KEY']))
 
   fastify.post('/resend', {
     schema: {

@@ -1,11 +1,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
+import { configurationStatus } from '../plugins/readiness.js'
+import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
 import { ApiKeyHeaders } from '../schemas/resend.js'
 import { TokenBody, TokenData } from '../schemas/token.js'
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { apiKeys } = fastify
+  const { apiKeys, config, coze } = fastify
+  if (!serves(config, 'token')) return
+  const missing = [...(apiKeys.configured ? [] : ['EXPECTED_COZE_API_KEY']), ...coze.missing]
+  fastify.readiness.add('token', async () => configurationStatus(missing))
 
   fastify.post('/token', {
     // An answer that carries a token is never stored by a proxy or a browser, errors included.
@@ -27,7 +32,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const keyIndex = apiKeys.match(callerKey)
     if (keyIndex < 0) throw new ServiceError('UNAUTHORIZED')
 
-    const { token, outcome, logid } = await fastify.coze.getAccessToken({
+    const { token, outcome, logid } = await coze.getAccessToken({
       kid: body.public_key,
       callerKey: callerKey as string,
       callerKeyIndex: keyIndex,

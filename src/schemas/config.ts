@@ -19,6 +19,8 @@ export const ConfigSchema = Type.Object({
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
   TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false', description: 'false, CIDRs or addresses of the balancers, a hop count, or true (unsafe)' }),
 
+  ROUTES: Type.String({ pattern: '^\\s*(token|resend|augment)?(\\s*,\\s*(token|resend|augment))*\\s*$', default: 'token,resend,augment', description: 'What this instance serves: token, resend, augment' }),
+
   // Credentials
   JWT_PRIVATE_KEY: Type.Optional(Type.String()),
   JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String()),
@@ -68,6 +70,13 @@ export const ConfigSchema = Type.Object({
 })
 
 export type Config = Static<typeof ConfigSchema>
+
+export type RouteGroup = 'token' | 'resend' | 'augment'
+
+/** Whether ROUTES lists a group: an unlisted one is not registered (404) and not checked by /ready. */
+export function serves (config: Config, group: RouteGroup): boolean {
+  return config.ROUTES.split(',').some((entry) => entry.trim() === group)
+}
 
 /** Fastify's trustProxy: whom to believe about the client's address in X-Forwarded-For. */
 export type TrustProxy = boolean | string | ((address: string, hop: number) => boolean)

@@ -8,10 +8,10 @@ export const HealthData = Type.Object({
 }, { examples: [{ status: 'ok', service: 'aibill-token-service', version: '1.0.0', timestamp: '2026-01-01T00:00:00.000Z' }] })
 export type HealthData = Static<typeof HealthData>
 
-export const CheckStatus = Type.Union([Type.Literal('ok'), Type.Literal('down'), Type.Literal('not_configured')])
+export const CheckStatus = Type.String({ pattern: '^(ok|down|not_configured: .+)$', description: 'ok, down, or not_configured: the variables a served route lacks' })
 
 export const ReadyData = Type.Object({
   status: Type.Literal('ready'),
   checks: Type.Record(Type.String(), CheckStatus)
-}, { examples: [{ status: 'ready', checks: { signer: 'ok' } }] })
+}, { examples: [{ status: 'ready', checks: { token: 'ok', resend: 'ok', state_store: 'ok' } }] })
 export type ReadyData = Static<typeof ReadyData>

@@ -90,7 +90,7 @@ t.test('rate limits: per client IP, 429 RATE_LIMITED with Retry-After, stricter 
   t.equal((await post('10.9.8.7')).statusCode, 400, 'another client has its own budget')
   for (let i = 0; i < 10; i++) {
     t.equal((await app.inject('/health')).statusCode, 200)
-    t.equal((await app.inject('/ready')).statusCode, 200)
+    t.equal((await app.inject('/ready')).statusCode, 503, 'answered, not limited (unready only for lack of configuration)')
   }
   for (const url of ['/metrics', '/docs/json', '/docs', '/no-such-route', '/docs/static/index.css']) {
     t.equal((await app.inject(url)).statusCode, 429, `${url} counts toward the limit too`)
@@ -149,6 +149,6 @@ t.test('load shedding: 503 SERVICE_UNAVAILABLE under pressure, while probes and 
   t.equal(res.headers['retry-after'], '5')
   const probes: FastifyInstance['inject'] = app.inject.bind(app)
   t.equal((await probes('/health')).statusCode, 200)
-  t.equal((await probes('/ready')).statusCode, 200)
+  t.equal((await probes('/ready')).statusCode, 503, 'answered (not shed): unready only for lack of configuration')
   t.equal((await probes('/metrics')).statusCode, 200)
 })
