@@ -37,8 +37,8 @@ export async function importRsaPrivateKey (pem: string): Promise<webcrypto.Crypt
   try {
     key = createPrivateKey({ key: text, format: 'pem' })
   } catch {
-    // The parser's own message may quote the input; say what is wrong without it.
-    throw new PrivateKeyError('JWT_PRIVATE_KEY is not a readable PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)')
+    // The parser's own message may quote the input; say what is wrong, and what to do, without it.
+    throw new PrivateKeyError(whyNotAPrivateKey(text))
   }
   if (key.asymmetricKeyType !== 'rsa') {
     throw new PrivateKeyError(`JWT_PRIVATE_KEY is a ${String(key.asymmetricKeyType)} key; Coze needs an RSA key for RS256`)
@@ -50,6 +50,25 @@ export async function importRsaPrivateKey (pem: string): Promise<webcrypto.Crypt
   }
   const pkcs8 = key.export({ type: 'pkcs8', format: 'pem' }).toString()
   return await importPKCS8(pkcs8, 'RS256')
+}
+
+/** What a value that is not a readable private key most likely is, and what to do about it. */
+export function whyNotAPrivateKey (text: string): string {
+  const lines = text.split('\n').filter((line) => line.trim() !== '')
+  if (/-----BEGIN (RSA )?PUBLIC KEY-----|-----BEGIN CERTIFICATE-----/.test(text)) {
+    return 'JWT_PRIVATE_KEY is a public key or a certificate: give the private key of the pair (Coze keeps the public key and shows its fingerprint as the kid)'
+  }
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(text)) {
+    return 'JWT_PRIVATE_KEY is encrypted with a passphrase: decrypt it once with `openssl pkey -in key.pem -out key-plain.pem` and give that'
+  }
+  if (lines.length === 1 && /^-----BEGIN [A-Z ]*PRIVATE KEY-----$/.test(lines[0] as string)) {
+    return 'JWT_PRIVATE_KEY holds only the first line of a PEM (a multi-line key pasted into .env without quotes): put the key in double quotes, write it on one line with \\n between lines, or give the file as JWT_PRIVATE_KEY_FILE'
+  }
+  // A 2048-bit key is over 1,200 characters of base64; a short word is not one.
+  if (!text.includes('-----BEGIN') && text.length >= 256 && /^[A-Za-z0-9+/=\s]+$/.test(text)) {
+    return 'JWT_PRIVATE_KEY looks like base64 DER without the PEM lines: wrap it in -----BEGIN PRIVATE KEY----- and -----END PRIVATE KEY-----, or convert it with `openssl pkey -inform DER -in key.der -out key.pem`'
+  }
+  return 'JWT_PRIVATE_KEY is not a readable PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)'
 }
 
 export interface CozeJwtClaims {

@@ -1,18 +1,20 @@
 import { generateKeyPairSync } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
 import t from 'tap'
 import { createApiKeyVerifier } from '../../src/lib/api-keys.js'
 import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
 import { ServiceError, outcomeOf } from '../../src/lib/errors.js'
-import { trustProxySetting } from '../../src/schemas/config.js'
+import { loadConfig, trustProxySetting } from '../../src/schemas/config.js'
 import { messageFor, pickLocale } from '../../src/lib/messages.js'
 import { createTokenCache, reuseMillis } from '../../src/lib/token-cache.js'
 import { isTimeout, parseJsonSafely, readBodyLimited, transportError } from '../../src/lib/upstream.js'
 import { createCozeClient } from '../../src/plugins/coze.js'
 import { createReadiness } from '../../src/plugins/readiness.js'
 import { challengeFor, createOAuthState, createPkcePair, randomBase64url } from '../../src/lib/pkce.js'
-import { testKeys } from '../helper.js'
+import { tempDir, testKeys } from '../helper.js'
 
 t.test('api keys: constant-time match against every configured key, nothing open', async (t) => {
   const none = createApiKeyVerifier(undefined)
@@ -45,6 +47,27 @@ t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that neve
   const err = await importRsaPrivateKey(garbled).then(() => new Error('imported'), (error: unknown) => error as Error)
   t.match(err, { name: 'PrivateKeyError', message: /not a readable PEM private key/ })
   t.notOk(err.message.includes(pkcs8.split('\n')[2] ?? '-'), 'the message does not quote the key')
+})
+
+t.test('a key that is not a usable private key says what it is and what to do', async (t) => {
+  const { pkcs8 } = testKeys()
+  const refusal = async (value: string) => await importRsaPrivateKey(value).then(() => 'imported', (error: unknown) => (error as Error).message)
+
+  // A multi-line key pasted into .env without quotes: the .env reader keeps its first line only.
+  const dir = await tempDir(t, 'aibill-env-key-')
+  await writeFile(join(dir, '.env'), `JWT_PRIVATE_KEY=${pkcs8}`)
+  const { config } = loadConfig({ env: {}, dotenvPath: join(dir, '.env') })
+  t.equal(config.JWT_PRIVATE_KEY, '-----BEGIN PRIVATE KEY-----')
+  t.match(await refusal(config.JWT_PRIVATE_KEY as string), /only the first line of a PEM.*double quotes.*\\n.*JWT_PRIVATE_KEY_FILE/)
+
+  const pair = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  t.match(await refusal(pair.publicKey.export({ type: 'spki', format: 'pem' }).toString()), /is a public key.*give the private key/)
+  t.match(await refusal(pair.publicKey.export({ type: 'pkcs1', format: 'pem' }).toString()), /is a public key/)
+  const encrypted = pair.privateKey.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret-passphrase' }).toString()
+  t.match(await refusal(encrypted), /encrypted.*openssl pkey -in key\.pem -out key-plain\.pem/)
+  const der = pair.privateKey.export({ type: 'pkcs8', format: 'der' }).toString('base64')
+  t.match(await refusal(der), /base64 DER.*BEGIN PRIVATE KEY.*openssl pkey -inform DER/)
+  t.match(await refusal('hello'), /not a readable PEM private key/)
 })
 
 t.test('signer: RS256, kid in the header, fresh jti, optional session_name', async (t) => {
