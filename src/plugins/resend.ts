@@ -59,6 +59,8 @@ const DROPPED_HEADERS = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'
 ])
 const RETRY_STATUSES = new Set([429, 503])
+// Feishu's older APIs say "over the rate limit" as HTTP 400 with this body code.
+const FEISHU_RATE_LIMITED = 99991400
 const RETRY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
 const MAX_RETRY_DELAY_MS = 10_000
 
@@ -143,9 +145,11 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
           settle({ attempts: attempt })
           throw transportError(err, { attempts: attempt })
         }
+        // How long the destination asks us to wait: Retry-After, or Feishu's seconds until its window resets.
+        const wait = (): number => retryAfterMillis(response.headers['retry-after']) ?? retryAfterMillis(response.headers['x-ogw-ratelimit-reset']) ?? backoffMillis(attempt)
         if (!last && RETRY_STATUSES.has(response.statusCode)) {
           await response.body.dump()
-          return { retryInMs: retryAfterMillis(response.headers['retry-after']) ?? backoffMillis(attempt) }
+          return { retryInMs: wait() }
         }
         let raw: Buffer
         try {
@@ -156,8 +160,10 @@ export function createResendProcessor (options: ResendOptions): ResendProcessor 
           }
           throw transportError(err, { attempts: attempt })
         }
+        const answer = parseBody(raw, response.headers['content-type'], options.maxDepth)
+        if (!last && response.statusCode === 400 && (answer as { code?: unknown } | null)?.code === FEISHU_RATE_LIMITED) return { retryInMs: wait() }
         settle({ upstream_status: response.statusCode, attempts: attempt })
-        const outcome: ResendOutcome = { status: response.statusCode, body: parseBody(raw, response.headers['content-type'], options.maxDepth), attempts: attempt }
+        const outcome: ResendOutcome = { status: response.statusCode, body: answer, attempts: attempt }
         if (report !== undefined) outcome.commands = report
         return outcome
       }

@@ -147,7 +147,7 @@ t.test('the SSRF corpus is refused under three allow-lists, and nothing reaches 
 
 t.test('retries: only after refused/reset connections, 429 and 503, honouring Retry-After', async (t) => {
   let calls = 0
-  const { resend, location, upstream } = await setup(t, (req, res) => {
+  const { resend, upstream } = await setup(t, (req, res) => {
     calls += 1
     if (req.url.startsWith('/flaky') && calls <= 2) { res.writeHead(calls === 1 ? 503 : 429, { 'retry-after': '0' }); res.end('busy'); return }
     if (req.url.startsWith('/reset') && calls === 1) { res.socket?.destroy(); return }
@@ -171,7 +171,35 @@ t.test('retries: only after refused/reset connections, 429 and 503, honouring Re
   const error = await resend({ location: `${upstream.url}/error`, params: {}, max_attempts: 5 })
   t.same(error.json().data, { error: 'UPSTREAM_ERROR', status: 500, body: { msg: 'no' }, attempts: 1 }, 'a 500 is not retried')
   t.equal(calls, 1)
-  t.ok(location)
+})
+
+t.test('Feishu rate limits: 429 or 400 with code 99991400, waited out as x-ogw-ratelimit-reset says; other 4xx never retried', async (t) => {
+  const seen: Array<{ path: string, at: number }> = []
+  const { resend, upstream } = await setup(t, (req, res) => {
+    const path = req.url.split('?')[0] as string
+    const earlier = seen.filter((entry) => entry.path === path).length
+    seen.push({ path, at: Date.now() })
+    const limited = { 'x-ogw-ratelimit-limit': '50', 'x-ogw-ratelimit-reset': '1', 'content-type': 'application/json' }
+    if (path === '/qps' && earlier === 0) { res.writeHead(429, limited); res.end('{"code":99991400,"msg":"request trigger frequency limit"}'); return }
+    if (path === '/old-api' && earlier === 0) { res.writeHead(400, { ...limited, 'x-ogw-ratelimit-reset': '0' }); res.end('{"code":99991400,"msg":"request trigger frequency limit"}'); return }
+    if (path === '/expired') { sendJson(res, 400, { code: 99991663, msg: 'Invalid access token for authorization' }); return }
+    if (path === '/bad') { sendJson(res, 400, { code: 1254001, msg: 'WrongRequestBody' }); return }
+    sendJson(res, 200, { code: 0, msg: 'success' })
+  })
+  const qps = await resend({ location: `${upstream.url}/qps`, params: {}, max_attempts: 3 })
+  t.same(qps.json().data, { status: 200, body: { code: 0, msg: 'success' }, attempts: 2 })
+  const [first, second] = seen.filter((entry) => entry.path === '/qps')
+  t.ok((second?.at ?? 0) - (first?.at ?? 0) >= 900, 'waited the second x-ogw-ratelimit-reset asked for')
+
+  const oldApi = await resend({ location: `${upstream.url}/old-api`, params: {}, max_attempts: 2 })
+  t.same(oldApi.json().data, { status: 200, body: { code: 0, msg: 'success' }, attempts: 2 }, 'a 400 with code 99991400 is a rate limit')
+
+  for (const path of ['/expired', '/bad']) {
+    const res = await resend({ location: `${upstream.url}${path}`, params: {}, max_attempts: 5 })
+    t.equal(res.statusCode, 502)
+    t.match(res.json().data, { error: 'UPSTREAM_ERROR', status: 400, attempts: 1 }, `${path}: not retried`)
+  }
+  t.equal(seen.filter((entry) => entry.path === '/expired' || entry.path === '/bad').length, 2)
 })
 
 t.test('unreachable 502, slow 504, too large 502 — each promptly', async (t) => {
