@@ -23,6 +23,13 @@ done
 echo "[docker] /health: ${body:-no answer}"
 grep -q '"success":true' <<<"${body:-}" || { docker logs "$name"; exit 1; }
 [ "$(docker inspect -f '{{.Config.User}}' "$name")" = node ] || { echo "[docker] the image does not run as the node user"; exit 1; }
+# The image's own HEALTHCHECK command (["CMD", "bash", "-c", script]), run inside the container as Docker runs it.
+health_cmd=$(docker inspect -f '{{index .Config.Healthcheck.Test 3}}' "$name")
+docker exec -e PORT="$port" "$name" bash -c "$health_cmd" || { echo "[docker] the HEALTHCHECK command fails inside the image"; exit 1; }
+echo "[docker] HEALTHCHECK command: healthy"
+docker exec "$name" sh -c 'test ! -w /app/dist/server.js && test ! -w /app/node_modules && test "$(stat -c %U /app/dist/server.js)" = root' \
+  || { echo "[docker] the app files are writable by the node user"; exit 1; }
+echo "[docker] app files: owned by root, read-only for node"
 
 echo "[docker] stopping with SIGTERM"
 docker stop -t 20 "$name" >/dev/null

@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import Fastify, { type FastifyError } from 'fastify'
 import fp from 'fastify-plugin'
@@ -6,7 +6,7 @@ import t from 'tap'
 import app from '../src/app.js'
 import { serverOptions } from '../src/options.js'
 import errors, { toServiceError } from '../src/plugins/errors.js'
-import { didYouMean, loadConfig } from '../src/schemas/config.js'
+import { ConfigSchema, didYouMean, loadConfig } from '../src/schemas/config.js'
 import { build, tempDir, testKeys, LogCapture } from './helper.js'
 
 t.test('GET /health: cheap, the envelope, zh-CN by default and English on request', async (t) => {
@@ -160,4 +160,13 @@ t.test('a route may replace the reason of a validation failure', async (t) => {
   const err = Object.assign(new Error('invalid'), { validation: [issue], validationContext: 'body', code: 'FST_ERR_VALIDATION' }) as unknown as FastifyError
   t.match(toServiceError(err, 'code, state are required'), { code: 'VALIDATION_FAILED', details: { field: 'code', reason: 'code, state are required' } })
   t.match(toServiceError(err), { details: { field: 'code', reason: 'code is required' } })
+})
+
+t.test('.env.example lists exactly the variables of the configuration schema, with their defaults', async (t) => {
+  const example = await readFile(new URL('../.env.example', import.meta.url), 'utf8')
+  const listed = new Map(example.split('\n').filter((line) => /^[A-Z][A-Z0-9_]*=/.test(line)).map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]))
+  t.same([...listed.keys()].sort(), Object.keys(ConfigSchema.properties).sort())
+  for (const [name, schema] of Object.entries(ConfigSchema.properties) as Array<[string, { default?: unknown }]>) {
+    t.equal(listed.get(name), schema.default === undefined ? '' : String(schema.default), `${name}: the documented default`)
+  }
 })

@@ -1,0 +1,65 @@
+import { spawn } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import t from 'tap'
+import { ConfigSchema } from '../src/schemas/config.js'
+import { build, freePort, trackChild } from './helper.js'
+
+const read = async (path: string): Promise<string> => await readFile(new URL(`../${path}`, import.meta.url), 'utf8')
+
+interface ContainerDefinition {
+  user?: string
+  readonlyRootFilesystem?: boolean
+  environment: Array<{ name: string, value: string }>
+  secrets: Array<{ name: string, valueFrom: string }>
+  healthCheck: { command: string[] }
+  stopTimeout: number
+  logConfiguration: { logDriver: string }
+}
+
+async function exitCode (command: string, args: string[], env: Record<string, string>): Promise<number | null> {
+  const child = trackChild(spawn(command, args, { env: { PATH: process.env.PATH ?? '', ...env }, stdio: 'ignore' }))
+  return await new Promise((resolve) => child.once('exit', resolve))
+}
+
+t.test('the ECS task definition parses and agrees with the configuration schema', async (t) => {
+  const task = JSON.parse(await read('deploy/ecs-task-definition.json')) as { containerDefinitions: ContainerDefinition[] }
+  const [container] = task.containerDefinitions
+  if (container === undefined) throw new Error('no container')
+  const known = Object.keys(ConfigSchema.properties)
+  for (const { name } of [...container.environment, ...container.secrets]) t.ok(known.includes(name), `${name} is a variable of the service`)
+  for (const secret of ['JWT_PRIVATE_KEY', 'EXPECTED_COZE_API_KEY', 'METRICS_TOKEN']) {
+    t.notOk(container.environment.some(({ name }) => name === secret), `${secret} is not written in the task definition`)
+    t.match(container.secrets.find(({ name }) => name === secret)?.valueFrom, /^arn:aws:(secretsmanager|ssm):/, `${secret} comes from a secret store`)
+  }
+  const grace = Number(container.environment.find(({ name }) => name === 'SHUTDOWN_GRACE_MS')?.value ?? ConfigSchema.properties.SHUTDOWN_GRACE_MS.default)
+  t.ok(container.stopTimeout * 1000 > grace, 'ECS waits longer than the service drains')
+  t.equal(container.readonlyRootFilesystem, true)
+  t.equal(container.user, 'node')
+  t.equal(container.logConfiguration.logDriver, 'awslogs')
+  t.equal(container.healthCheck.command[0], 'CMD-SHELL')
+})
+
+t.test('the health checks of the image, Compose and ECS pass against a live service and fail without one', async (t) => {
+  const { app } = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = String((app.server.address() as { port: number }).port)
+  const closed = String(await freePort())
+
+  const dockerfile = await read('Dockerfile')
+  const imageCheck = JSON.parse(/HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])/.exec(dockerfile)?.[1] ?? '[]') as string[]
+  t.same(imageCheck.slice(0, 2), ['bash', '-c'], 'no second Node process')
+  t.equal(await exitCode(imageCheck[0] as string, imageCheck.slice(1), { PORT: port }), 0, 'image: healthy')
+  t.not(await exitCode(imageCheck[0] as string, imageCheck.slice(1), { PORT: closed }), 0, 'image: unhealthy when nothing answers')
+
+  const task = JSON.parse(await read('deploy/ecs-task-definition.json')) as { containerDefinitions: ContainerDefinition[] }
+  const ecsCheck = task.containerDefinitions[0]?.healthCheck.command[1] as string
+  t.equal(await exitCode('sh', ['-c', ecsCheck], { PORT: port }), 0, 'ECS: healthy')
+  t.not(await exitCode('sh', ['-c', ecsCheck], { PORT: closed }), 0, 'ECS: unhealthy when nothing answers')
+
+  const compose = await read('docker-compose.yml')
+  t.notMatch(compose, /container_name/, 'several copies may run')
+  t.notMatch(compose, /"9464:9464"/, '/metrics is not published')
+  const composeCheck = JSON.parse(/test: (\["CMD", "bash".*\])/.exec(compose)?.[1] ?? '[]') as string[]
+  const composeScript = (composeCheck[3] as string).replace('/9000', `/${port}`)
+  t.equal(await exitCode('bash', ['-c', composeScript], {}), 0, 'Compose: healthy')
+})
