@@ -5,7 +5,7 @@ import { SignJWT } from 'jose'
 import { Pool } from 'undici'
 import { importRsaPrivateKey } from '../src/lib/coze-jwt.js'
 import { serverOptions } from '../src/options.js'
-import { Envelope, ok } from '../src/schemas/envelope.js'
+import { Envelope, successEnvelope } from '../src/schemas/envelope.js'
 import { HealthData } from '../src/schemas/health.js'
 import { TokenBody, TokenData } from '../src/schemas/token.js'
 
@@ -30,10 +30,10 @@ app.addHook('onResponse', (request, reply, done) => {
 })
 app.get('/hello', async () => ({ hello: 'world' }))
 app.get('/same-health', { schema: { response: { 200: Envelope(HealthData) } } }, async (request) =>
-  ok(request.headers['accept-language'], 'HEALTH_OK', { status: 'ok' as const, service: pkg.name, version: pkg.version, timestamp: new Date().toISOString() }))
+  successEnvelope(request.headers['accept-language'], 'HEALTH_OK', { status: 'ok' as const, service: pkg.name, version: pkg.version, timestamp: new Date().toISOString() }))
 const TOKEN = { access_token: `czs_${'x'.repeat(60)}`, expires_in: 1900000000, token_type: 'Bearer' }
 app.post('/same-token', { schema: { body: TokenBody, response: { 200: Envelope(TokenData) } } }, async (request) =>
-  ok(request.headers['accept-language'], 'TOKEN_OK', TOKEN))
+  successEnvelope(request.headers['accept-language'], 'TOKEN_OK', TOKEN))
 app.post('/sign-and-post', async () => {
   const now = Math.floor(Date.now() / 1000)
   const jwt = await new SignJWT({})

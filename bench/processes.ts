@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { freePort } from '../test/fixtures/ports.js'
+
+export { freePort }
 
 /** The processes of the bench and the soak: the service, the mock upstreams, the ceilings. */
 
@@ -52,14 +53,6 @@ export function jsonLine<T> (line: string, key: string): T | undefined {
   } catch {
     return undefined
   }
-}
-
-export async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 /** Resident memory of a process now, from /proc (Linux), in MB. */

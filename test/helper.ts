@@ -13,6 +13,9 @@ import fp from 'fastify-plugin'
 import app, { type AppOptions } from '../src/app.js'
 import { serverOptions } from '../src/options.js'
 import { loadConfig, trustProxySetting, type Config } from '../src/schemas/config.js'
+import { freePort } from './fixtures/ports.js'
+
+export { freePort }
 
 /**
  * Every secret the tests create or see: private keys, caller keys, issued tokens, OAuth codes and verifiers.
@@ -225,14 +228,6 @@ export async function skipWithoutRedis (): Promise<false | string> {
   if (await redisAnswers()) return false
   const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'
   return ci ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
-}
-
-export async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 export interface RedisServer {

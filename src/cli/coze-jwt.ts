@@ -7,7 +7,7 @@ import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem }
 import { isServiceError } from '../lib/errors.js'
 import { ConfigSchema, loadConfig } from '../schemas/config.js'
 import { MAX_DURATION_SECONDS } from '../schemas/token.js'
-import { createCozeClient } from '../plugins/coze.js'
+import { createCozeClient } from '../lib/coze-client.js'
 
 const DEFAULT_URL = ConfigSchema.properties.COZE_API_URL.default as string
 

@@ -39,6 +39,8 @@ export class ServiceError extends Error {
   readonly code: ErrorCode
   readonly statusCode: number
   readonly details: ErrorDetails
+  /** Fields for the request's log line (where a relay went, how it ended); never shown to the caller. */
+  logFields?: Record<string, unknown>
 
   constructor (code: ErrorCode, details: ErrorDetails = {}, options?: { cause?: unknown }) {
     // An expected outcome, not a defect: a stack trace would only cost time (a flood of 401s or 429s

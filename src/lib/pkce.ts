@@ -1,20 +1,8 @@
-import { hash, randomFillSync } from 'node:crypto'
+import { hash, randomBytes } from 'node:crypto'
 
-// Entropy is drawn from the CSPRNG in blocks and handed out once each, as Node's own randomUUID does:
-// one call into OpenSSL per 128 sign-ins instead of two per sign-in.
-const POOL_SIZE = 48 * 128
-const pool = Buffer.alloc(POOL_SIZE)
-let offset = POOL_SIZE
-
-/** `size` fresh random bytes, base64url without padding; no byte is ever handed out twice. */
+/** `size` fresh random bytes, base64url without padding. */
 export function randomBase64url (size: number): string {
-  if (offset + size > POOL_SIZE) {
-    randomFillSync(pool)
-    offset = 0
-  }
-  const value = pool.toString('base64url', offset, offset + size)
-  offset += size
-  return value
+  return randomBytes(size).toString('base64url')
 }
 
 export interface PkcePair {

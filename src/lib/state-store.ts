@@ -8,38 +8,51 @@ export interface OAuthStateRecord {
   createdAt: number
 }
 
-/** Where PKCE verifiers wait between the authorize link and the code exchange. */
+/** What taking a state found: its verifier, a state past its validity, or nothing. */
+export type TakenState = { verifier: string } | 'expired' | undefined
+
+/** Where PKCE verifiers wait between the authorize link and the code exchange; the store owns their lifetime. */
 export interface StateStore {
-  readonly kind: 'memory' | 'redis'
   save (state: string, record: OAuthStateRecord): Promise<void>
-  /** Removes and returns the record in one step: a state is used at most once, even by concurrent requests. */
-  take (state: string): Promise<OAuthStateRecord | undefined>
+  /** Removes the record in one step (a state is used at most once, even by concurrent requests) and judges its age. */
+  take (state: string): Promise<TakenState>
   /** Whether the store answers now (for /ready). */
   isAvailable (): Promise<boolean>
   close (): Promise<void>
 }
 
-export interface MemoryStateStoreOptions {
+export interface StateLifetime {
+  /** How long a state may be used (OAUTH_STATE_TTL_SECONDS). */
+  validityMs: number
+  /** How much longer a record is kept, so that a user who comes back late hears "expired", not "unknown". */
+  graceMs?: number
+}
+
+const DEFAULT_GRACE_MS = 300_000
+
+function judge (record: OAuthStateRecord | undefined, validityMs: number): TakenState {
+  if (record === undefined) return undefined
+  return Date.now() - record.createdAt > validityMs ? 'expired' : { verifier: record.verifier }
+}
+
+export interface MemoryStateStoreOptions extends StateLifetime {
   maxEntries: number
-  /** How long a record is kept; a little longer than the state's validity, so a late user hears "expired". */
-  retentionMs: number
   sweepIntervalMs?: number
 }
 
 /** One process's store: bounded (the oldest go first), swept on a timer that never keeps the process alive. */
-export function createMemoryStateStore ({ maxEntries, retentionMs, sweepIntervalMs = 60_000 }: MemoryStateStoreOptions): StateStore & { readonly size: number } {
-  const records = new LRUCache<string, OAuthStateRecord>({ max: maxEntries, ttl: retentionMs })
+export function createMemoryStateStore ({ maxEntries, validityMs, graceMs = DEFAULT_GRACE_MS, sweepIntervalMs = 60_000 }: MemoryStateStoreOptions): StateStore & { readonly size: number } {
+  const records = new LRUCache<string, OAuthStateRecord>({ max: maxEntries, ttl: validityMs + graceMs })
   const sweeper = setInterval(() => { records.purgeStale() }, sweepIntervalMs)
   sweeper.unref()
   return {
-    kind: 'memory',
     get size () { return records.size },
     async save (state, record) { records.set(state, record) },
     async take (state) {
       // get and delete run without yielding, so no other request can take the same state in between.
       const record = records.get(state)
       records.delete(state)
-      return record
+      return judge(record, validityMs)
     },
     async isAvailable () { return true },
     async close () { clearInterval(sweeper) }
@@ -63,12 +76,11 @@ function parseRecord (text: string | null): OAuthStateRecord | undefined {
 }
 
 /** Shared by every instance: SET with a TTL, and GETDEL, which is atomic on the server. */
-export function createRedisStateStore (redis: Redis, { retentionMs }: { retentionMs: number }): StateStore {
+export function createRedisStateStore (redis: Redis, { validityMs, graceMs = DEFAULT_GRACE_MS }: StateLifetime): StateStore {
   return {
-    kind: 'redis',
     async save (state, record) {
       try {
-        await redis.set(KEY_PREFIX + state, JSON.stringify(record), 'PX', retentionMs)
+        await redis.set(KEY_PREFIX + state, JSON.stringify(record), 'PX', validityMs + graceMs)
       } catch (err) {
         throw unavailable(err)
       }
@@ -80,7 +92,7 @@ export function createRedisStateStore (redis: Redis, { retentionMs }: { retentio
       } catch (err) {
         throw unavailable(err)
       }
-      return parseRecord(text)
+      return judge(parseRecord(text), validityMs)
     },
     async isAvailable () {
       if (redis.status !== 'ready') return false

@@ -1,5 +1,6 @@
 import { promises as dns, type LookupAddress, type LookupOptions } from 'node:dns'
 import ipaddr from 'ipaddr.js'
+import { Agent } from 'undici'
 
 /**
  * Which URLs the service may contact on a caller's behalf (the resend relay, the Augment token exchange).
@@ -71,7 +72,7 @@ export function isPublicAddress (address: string): boolean {
 export type Refusal = 'scheme' | 'userinfo' | 'host' | 'port' | 'address' | 'url'
 
 export type Decision =
-  | { allowed: true, entry: PolicyEntry, url: URL, host: string, allowPrivate: boolean }
+  | { allowed: true, url: URL, host: string, allowPrivate: boolean }
   | { allowed: false, reason: Refusal }
 
 function defaultPort (protocol: string): number {
@@ -108,7 +109,7 @@ export function checkDestination (target: string | URL, entries: PolicyEntry[]):
   // Only an entry that names this very host may reach a private address; wildcards never do.
   const allowPrivate = entry.kind === 'host'
   if (ipaddr.isValid(host) && !allowPrivate && !isPublicAddress(host)) return { allowed: false, reason: 'address' }
-  return { allowed: true, entry, url, host, allowPrivate }
+  return { allowed: true, url, host, allowPrivate }
 }
 
 export class DestinationRefusedError extends Error {
@@ -151,4 +152,37 @@ export function isDestinationRefusal (err: unknown): boolean {
     current = (current as { cause?: unknown }).cause
   }
   return false
+}
+
+export interface PolicyAgents {
+  /** Connections for one decision of the upstream policy: private addresses only when the entry named the host. */
+  dispatcherFor (allowPrivate: boolean): Agent
+  close (): Promise<void>
+}
+
+export interface PolicyAgentsOptions {
+  timeoutMs: number
+  resolver?: Resolver | undefined
+  connections?: number
+}
+
+/**
+ * Two connection pools whose sockets connect only to addresses the policy's lookup accepted: one for wildcard
+ * entries (public addresses only), one for entries naming their exact host. Keeping them apart means a
+ * connection opened under one rule is never reused under the other.
+ */
+export function createPolicyAgents ({ timeoutMs, resolver, connections = 32 }: PolicyAgentsOptions): PolicyAgents {
+  const agentFor = (allowPrivate: boolean): Agent => new Agent({
+    connections,
+    keepAliveTimeout: 10_000,
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+    connect: { timeout: Math.min(timeoutMs, 10_000), lookup: createPolicyLookup(allowPrivate, resolver) }
+  })
+  const publicOnly = agentFor(false)
+  const exactHost = agentFor(true)
+  return {
+    dispatcherFor: (allowPrivate) => (allowPrivate ? exactHost : publicOnly),
+    async close () { await Promise.all([publicOnly.close(), exactHost.close()]) }
+  }
 }

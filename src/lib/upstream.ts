@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici'
 import { ServiceError } from './errors.js'
 import { USER_AGENT } from './service-info.js'
+import { isDestinationRefusal } from './upstream-policy.js'
 
 export class ResponseTooLargeError extends Error {
   constructor (readonly limit: number) {
@@ -40,12 +41,13 @@ export function transportError (err: unknown, details: Record<string, unknown> =
   return new ServiceError(isTimeout(err) ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', details, { cause: err })
 }
 
-/** Parses JSON without throwing: undefined when the text is not JSON. */
-export function parseJsonSafely (text: string): unknown {
+/** The JSON object in an answer, or an empty object when it holds none (not JSON, an array, a string). */
+export function jsonObject (raw: Buffer): Record<string, unknown> {
   try {
-    return JSON.parse(text)
+    const value: unknown = JSON.parse(raw.toString('utf8'))
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? value as Record<string, unknown> : {}
   } catch {
-    return undefined
+    return {}
   }
 }
 
@@ -84,4 +86,34 @@ export async function postJson (dispatcher: Dispatcher, url: URL, body: unknown,
     })
     return { status: response.statusCode, headers: response.headers, raw: await readBodyLimited(response.body, options.maxResponseBytes) }
   })
+}
+
+export interface JsonExchangeOptions extends PostJsonOptions {
+  /** The answer when the upstream's body is over maxResponseBytes. */
+  tooLarge: () => ServiceError
+  /** The answer when the connect-time address check refused the upstream (policy-checked upstreams only). */
+  refused?: () => ServiceError
+}
+
+export interface JsonAnswer {
+  status: number
+  headers: Dispatcher.ResponseData['headers']
+  /** The JSON object the upstream sent, or {} when it sent none. */
+  body: Record<string, unknown>
+}
+
+/**
+ * A JSON exchange with an upstream (Coze, an Augment tenant), with every failure mapped here and only here: a
+ * body over the limit, a refused address, a timeout (504) or any other transport failure (502).
+ */
+export async function exchangeJson (dispatcher: Dispatcher, url: URL, body: unknown, options: JsonExchangeOptions): Promise<JsonAnswer> {
+  let answer
+  try {
+    answer = await postJson(dispatcher, url, body, options)
+  } catch (err) {
+    if (err instanceof ResponseTooLargeError) throw options.tooLarge()
+    if (options.refused !== undefined && isDestinationRefusal(err)) throw options.refused()
+    throw transportError(err)
+  }
+  return { status: answer.status, headers: answer.headers, body: jsonObject(answer.raw) }
 }

@@ -3,7 +3,8 @@ import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { ServiceError, isServiceError, type ErrorCode } from '../lib/errors.js'
-import { messageFor, pickLocale } from '../lib/messages.js'
+import type { SuccessText } from '../lib/messages.js'
+import { errorEnvelope, successEnvelope } from '../schemas/envelope.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -69,16 +70,9 @@ export function toServiceError (err: FastifyError, validationReason?: string): S
   return new ServiceError(byStatus ?? (status < 500 ? 'BAD_REQUEST' : 'INTERNAL'), {}, { cause: err })
 }
 
-export function errorEnvelope (error: ServiceError, acceptLanguage: string | string[] | undefined) {
-  return {
-    success: false as const,
-    data: Object.assign({}, error.details, { error: error.code }),
-    message: messageFor(pickLocale(acceptLanguage), error.code, error.details)
-  }
-}
-
 export function sendError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const error = toServiceError(err, request.routeOptions.config?.validationReason)
+  if (error.logFields !== undefined) request.logFields = Object.assign(request.logFields ?? {}, error.logFields)
   if (error.code === 'INTERNAL') {
     request.log.error({ err }, 'request failed')
   } else if (error.statusCode >= 500) {
@@ -123,8 +117,18 @@ export function answerClientError (this: FastifyInstance, err: NodeJS.ErrnoExcep
   socket.destroy()
 }
 
-/** The one error handler and the not-found handler: every error answer is the envelope. */
+declare module 'fastify' {
+  interface FastifyReply {
+    /** The success envelope of `data`, its message in the language the request asked for. */
+    ok<T> (text: SuccessText, data: T): { success: true, data: T, message: string }
+  }
+}
+
+/** The envelope of every answer: the one error handler, the not-found handler, and reply.ok for successes. */
 export default fp(async function errors (fastify) {
+  fastify.decorateReply('ok', function <T> (this: FastifyReply, text: SuccessText, data: T) {
+    return successEnvelope(this.request.headers['accept-language'], text, data)
+  })
   fastify.setErrorHandler(sendError)
   // Unknown paths count toward the caller's rate limit like any other request (app.ts registers the limiter
   // first; a test that builds this plugin alone has none).

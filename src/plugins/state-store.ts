@@ -10,8 +10,6 @@ declare module 'fastify' {
   }
 }
 
-// Records outlive their validity by this much, so a user who comes back late is told "expired", not "unknown".
-export const EXPIRED_GRACE_SECONDS = 300
 const START_TIMEOUT_MS = 5000
 
 /** Connects once at start; a Redis that does not answer then stops the start with a clear message. */
@@ -44,7 +42,7 @@ async function connectRedis (url: string, keyPrefix: string, log: FastifyBaseLog
 /** The OAuth state store: in memory for one instance, in Redis when several share the work. */
 export default fp(async function stateStore (fastify) {
   const { config } = fastify
-  const retentionMs = (config.OAUTH_STATE_TTL_SECONDS + EXPIRED_GRACE_SECONDS) * 1000
+  const validityMs = config.OAUTH_STATE_TTL_SECONDS * 1000
   let store: StateStore
   if (config.STATE_STORE === 'redis') {
     const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, fastify.log)
@@ -60,10 +58,10 @@ export default fp(async function stateStore (fastify) {
     // @fastify/redis decorates fastify.redis; closing is ours, because quit() fails while Redis is away.
     await fastify.register(fastifyRedis, { client, closeClient: false })
     fastify.addHook('onClose', async () => { await client.quit().catch(() => { client.disconnect() }) })
-    store = createRedisStateStore(client, { retentionMs })
+    store = createRedisStateStore(client, { validityMs })
     fastify.serviceMetrics.gauge('redis_up', 'Whether the Redis of the state store answers (1) or not (0)', () => (client.status === 'ready' ? 1 : 0))
   } else {
-    const memory = createMemoryStateStore({ maxEntries: config.OAUTH_STATE_MAX_ENTRIES, retentionMs })
+    const memory = createMemoryStateStore({ maxEntries: config.OAUTH_STATE_MAX_ENTRIES, validityMs })
     fastify.serviceMetrics.gauge('oauth_states_stored', 'OAuth states waiting in the memory store', () => memory.size)
     store = memory
   }

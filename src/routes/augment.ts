@@ -1,10 +1,9 @@
-import { hash, randomUUID } from 'node:crypto'
+import { hash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError, outcomeOf } from '../lib/errors.js'
+import { ServiceError } from '../lib/errors.js'
 import { serves } from '../schemas/config.js'
-import { buildAuthorizeUrl, createOAuthState, createPkcePair } from '../lib/pkce.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
-import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
 
 const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 
@@ -13,9 +12,8 @@ const stateRef = (state: string): string => hash('sha256', state, 'base64url').s
 
 /** Registered under the /api prefix (the only routes plugins/cors.ts opens to browsers). */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, stateStore, augment } = fastify
+  const { config, augment } = fastify
   if (!serves(config, 'augment')) return
-  const ttlMs = config.OAUTH_STATE_TTL_SECONDS * 1000
 
   fastify.get('/auth-url', {
     // Each call stores a state: its own limit, never looser than the global one.
@@ -28,14 +26,10 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       querystring: AuthUrlQuery,
       response: { 200: Envelope(AuthUrlData), ...errorResponses }
     }
-  }, async (request) => {
-    const { verifier, challenge } = createPkcePair()
-    const state = createOAuthState()
-    await stateStore.save(state, { verifier, createdAt: Date.now() })
-    fastify.serviceMetrics.oauthStateIssued()
+  }, async (request, reply) => {
+    const { authorizeUrl, state } = await augment.start()
     request.logFields = { user_id: request.query.user_id, state_ref: stateRef(state) }
-    const authorizeUrl = buildAuthorizeUrl(config.AUGMENT_AUTH_URL, { challenge, clientId: config.AUGMENT_CLIENT_ID, state })
-    return ok(request.headers['accept-language'], 'AUTH_URL_OK', { authorize_url: authorizeUrl, state })
+    return reply.ok('AUTH_URL_OK', { authorize_url: authorizeUrl, state })
   })
 
   fastify.post('/complete-auth', {
@@ -50,30 +44,15 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       body: CompleteAuthBody,
       response: { 200: Envelope(CompleteAuthData), ...errorResponses }
     }
-  }, async (request) => {
+  }, async (request, reply) => {
     // Pasted from Augment's page: codes and states hold no white space, so any is a stray line break or space.
     const code = request.body.code.replace(/\s+/g, '')
     const state = request.body.state.replace(/\s+/g, '')
     const tenantUrl = request.body.tenant_url.trim()
     if (code === '' || state === '' || tenantUrl === '') throw new ServiceError('VALIDATION_FAILED', { reason: REQUIRED_FIELDS })
-
-    // Checked before the state is taken: a refused tenant leaves the state usable.
-    const tenant = augment.checkTenantUrl(tenantUrl)
-
-    let token: string
-    try {
-      const record = await stateStore.take(state)
-      if (record === undefined) throw new ServiceError('OAUTH_STATE_NOT_FOUND')
-      if (Date.now() - record.createdAt > ttlMs) throw new ServiceError('OAUTH_STATE_EXPIRED')
-      token = await augment.exchangeCode(tenant, code, record.verifier)
-    } catch (err) {
-      fastify.serviceMetrics.oauthCompletion(outcomeOf(err))
-      throw err
-    }
-    fastify.serviceMetrics.oauthCompletion('success')
-    const tokenInfo = { id: randomUUID(), created_at: new Date().toISOString() }
-    request.logFields = { state_ref: stateRef(state), tenant: tenant.url.host, token_id: tokenInfo.id }
-    return ok(request.headers['accept-language'], 'COMPLETE_AUTH_OK', { status: 'success' as const, token, tenant_url: tenantUrl, token_info: tokenInfo })
+    const done = await augment.complete({ code, state, tenantUrl })
+    request.logFields = { state_ref: stateRef(state), tenant: done.tenant.url.host, token_id: done.id }
+    return reply.ok('COMPLETE_AUTH_OK', { status: 'success' as const, token: done.token, tenant_url: tenantUrl, token_info: { id: done.id, created_at: done.createdAt } })
   })
 }
 

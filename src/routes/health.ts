@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
 import { NEVER_SHED } from '../plugins/pressure.js'
 import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
-import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { HealthData, ReadyData } from '../schemas/health.js'
 
 // Probes are never rate limited or shed (a busy instance must not look dead to its load balancer), and are
@@ -19,7 +19,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['probes'],
       response: { 200: Envelope(HealthData), ...errorResponses }
     }
-  }, async (request) => ok(request.headers['accept-language'], 'HEALTH_OK', {
+  }, async (_request, reply) => reply.ok('HEALTH_OK', {
     status: 'ok' as const, service: SERVICE_NAME, version: SERVICE_VERSION, timestamp: new Date().toISOString()
   }))
 
@@ -32,10 +32,10 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['probes'],
       response: { 200: Envelope(ReadyData), ...errorResponses }
     }
-  }, async (request) => {
+  }, async (_request, reply) => {
     const { ready, checks } = await fastify.readiness.check()
     if (!ready) throw new ServiceError('NOT_READY', { status: 'not_ready', checks })
-    return ok(request.headers['accept-language'], 'READY_OK', { status: 'ready' as const, checks })
+    return reply.ok('READY_OK', { status: 'ready' as const, checks })
   })
 }
 

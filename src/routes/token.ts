@@ -1,8 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
-import { configurationStatus } from '../plugins/readiness.js'
+import { configurationStatus } from '../lib/readiness.js'
 import { serves } from '../schemas/config.js'
-import { Envelope, errorResponses, ok } from '../schemas/envelope.js'
+import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { ApiKeyHeaders } from '../schemas/resend.js'
 import { TokenBody, TokenData } from '../schemas/token.js'
 
@@ -15,6 +14,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/token', {
     // An answer that carries a token is never stored by a proxy or a browser, errors included.
     onRequest: (_request, reply, done) => { reply.preventCache(); done() },
+    preHandler: fastify.requireCallerKey,
     schema: {
       operationId: 'createToken',
       security: [{ apiKey: [] }],
@@ -24,25 +24,18 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       body: TokenBody,
       response: { 200: Envelope(TokenData), ...errorResponses }
     }
-  }, async (request) => {
-    const body = request.body
-    if (!apiKeys.configured) throw new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
-    // The header wins over the body field, which stays for callers of the original service.
-    const callerKey = request.headers['x-api-key'] ?? body.coze_api_key
-    const keyIndex = apiKeys.match(callerKey)
-    if (keyIndex < 0) throw new ServiceError('UNAUTHORIZED')
-
+  }, async (request, reply) => {
+    const { body, caller } = request
     const { token, outcome, logid } = await coze.getAccessToken({
       kid: body.public_key,
-      callerKey: callerKey as string,
-      callerKeyIndex: keyIndex,
+      callerKey: caller?.key as string,
+      callerKeyIndex: caller?.index as number,
       sessionName: body.session_name,
       // The schema's default fills it in when the caller leaves it out.
       durationSeconds: body.duration_seconds as number
     })
-    fastify.serviceMetrics.tokenRequest(outcome)
     request.logFields = logid === undefined ? { cache: outcome } : { cache: outcome, coze_logid: logid }
-    return ok(request.headers['accept-language'], 'TOKEN_OK', token)
+    return reply.ok('TOKEN_OK', token)
   })
 }
 

@@ -9,6 +9,7 @@ export const HealthData = Type.Object({
 export type HealthData = Static<typeof HealthData>
 
 export const CheckStatus = Type.String({ pattern: '^(ok|down|not_configured: .+)$', description: 'ok, down, or not_configured: the variables a served route lacks' })
+export type CheckStatus = Static<typeof CheckStatus>
 
 export const ReadyData = Type.Object({
   status: Type.Literal('ready'),

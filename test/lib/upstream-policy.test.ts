@@ -2,7 +2,6 @@ import t from 'tap'
 import {
   DestinationRefusedError, checkDestination, createPolicyLookup, isDestinationRefusal, isPublicAddress, parseAllowList, systemResolver
 } from '../../src/lib/upstream-policy.js'
-import { backoffMillis, isRetryableTransportError, outgoingHeaders, retryAfterMillis } from '../../src/plugins/resend.js'
 
 t.test('allow-list entries: host, *.suffix, host:port, explicit origins, *', async (t) => {
   t.same(parseAllowList('V', ' open.feishu.cn , *.Larksuite.com,,api.example.com:8443, http://127.0.0.1:9000 ,https://[::1]:8443,*'), [
@@ -85,26 +84,4 @@ t.test('the connect-time lookup refuses private answers and honours family and a
   loop.cause = loop
   t.notOk(isDestinationRefusal(loop), 'a cause that points at itself ends')
   t.notOk(isDestinationRefusal(null))
-})
-
-t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async (t) => {
-  t.same(outgoingHeaders({ Authorization: 'Bearer x', Host: 'h', 'Keep-Alive': '1', 'Content-Type': 'text/plain' }, true), { authorization: 'Bearer x', 'content-type': 'text/plain', 'user-agent': 'aibill-token-service/1.0.0' })
-  t.same(outgoingHeaders(undefined, true), { 'content-type': 'application/json; charset=utf-8', 'user-agent': 'aibill-token-service/1.0.0' })
-  t.same(outgoingHeaders(undefined, false), { 'user-agent': 'aibill-token-service/1.0.0' })
-  const now = Date.parse('2026-01-01T00:00:00Z')
-  t.equal(retryAfterMillis('3', now), 3000)
-  t.equal(retryAfterMillis(['120'], now), 10_000, 'capped at 10 s')
-  t.equal(retryAfterMillis('Thu, 01 Jan 2026 00:00:02 GMT', now), 2000)
-  t.equal(retryAfterMillis('Wed, 31 Dec 2025 00:00:00 GMT', now), 0)
-  t.equal(retryAfterMillis('soon', now), undefined)
-  t.equal(retryAfterMillis('', now), undefined)
-  t.equal(retryAfterMillis(undefined, now), undefined)
-  for (let attempt = 1; attempt <= 8; attempt++) {
-    const delay = backoffMillis(attempt)
-    t.ok(delay >= 125 * 2 ** (attempt - 1) || delay === 10_000 || delay >= 5000, `attempt ${attempt}: ${delay}`)
-    t.ok(delay <= 10_000)
-  }
-  t.ok(isRetryableTransportError({ code: 'ECONNREFUSED' }))
-  t.ok(isRetryableTransportError({ cause: { code: 'ECONNRESET' } }))
-  t.notOk(isRetryableTransportError({ code: 'UND_ERR_HEADERS_TIMEOUT' }))
 })

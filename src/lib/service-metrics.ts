@@ -1,0 +1,48 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+
+/** What the service counts, beyond requests: the plugins and routes report here. */
+export interface ServiceMetrics {
+  cozeExchange (outcome: string, seconds: number): void
+  tokenRequest (cache: string): void
+  resend (outcome: string, attempts: number): void
+  oauthStateIssued (): void
+  oauthCompletion (outcome: string): void
+  /** A value read when Prometheus scrapes (states in memory, Redis up). */
+  gauge (name: string, help: string, read: () => number): void
+}
+
+const noop = (): void => {}
+export const disabledMetrics: ServiceMetrics = {
+  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, gauge: noop
+}
+
+/** Counters in the given registry (one per app, so several apps in one process do not collide). */
+export function createServiceMetrics (registry: Registry): ServiceMetrics {
+  const registers = [registry]
+  const cozeExchanges = new Counter({ name: 'coze_token_exchanges_total', help: 'Coze token exchanges by outcome', labelNames: ['outcome'], registers })
+  const cozeDuration = new Histogram({
+    name: 'coze_token_exchange_duration_seconds', help: 'Duration of Coze token exchanges', labelNames: ['outcome'], registers, buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+  })
+  const tokenRequests = new Counter({ name: 'coze_token_requests_total', help: 'POST /token answers by token cache outcome (hit, miss, shared, off)', labelNames: ['cache'], registers })
+  const resends = new Counter({ name: 'resend_requests_total', help: 'POST /resend by outcome', labelNames: ['outcome'], registers })
+  const resendAttempts = new Histogram({ name: 'resend_attempts', help: 'Attempts per resend', registers, buckets: [1, 2, 3, 4, 5] })
+  const statesIssued = new Counter({ name: 'oauth_states_issued_total', help: 'OAuth states stored by GET /api/auth-url', registers })
+  const completions = new Counter({ name: 'oauth_completions_total', help: 'POST /api/complete-auth by outcome', labelNames: ['outcome'], registers })
+  return {
+    cozeExchange (outcome, seconds) {
+      cozeExchanges.inc({ outcome })
+      cozeDuration.observe({ outcome }, seconds)
+    },
+    tokenRequest (cache) { tokenRequests.inc({ cache }) },
+    resend (outcome, attempts) {
+      resends.inc({ outcome })
+      resendAttempts.observe(attempts)
+    },
+    oauthStateIssued () { statesIssued.inc() },
+    oauthCompletion (outcome) { completions.inc({ outcome }) },
+    gauge (name, help, read) {
+      // prom-client calls collect() on each scrape; the registry keeps the gauge.
+      new Gauge({ name, help, registers, collect () { this.set(read()) } })
+    }
+  }
+}

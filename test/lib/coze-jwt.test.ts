@@ -1,0 +1,57 @@
+import { generateKeyPairSync } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { decodeJwt, decodeProtectedHeader } from 'jose'
+import t from 'tap'
+import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
+import { loadConfig } from '../../src/schemas/config.js'
+import { tempDir, testKeys } from '../helper.js'
+
+t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that never quote the key', async (t) => {
+  const { pkcs8, pkcs1 } = testKeys()
+  t.ok(await importRsaPrivateKey(pkcs8))
+  t.ok(await importRsaPrivateKey(pkcs1))
+  t.ok(await importRsaPrivateKey(`'${pkcs8.trim().replace(/\n/g, '\\r\\n')}'`))
+  t.equal(await readPrivateKeyPem({}), undefined)
+  t.equal(await readPrivateKeyPem({ pem: '  ', file: ' ' }), undefined)
+  t.equal(await readPrivateKeyPem({ pem: pkcs8, file: '/ignored' }), pkcs8, 'the variable wins over the file')
+
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  await t.rejects(importRsaPrivateKey(ec), new PrivateKeyError('JWT_PRIVATE_KEY is a ec key; Coze needs an RSA key for RS256'))
+  const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  await t.rejects(importRsaPrivateKey(small), /1024-bit RSA key; RS256 needs at least 2048 bits/)
+  const garbled = pkcs8.replace(/[A-Za-z]{20}/, 'x')
+  const err = await importRsaPrivateKey(garbled).then(() => new Error('imported'), (error: unknown) => error as Error)
+  t.match(err, { name: 'PrivateKeyError', message: /not a readable PEM private key/ })
+  t.notOk(err.message.includes(pkcs8.split('\n')[2] ?? '-'), 'the message does not quote the key')
+})
+
+t.test('a key that is not a usable private key says what it is and what to do', async (t) => {
+  const { pkcs8 } = testKeys()
+  const refusal = async (value: string) => await importRsaPrivateKey(value).then(() => 'imported', (error: unknown) => (error as Error).message)
+
+  // A multi-line key pasted into .env without quotes: the .env reader keeps its first line only.
+  const dir = await tempDir(t, 'aibill-env-key-')
+  await writeFile(join(dir, '.env'), `JWT_PRIVATE_KEY=${pkcs8}`)
+  const { config } = loadConfig({ env: {}, dotenvPath: join(dir, '.env') })
+  t.equal(config.JWT_PRIVATE_KEY, '-----BEGIN PRIVATE KEY-----')
+  t.match(await refusal(config.JWT_PRIVATE_KEY as string), /only the first line of a PEM.*double quotes.*\\n.*JWT_PRIVATE_KEY_FILE/)
+
+  const pair = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  t.match(await refusal(pair.publicKey.export({ type: 'spki', format: 'pem' }).toString()), /is a public key.*give the private key/)
+  t.match(await refusal(pair.publicKey.export({ type: 'pkcs1', format: 'pem' }).toString()), /is a public key/)
+  const encrypted = pair.privateKey.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret-passphrase' }).toString()
+  t.match(await refusal(encrypted), /encrypted.*openssl pkey -in key\.pem -out key-plain\.pem/)
+  const der = pair.privateKey.export({ type: 'pkcs8', format: 'der' }).toString('base64')
+  t.match(await refusal(der), /base64 DER.*BEGIN PRIVATE KEY.*openssl pkey -inform DER/)
+  t.match(await refusal('hello'), /not a readable PEM private key/)
+})
+
+t.test('signer: RS256, kid in the header, fresh jti, optional session_name', async (t) => {
+  const signer = createSigner(await importRsaPrivateKey(testKeys().pkcs8), () => 1_700_000_000_500)
+  const jwt = await signer.signCozeJwt({ kid: 'kid-1', iss: 'app', aud: 'api.coze.com', ttlSeconds: 60, sessionName: 'u1' })
+  t.same(decodeProtectedHeader(jwt), { alg: 'RS256', typ: 'JWT', kid: 'kid-1' })
+  t.match(decodeJwt(jwt), { iss: 'app', aud: 'api.coze.com', iat: 1_700_000_000, exp: 1_700_000_060, session_name: 'u1' })
+  const other = await signer.signCozeJwt({ kid: 'kid-1', iss: 'app', aud: 'api.coze.com', ttlSeconds: 60 })
+  t.not(decodeJwt(other).jti, decodeJwt(jwt).jti)
+})

@@ -1,0 +1,25 @@
+import t from 'tap'
+import { ServiceError, outcomeOf } from '../../src/lib/errors.js'
+import { messageFor, pickLocale } from '../../src/lib/messages.js'
+import { trustProxySetting } from '../../src/schemas/config.js'
+
+t.test('messages: one catalog, two languages', async (t) => {
+  t.equal(pickLocale(undefined), 'zh-CN')
+  t.equal(pickLocale(''), 'zh-CN')
+  t.equal(pickLocale('en-GB'), 'en')
+  t.equal(pickLocale('zh'), 'zh-CN')
+  t.equal(pickLocale('en;q=0.5, zh-CN'), 'zh-CN')
+  t.equal(messageFor('zh-CN', 'VALIDATION_FAILED'), '无效的请求数据')
+  t.equal(messageFor('en', 'VALIDATION_FAILED', { reason: 'x is required' }), 'Invalid request data: x is required')
+  t.equal(messageFor('en', 'COZE_EXCHANGE_FAILED'), 'Coze token exchange failed')
+  t.equal(new ServiceError('UNAUTHORIZED').statusCode, 401)
+  t.notMatch(String(new ServiceError('UNAUTHORIZED').stack), /\n\s+at /, 'expected outcomes carry no stack trace')
+  t.match(String(new Error('defect').stack), /\n\s+at /, 'other errors still do')
+  t.equal(outcomeOf(new ServiceError('UPSTREAM_TIMEOUT')), 'upstream_timeout')
+  t.equal(outcomeOf(new TypeError('boom')), 'internal')
+  t.equal(trustProxySetting('true'), true)
+  t.equal(trustProxySetting('false'), false)
+  t.equal(trustProxySetting('10.0.0.0/8, 172.16.0.0/12'), '10.0.0.0/8, 172.16.0.0/12')
+  const oneHop = trustProxySetting('1') as (address: string, hop: number) => boolean
+  t.same([oneHop('10.0.0.1', 0), oneHop('203.0.113.1', 1)], [true, false], 'a hop count trusts that many hops')
+})
