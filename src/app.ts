@@ -5,6 +5,7 @@ import type { Resolver } from './lib/upstream-policy.js'
 import apiKeys from './plugins/api-keys.js'
 import augment from './plugins/augment.js'
 import body from './plugins/body.js'
+import broker from './plugins/broker.js'
 import config, { type ConfigOptions } from './plugins/config.js'
 import connections from './plugins/connections.js'
 import cors from './plugins/cors.js'
@@ -15,6 +16,7 @@ import metrics from './plugins/metrics.js'
 import pressure from './plugins/pressure.js'
 import rateLimit from './plugins/rate-limit.js'
 import readiness from './plugins/readiness.js'
+import redis from './plugins/redis.js'
 import requestLog from './plugins/request-log.js'
 import resend from './plugins/resend.js'
 import signer from './plugins/signer.js'
@@ -36,7 +38,7 @@ export interface AppOptions extends ConfigOptions {
 /** The whole service, in dependency order: the table of contents. No listen here: src/server.ts does that. */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   fastify.addSchema(ErrorEnvelope)
-  await fastify.register(config, { config: opts.config, warnings: opts.warnings })
+  await fastify.register(config, { config: opts.config, broker: opts.broker, warnings: opts.warnings })
   await fastify.register(requestLog)
   await fastify.register(body)
   await fastify.register(connections)
@@ -44,6 +46,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(readiness)
   await fastify.register(metrics)
   await fastify.register(pressure)
+  await fastify.register(redis)
   await fastify.register(stateStore)
   // Before errors (its 404 handler is limited too) and before anything that adds routes: every route but the
   // probes is limited.
@@ -51,6 +54,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(errors)
   await fastify.register(cors)
   await fastify.register(docs)
+  await fastify.register(broker, { dispatcher: opts.cozeDispatcher })
   await fastify.register(apiKeys)
   await fastify.register(signer)
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })

@@ -116,3 +116,23 @@ t.test('runs as a command', async (t) => {
   t.equal(await new Promise((resolve) => failing.on('exit', resolve)), 2)
   t.match(stderr, /--kid is required/)
 })
+
+t.test('--app NAME signs as that app of the document: its id, its API host, its token URL and its first key', async (t) => {
+  const coze = await startUpstream(t, (_req, res) => { sendJson(res, 200, { access_token: 'czs_cli_app_0123456789', expires_in: 1900000000 }) })
+  const document = {
+    apps: { 'bills-ent': { app_id: '1150000000002', api_base: coze.url, account_id: '7300000000', keys: [{ kid: 'fp-ent', private_key_env: 'ENT_KEY' }] } },
+    callers: { someone: { key_sha256: 'a'.repeat(64), apps: ['bills-ent'] } }
+  }
+  const env = { COZE_APPS: JSON.stringify(document), ENT_KEY: pkcs8 }
+  const signed = await run(['--app', 'bills-ent'], env)
+  t.equal(signed.code, 0, signed.stderr)
+  const jwt = signed.stdout.trim()
+  t.same(decodeProtectedHeader(jwt), { alg: 'RS256', typ: 'JWT', kid: 'fp-ent' })
+  t.match((await jwtVerify(jwt, publicKey, { audience: '127.0.0.1', issuer: '1150000000002' })).payload, { iss: '1150000000002' })
+  const exchanged = await run(['--app', 'bills-ent', '--exchange'], env)
+  t.equal(exchanged.code, 0, exchanged.stderr)
+  t.match(JSON.parse(exchanged.stdout), { access_token: 'czs_cli_app_0123456789' })
+  t.equal(coze.requests[0]?.url, '/api/permission/oauth2/account/7300000000/token')
+  t.match([(await run(['--app', 'nowhere'], env)).code, (await run(['--app', 'nowhere'], env)).stderr], [2, /no app nowhere in the document/])
+  t.match((await run(['--app', 'bills-ent'], {})).stderr, /--app needs COZE_APPS_FILE or COZE_APPS/)
+})

@@ -7,6 +7,7 @@ import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem }
 import { isServiceError } from '../lib/errors.js'
 import { ConfigSchema, loadConfig } from '../schemas/config.js'
 import { MAX_DURATION_SECONDS } from '../schemas/token.js'
+import { brokerTokenUrl } from '../lib/broker.js'
 import { createCozeClient } from '../lib/coze-client.js'
 
 const DEFAULT_URL = ConfigSchema.properties.COZE_API_URL.default as string
@@ -15,10 +16,12 @@ export const HELP = `Usage: coze-jwt --kid KID [options]
 
 Signs the RS256 JWT of a Coze OAuth service application and prints it; with --exchange, also exchanges it at
 Coze and prints Coze's answer as JSON. The key comes from --key FILE, JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE
-(the environment, or .env in the current folder).
+(the environment, or .env in the current folder), or, with --app, from the apps document.
 
 Options:
+  --app NAME           an app of COZE_APPS_FILE or COZE_APPS: its app id, API, token URL and first key
   --kid KID            public-key fingerprint from the Coze OAuth app page (the JWT header kid); required
+                       unless --app gives it
   --app-id ID          the OAuth app id (the JWT iss); default COZE_APP_ID; required
   --aud HOST           the JWT aud; default COZE_JWT_AUDIENCE, else the host of the URL (api.coze.cn)
   --ttl SECONDS        lifetime of the JWT; default COZE_JWT_TTL_SECONDS or 600
@@ -55,6 +58,7 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
       strict: true,
       options: {
         kid: { type: 'string' },
+        app: { type: 'string' },
         'app-id': { type: 'string' },
         aud: { type: 'string' },
         ttl: { type: 'string' },
@@ -77,22 +81,32 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
 
   try {
     // The service's own configuration, read as the service reads it; flags win over it.
-    const { config } = loadConfig({ env: io.env, dotenvPath: join(io.cwd ?? process.cwd(), '.env') })
-    if (args.kid === undefined || args.kid === '') throw new UsageError('--kid is required')
-    const appId = args['app-id'] ?? config.COZE_APP_ID
+    const { config, broker } = loadConfig({ env: io.env, dotenvPath: join(io.cwd ?? process.cwd(), '.env') })
+    let app: NonNullable<typeof broker>['apps'][number] | undefined
+    if (args.app !== undefined) {
+      if (broker === null) throw new UsageError('--app needs COZE_APPS_FILE or COZE_APPS')
+      app = broker.apps.find((candidate) => candidate.name === args.app)
+      if (app === undefined) throw new UsageError(`--app: no app ${args.app} in the document`)
+    }
+    const kid = args.kid ?? app?.keys[0]?.kid
+    if (kid === undefined || kid === '') throw new UsageError('--kid is required')
+    const appId = args['app-id'] ?? app?.appId ?? config.COZE_APP_ID
     if (appId === undefined || appId === '') throw new UsageError('--app-id (or COZE_APP_ID) is required')
-    const url = args.url ?? config.COZE_API_URL
+    const url = args.url ?? (app === undefined ? config.COZE_API_URL : brokerTokenUrl(app).href)
     if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) throw new UsageError('--url must be an http(s) URL')
     const ttlSeconds = args.ttl === undefined ? config.COZE_JWT_TTL_SECONDS : positiveInteger('--ttl', args.ttl, 86400)
     const duration = positiveInteger('--duration', args.duration ?? String(MAX_DURATION_SECONDS), MAX_DURATION_SECONDS)
 
+    const appKey = app?.keys[0]
     const pem = args.key !== undefined
       ? await readPrivateKeyPem({ file: args.key })
-      : await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
+      : appKey !== undefined
+        ? await readPrivateKeyPem({ pem: appKey.pem, file: appKey.file })
+        : await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
     if (pem === undefined) throw new PrivateKeyError('no private key: pass --key FILE or set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE')
     const signer = createSigner(await importRsaPrivateKey(pem))
     const jwt = await signer.signCozeJwt({
-      kid: args.kid,
+      kid,
       iss: appId,
       aud: args.aud ?? (config.COZE_JWT_AUDIENCE || new URL(url).hostname),
       ttlSeconds,

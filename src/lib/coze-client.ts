@@ -67,15 +67,44 @@ export function describeCozeError (status: number, body: Record<string, unknown>
   return details
 }
 
-export function createCozeClient (options: CozeClientOptions): CozeClient {
-  const url = new URL(options.url)
-  const dispatcher = options.dispatcher ?? new Pool(url.origin, {
+/** One exchange at a Coze token URL: the token and Coze's logid, or COZE_EXCHANGE_FAILED with what Coze said. */
+export async function postCozeExchange (dispatcher: Dispatcher, url: URL, jwt: string, body: Record<string, unknown>, timeoutMs: number): Promise<CozeExchange> {
+  const answer = await exchangeJson(dispatcher, url, body, {
+    headers: { authorization: `Bearer ${jwt}` },
+    timeoutMs,
+    maxResponseBytes: MAX_COZE_RESPONSE_BYTES,
+    tooLarge: () => new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' })
+  })
+  const logid = text(answer.headers['x-tt-logid'])
+  if (answer.status < 200 || answer.status > 299) throw new ServiceError('COZE_EXCHANGE_FAILED', describeCozeError(answer.status, answer.body, logid))
+  const { access_token: accessToken, expires_in: expiresIn, token_type: tokenType } = answer.body
+  if (typeof accessToken !== 'string' || accessToken.length === 0 || typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) {
+    throw new ServiceError('COZE_EXCHANGE_FAILED', { ...describeCozeError(answer.status, answer.body, logid), reason: 'malformed response' })
+  }
+  const token = { access_token: accessToken, expires_in: expiresIn, token_type: typeof tokenType === 'string' && tokenType.length > 0 ? tokenType : 'Bearer' }
+  return { token, logid }
+}
+
+/** Whether Coze refused the JWT's kid (not one of the app's keys): the broker then tries the app's next key. */
+export function isUnknownKid (err: unknown): boolean {
+  if (!(err instanceof ServiceError) || err.code !== 'COZE_EXCHANGE_FAILED') return false
+  return err.details.error_code === 'invalid_client' || /\bkid\b/i.test(String(err.details.error_message))
+}
+
+/** A keep-alive pool to one Coze origin. */
+export function cozePool (origin: string, timeoutMs: number): Pool {
+  return new Pool(origin, {
     connections: 64,
     keepAliveTimeout: 30_000,
-    connect: { timeout: Math.min(options.timeoutMs, 10_000) },
-    headersTimeout: options.timeoutMs,
-    bodyTimeout: options.timeoutMs
+    connect: { timeout: Math.min(timeoutMs, 10_000) },
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs
   })
+}
+
+export function createCozeClient (options: CozeClientOptions): CozeClient {
+  const url = new URL(options.url)
+  const dispatcher = options.dispatcher ?? cozePool(url.origin, options.timeoutMs)
   const cache = createTokenCache({ reuseSeconds: options.reuseSeconds, maxPending: options.maxPending })
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange> {
@@ -92,20 +121,7 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
   }
 
   async function exchangeOnce (jwt: string, durationSeconds: number): Promise<CozeExchange> {
-    const { status, headers, body } = await exchangeJson(dispatcher, url, { grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }, {
-      headers: { authorization: `Bearer ${jwt}` },
-      timeoutMs: options.timeoutMs,
-      maxResponseBytes: MAX_COZE_RESPONSE_BYTES,
-      tooLarge: () => new ServiceError('COZE_EXCHANGE_FAILED', { reason: 'response too large' })
-    })
-    const logid = text(headers['x-tt-logid'])
-    if (status < 200 || status > 299) throw new ServiceError('COZE_EXCHANGE_FAILED', describeCozeError(status, body, logid))
-    const { access_token: accessToken, expires_in: expiresIn, token_type: tokenType } = body
-    if (typeof accessToken !== 'string' || accessToken.length === 0 || typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) {
-      throw new ServiceError('COZE_EXCHANGE_FAILED', { ...describeCozeError(status, body, logid), reason: 'malformed response' })
-    }
-    const token = { access_token: accessToken, expires_in: expiresIn, token_type: typeof tokenType === 'string' && tokenType.length > 0 ? tokenType : 'Bearer' }
-    return { token, logid }
+    return await postCozeExchange(dispatcher, url, jwt, { grant_type: JWT_BEARER_GRANT, duration_seconds: durationSeconds }, options.timeoutMs)
   }
 
   const { signer, issuer } = options

@@ -31,44 +31,45 @@ export async function readPrivateKeyPem (source: PrivateKeySource): Promise<stri
  * Accepts PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM, also written on one line
  * with literal `\n` (how single-line secret stores hold it), and returns a WebCrypto key for RS256.
  */
-export async function importRsaPrivateKey (pem: string): Promise<webcrypto.CryptoKey> {
+/** `label` names where the key came from in every refusal (a variable, or a key of the apps document). */
+export async function importRsaPrivateKey (pem: string, label = 'JWT_PRIVATE_KEY'): Promise<webcrypto.CryptoKey> {
   const text = pem.trim().replace(/^(["'])([\s\S]*)\1$/, '$2').replace(/\\r/g, '').replace(/\\n/g, '\n')
   let key
   try {
     key = createPrivateKey({ key: text, format: 'pem' })
   } catch {
     // The parser's own message may quote the input; say what is wrong, and what to do, without it.
-    throw new PrivateKeyError(whyNotAPrivateKey(text))
+    throw new PrivateKeyError(whyNotAPrivateKey(text, label))
   }
   if (key.asymmetricKeyType !== 'rsa') {
-    throw new PrivateKeyError(`JWT_PRIVATE_KEY is a ${String(key.asymmetricKeyType)} key; Coze needs an RSA key for RS256`)
+    throw new PrivateKeyError(`${label} is a ${String(key.asymmetricKeyType)} key; Coze needs an RSA key for RS256`)
   }
   // Node sets the details of every RSA key.
   const bits = key.asymmetricKeyDetails!.modulusLength!
   if (bits < 2048) {
-    throw new PrivateKeyError(`JWT_PRIVATE_KEY is a ${bits}-bit RSA key; RS256 needs at least 2048 bits`)
+    throw new PrivateKeyError(`${label} is a ${bits}-bit RSA key; RS256 needs at least 2048 bits`)
   }
   const pkcs8 = key.export({ type: 'pkcs8', format: 'pem' }).toString()
   return await importPKCS8(pkcs8, 'RS256')
 }
 
 /** What a value that is not a readable private key most likely is, and what to do about it. */
-export function whyNotAPrivateKey (text: string): string {
+export function whyNotAPrivateKey (text: string, label = 'JWT_PRIVATE_KEY'): string {
   const lines = text.split('\n').filter((line) => line.trim() !== '')
   if (/-----BEGIN (RSA )?PUBLIC KEY-----|-----BEGIN CERTIFICATE-----/.test(text)) {
-    return 'JWT_PRIVATE_KEY is a public key or a certificate: give the private key of the pair (Coze keeps the public key and shows its fingerprint as the kid)'
+    return `${label} is a public key or a certificate: give the private key of the pair (Coze keeps the public key and shows its fingerprint as the kid)`
   }
   if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(text)) {
-    return 'JWT_PRIVATE_KEY is encrypted with a passphrase: decrypt it once with `openssl pkey -in key.pem -out key-plain.pem` and give that'
+    return `${label} is encrypted with a passphrase: decrypt it once with \`openssl pkey -in key.pem -out key-plain.pem\` and give that`
   }
   if (lines.length === 1 && /^-----BEGIN [A-Z ]*PRIVATE KEY-----$/.test(lines[0] as string)) {
-    return 'JWT_PRIVATE_KEY holds only the first line of a PEM (a multi-line key pasted into .env without quotes): put the key in double quotes, write it on one line with \\n between lines, or give the file as JWT_PRIVATE_KEY_FILE'
+    return `${label} holds only the first line of a PEM (a multi-line key pasted into .env without quotes): put the key in double quotes, write it on one line with \\n between lines, or give the file as JWT_PRIVATE_KEY_FILE`
   }
   // A 2048-bit key is over 1,200 characters of base64; a short word is not one.
   if (!text.includes('-----BEGIN') && text.length >= 256 && /^[A-Za-z0-9+/=\s]+$/.test(text)) {
-    return 'JWT_PRIVATE_KEY looks like base64 DER without the PEM lines: wrap it in -----BEGIN PRIVATE KEY----- and -----END PRIVATE KEY-----, or convert it with `openssl pkey -inform DER -in key.der -out key.pem`'
+    return `${label} looks like base64 DER without the PEM lines: wrap it in -----BEGIN PRIVATE KEY----- and -----END PRIVATE KEY-----, or convert it with \`openssl pkey -inform DER -in key.der -out key.pem\``
   }
-  return 'JWT_PRIVATE_KEY is not a readable PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)'
+  return `${label} is not a readable PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)`
 }
 
 export interface CozeJwtClaims {
@@ -80,6 +81,8 @@ export interface CozeJwtClaims {
   aud: string
   ttlSeconds: number
   sessionName?: string | undefined
+  /** Coze's session_context: `{ device_info: { device_id } }` or `{ device_info: { custom_consumer } }`. */
+  sessionContext?: Record<string, unknown> | undefined
 }
 
 export interface Signer {
@@ -89,9 +92,11 @@ export interface Signer {
 /** Signs the one-time JWT that Coze exchanges for an access token. */
 export function createSigner (key: webcrypto.CryptoKey, now: () => number = Date.now): Signer {
   return {
-    async signCozeJwt ({ kid, iss, aud, ttlSeconds, sessionName }) {
+    async signCozeJwt ({ kid, iss, aud, ttlSeconds, sessionName, sessionContext }) {
       const iat = Math.floor(now() / 1000)
-      const payload = sessionName === undefined ? {} : { session_name: sessionName }
+      const payload: Record<string, unknown> = {}
+      if (sessionName !== undefined) payload.session_name = sessionName
+      if (sessionContext !== undefined) payload.session_context = sessionContext
       return await new SignJWT(payload)
         .setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid })
         .setIssuer(iss)

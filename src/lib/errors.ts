@@ -64,3 +64,11 @@ export function isServiceError (err: unknown): err is ServiceError {
 export function outcomeOf (err: unknown): string {
   return isServiceError(err) ? err.code.toLowerCase() : 'internal'
 }
+
+/** A configuration that cannot work: the start stops with its message, which names the variable and never a value. */
+export class ConfigError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}

@@ -3,7 +3,7 @@ export type ReadinessCheck = () => Promise<string>
 
 export interface Readiness {
   add (name: string, check: ReadinessCheck): void
-  /** Runs every check at once; ready when every one is ok. */
+  /** Runs every check at once; ready when every one is ok (or degraded: working, with less than it should). */
   check (): Promise<{ ready: boolean, checks: Record<string, string> }>
 }
 
@@ -27,7 +27,7 @@ export function createReadiness (timeoutMs: number): Readiness {
     add (name, check) { checks.set(name, check) },
     async check () {
       const entries = await Promise.all([...checks].map(async ([name, check]) => [name, await run(check)] as const))
-      return { ready: entries.every(([, status]) => status === 'ok'), checks: Object.fromEntries(entries) }
+      return { ready: entries.every(([, status]) => status === 'ok' || status === 'degraded'), checks: Object.fromEntries(entries) }
     }
   }
 }

@@ -7,13 +7,17 @@ export interface ServiceMetrics {
   resend (outcome: string, attempts: number): void
   oauthStateIssued (): void
   oauthCompletion (outcome: string): void
+  /** Broker mode: a token handed out (hit, miss, shared) or refused (the error code), by app and caller. */
+  brokerToken (app: string, caller: string, outcome: string): void
+  /** Broker mode: Coze did not know an app's signing key and the next one was tried. */
+  keyFailover (app: string): void
   /** A value read when Prometheus scrapes (states in memory, Redis up). */
   gauge (name: string, help: string, read: () => number): void
 }
 
 const noop = (): void => {}
 export const disabledMetrics: ServiceMetrics = {
-  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, gauge: noop
+  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, brokerToken: noop, keyFailover: noop, gauge: noop
 }
 
 /** Counters in the given registry (one per app, so several apps in one process do not collide). */
@@ -28,6 +32,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
   const resendAttempts = new Histogram({ name: 'resend_attempts', help: 'Attempts per resend', registers, buckets: [1, 2, 3, 4, 5] })
   const statesIssued = new Counter({ name: 'oauth_states_issued_total', help: 'OAuth states stored by GET /api/auth-url', registers })
   const completions = new Counter({ name: 'oauth_completions_total', help: 'POST /api/complete-auth by outcome', labelNames: ['outcome'], registers })
+  const brokerTokens = new Counter({ name: 'coze_broker_tokens_total', help: 'Broker tokens by app, caller and outcome (hit, miss, shared, or the error code)', labelNames: ['app', 'caller', 'outcome'], registers })
+  const failovers = new Counter({ name: 'coze_key_failovers_total', help: 'Exchanges retried with an app\'s next key because Coze did not know the first', labelNames: ['app'], registers })
   return {
     cozeExchange (outcome, seconds) {
       cozeExchanges.inc({ outcome })
@@ -40,6 +46,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
     },
     oauthStateIssued () { statesIssued.inc() },
     oauthCompletion (outcome) { completions.inc({ outcome }) },
+    brokerToken (app, caller, outcome) { brokerTokens.inc({ app, caller, outcome }) },
+    keyFailover (app) { failovers.inc({ app }) },
     gauge (name, help, read) {
       // prom-client calls collect() on each scrape; the registry keeps the gauge.
       new Gauge({ name, help, registers, collect () { this.set(read()) } })

@@ -1,34 +1,67 @@
-import type { preHandlerHookHandler } from 'fastify'
+import type { FastifyRequest, preHandlerHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { createApiKeyVerifier, type ApiKeyVerifier } from '../lib/api-keys.js'
+import type { BrokerCaller, BrokerRoute } from '../lib/broker.js'
 import { ServiceError } from '../lib/errors.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     apiKeys: ApiKeyVerifier
-    /** The preHandler of every route a caller key opens: NOT_CONFIGURED without keys, UNAUTHORIZED without a match. */
-    requireCallerKey: preHandlerHookHandler
+    /** What the key-protected routes still need to tell callers apart (EXPECTED_COZE_API_KEY); empty when set. */
+    callersMissing: string[]
+    /**
+     * The preHandler of a group of routes. Single-app mode: a key of EXPECTED_COZE_API_KEY opens token and resend,
+     * and the sign-in needs none (undefined). Broker mode: a caller's key opens exactly the caller's routes.
+     */
+    callerGate (route: BrokerRoute): preHandlerHookHandler | undefined
   }
   interface FastifyRequest {
-    /** The key the caller presented and its place in EXPECTED_COZE_API_KEY, once requireCallerKey passed. */
+    /** Single-app mode: the key presented and its place in EXPECTED_COZE_API_KEY, once the gate passed. */
     caller: { key: string, index: number } | null
+    /** Broker mode: the caller, once the gate passed. */
+    brokerCaller: BrokerCaller | null
   }
 }
 
-/** The keys callers present to /token and /resend (EXPECTED_COZE_API_KEY, comma-separated for rotation). */
+/** X-API-Key, else `Authorization: Bearer`, else the body's coze_api_key (kept for callers of the original services). */
+function presentedKey (request: FastifyRequest): string {
+  const { headers } = request
+  const header = headers['x-api-key'] ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
+  const presented = header ?? (request.body as { coze_api_key?: unknown } | undefined)?.coze_api_key
+  return typeof presented === 'string' ? presented : ''
+}
+
+/** Who may call: the shared keys of EXPECTED_COZE_API_KEY (comma-separated for rotation), or the broker's callers. */
 export default fp(async function apiKeys (fastify) {
+  const { broker } = fastify
   const verifier = createApiKeyVerifier(fastify.config.EXPECTED_COZE_API_KEY)
-  if (!verifier.configured) fastify.log.warn('no EXPECTED_COZE_API_KEY: /token and /resend answer 503 NOT_CONFIGURED')
   fastify.decorate('apiKeys', verifier)
+  fastify.decorate('callersMissing', broker !== null || verifier.configured ? [] : ['EXPECTED_COZE_API_KEY'])
   fastify.decorateRequest('caller', null)
-  // X-API-Key wins over the body's coze_api_key, which stays for callers of the original services.
-  fastify.decorate('requireCallerKey', function requireCallerKey (request, _reply, done) {
+  fastify.decorateRequest('brokerCaller', null)
+  if (broker === null && !verifier.configured) fastify.log.warn('no EXPECTED_COZE_API_KEY: /token and /resend answer 503 NOT_CONFIGURED')
+
+  const sharedKey: preHandlerHookHandler = function sharedKey (request, _reply, done) {
     if (!verifier.configured) { done(new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })); return }
-    const presented = request.headers['x-api-key'] ?? (request.body as { coze_api_key?: string } | undefined)?.coze_api_key
-    const key = typeof presented === 'string' ? presented : ''
+    const key = presentedKey(request)
     const index = verifier.match(key)
     if (index < 0) { done(new ServiceError('UNAUTHORIZED')); return }
     request.caller = { key, index }
     done()
-  } satisfies preHandlerHookHandler)
-}, { name: 'api-keys', fastify: '5.x', dependencies: ['config'] })
+  }
+  fastify.decorate('callerGate', (route: BrokerRoute): preHandlerHookHandler | undefined => {
+    if (broker === null) return route === 'augment' ? undefined : sharedKey
+    return function brokerCaller (request, _reply, done) {
+      const caller = broker.authenticate(presentedKey(request))
+      if (caller === null) { done(new ServiceError('UNAUTHORIZED')); return }
+      try {
+        broker.authorizeRoute(caller, route)
+      } catch (err) {
+        done(err as ServiceError)
+        return
+      }
+      request.brokerCaller = caller
+      done()
+    }
+  })
+}, { name: 'api-keys', fastify: '5.x', dependencies: ['config', 'broker'] })

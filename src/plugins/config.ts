@@ -1,15 +1,20 @@
 import fp from 'fastify-plugin'
+import type { BrokerSetup } from '../schemas/broker.js'
 import type { Config } from '../schemas/config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config
+    /** The apps and callers in broker mode; null in single-app mode. */
+    brokerSetup: BrokerSetup | null
   }
 }
 
 export interface ConfigOptions {
   /** Loaded and validated by loadConfig (src/schemas/config.ts). */
   config: Config
+  /** The apps and callers, in broker mode (COZE_APPS_FILE or COZE_APPS); null otherwise. */
+  broker: BrokerSetup | null
   /** Said once, at start. */
   warnings: string[]
 }
@@ -17,6 +22,7 @@ export interface ConfigOptions {
 /** Decorates the configuration loadConfig validated, sets the log level, and says its warnings. */
 export default fp<ConfigOptions>(async function config (fastify, opts) {
   fastify.decorate('config', opts.config)
+  fastify.decorate('brokerSetup', opts.broker)
   fastify.log.level = opts.config.LOG_LEVEL
   for (const warning of opts.warnings) fastify.log.warn(warning)
 }, { name: 'config', fastify: '5.x' })

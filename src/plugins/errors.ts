@@ -1,6 +1,6 @@
 import { STATUS_CODES as HTTP_REASONS } from 'node:http'
 import type { Socket } from 'node:net'
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { ServiceError, isServiceError, type ErrorCode } from '../lib/errors.js'
 import type { SuccessText } from '../lib/messages.js'
@@ -118,6 +118,10 @@ export function answerClientError (this: FastifyInstance, err: NodeJS.ErrnoExcep
 }
 
 declare module 'fastify' {
+  interface FastifyInstance {
+    /** The onRequest hook of routes whose answers carry a token: never stored (RFC 6749 §5.1), errors included. */
+    noStore: onRequestHookHandler
+  }
   interface FastifyReply {
     /** The success envelope of `data`, its message in the language the request asked for. */
     ok<T> (text: SuccessText, data: T): { success: true, data: T, message: string }
@@ -126,6 +130,10 @@ declare module 'fastify' {
 
 /** The envelope of every answer: the one error handler, the not-found handler, and reply.ok for successes. */
 export default fp(async function errors (fastify) {
+  fastify.decorate('noStore', function noStore (_request, reply, done) {
+    void reply.preventCache()
+    done()
+  } satisfies onRequestHookHandler)
   fastify.decorateReply('ok', function <T> (this: FastifyReply, text: SuccessText, data: T) {
     return successEnvelope(this.request.headers['accept-language'], text, data)
   })

@@ -16,4 +16,4 @@ export default fp(async function rateLimit (fastify) {
     errorResponseBuilder: (_request, context) =>
       new ServiceError('RATE_LIMITED', { limit: context.max, retry_after_seconds: Math.ceil(context.ttl / 1000) })
   })
-}, { name: 'rate-limit', fastify: '5.x', dependencies: ['config', 'state-store'] })
+}, { name: 'rate-limit', fastify: '5.x', dependencies: ['config', 'redis'] })

@@ -15,7 +15,12 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, augment } = fastify
   if (!serves(config, 'augment')) return
 
+  // Broker mode: a caller key whose routes include augment; single-app mode: no key (the page is a browser's).
+  const gate = fastify.callerGate('augment')
+  const guarded = gate === undefined ? {} : { preHandler: gate }
+
   fastify.get('/auth-url', {
+    ...guarded,
     // Each call stores a state: its own limit, never looser than the global one.
     config: { rateLimit: { max: Math.min(config.RATE_LIMIT_AUTH_URL_MAX, config.RATE_LIMIT_MAX), timeWindow: config.RATE_LIMIT_WINDOW } },
     schema: {
@@ -33,9 +38,9 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.post('/complete-auth', {
+    ...guarded,
     config: { validationReason: REQUIRED_FIELDS },
-    // The answer carries a token: never stored by a proxy or a browser, errors included.
-    onRequest: (_request, reply, done) => { reply.preventCache(); done() },
+    onRequest: fastify.noStore,
     schema: {
       operationId: 'completeAuth',
       security: [],

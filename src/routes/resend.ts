@@ -5,12 +5,12 @@ import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { ApiKeyHeaders, ResendBody, ResendData } from '../schemas/resend.js'
 
 const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { apiKeys, config, relay } = fastify
+  const { callersMissing, config, relay } = fastify
   if (!serves(config, 'resend')) return
-  fastify.readiness.add('resend', async () => configurationStatus(apiKeys.configured ? [] : ['EXPECTED_COZE_API_KEY']))
+  fastify.readiness.add('resend', async () => configurationStatus(callersMissing))
 
   fastify.post('/resend', {
-    preHandler: fastify.requireCallerKey,
+    preHandler: fastify.callerGate('resend'),
     schema: {
       operationId: 'resend',
       security: [{ apiKey: [] }],

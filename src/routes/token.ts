@@ -1,30 +1,57 @@
+import { hash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { TSchema } from '@sinclair/typebox'
+import type { Broker } from '../lib/broker.js'
 import { configurationStatus } from '../lib/readiness.js'
+import { BrokerTokenBody, BrokerTokenData } from '../schemas/broker.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { ApiKeyHeaders } from '../schemas/resend.js'
 import { TokenBody, TokenData } from '../schemas/token.js'
 
-const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { apiKeys, config, coze } = fastify
-  if (!serves(config, 'token')) return
-  const missing = [...(apiKeys.configured ? [] : ['EXPECTED_COZE_API_KEY']), ...coze.missing]
-  fastify.readiness.add('token', async () => configurationStatus(missing))
+// Logs name a session by a short digest: enough to follow one user's tokens, not the name itself.
+const sessionRef = (name: string): string => hash('sha256', name, 'base64url').slice(0, 10)
 
-  fastify.post('/token', {
-    // An answer that carries a token is never stored by a proxy or a browser, errors included.
-    onRequest: (_request, reply, done) => { reply.preventCache(); done() },
-    preHandler: fastify.requireCallerKey,
-    schema: {
-      operationId: 'createToken',
-      security: [{ apiKey: [] }],
-      summary: 'Mint a Coze access token: sign an RS256 JWT with the service key and exchange it at Coze.',
-      tags: ['coze'],
-      headers: ApiKeyHeaders,
-      body: TokenBody,
-      response: { 200: Envelope(TokenData), ...errorResponses }
-    }
-  }, async (request, reply) => {
+/**
+ * POST /token: one app and a shared caller key (single-app mode), or a caller of the apps document asking for one
+ * of its apps (broker mode). Either way the answer is never stored by a proxy or a browser, errors included.
+ */
+const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { broker, callersMissing, config, coze } = fastify
+  if (!serves(config, 'token')) return
+  const options = <B extends TSchema, D extends TSchema>(summary: string, body: B, data: D) => ({
+    onRequest: fastify.noStore,
+    preHandler: fastify.callerGate('token'),
+    schema: { operationId: 'createToken', security: [{ apiKey: [] }], summary, tags: ['coze'], headers: ApiKeyHeaders, body, response: { 200: Envelope(data), ...errorResponses } }
+  })
+
+  if (broker !== null) {
+    fastify.readiness.add('token', async () => 'ok')
+    fastify.post('/token', options('Mint (or reuse) a Coze access token for one of the caller\'s apps, within what the caller may ask.', BrokerTokenBody, BrokerTokenData), async (request, reply) => {
+      const { body } = request
+      const caller = request.brokerCaller as NonNullable<typeof request.brokerCaller>
+      request.logFields = { caller: caller.name, app: body.app }
+      const minted = await (broker as Broker).mint(caller, {
+        app: body.app,
+        sessionName: body.session_name,
+        durationSeconds: body.duration_seconds,
+        scope: body.scope,
+        deviceId: body.device_id,
+        customConsumer: body.custom_consumer,
+        // The schema's default fills it in when the caller leaves it out.
+        minValiditySeconds: body.min_validity_seconds as number
+      })
+      Object.assign(request.logFields, { kid: minted.kid, cache: minted.outcome })
+      if (minted.logid !== undefined) request.logFields.coze_logid = minted.logid
+      if (body.session_name !== undefined) request.logFields.session_ref = sessionRef(body.session_name)
+      return reply.ok('TOKEN_OK', { ...minted.token, app: minted.app })
+    })
+    return
+  }
+
+  const missing = [...callersMissing, ...coze.missing]
+  fastify.readiness.add('token', async () => configurationStatus(missing))
+  fastify.post('/token', options('Mint a Coze access token: sign an RS256 JWT with the service key and exchange it at Coze.', TokenBody, TokenData), async (request, reply) => {
     const { body, caller } = request
     const { token, outcome, logid } = await coze.getAccessToken({
       kid: body.public_key,

@@ -2,6 +2,10 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
+import { ConfigError } from '../lib/errors.js'
+import { loadBrokerDocument, resolveBroker, type BrokerSetup } from './broker.js'
+
+export { ConfigError }
 
 const url = (description: string, defaultValue: string) =>
   Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s]*)?$', default: defaultValue, description })
@@ -25,6 +29,10 @@ export const ConfigSchema = Type.Object({
   JWT_PRIVATE_KEY: Type.Optional(Type.String()),
   JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String()),
   EXPECTED_COZE_API_KEY: Type.Optional(Type.String()),
+
+  // Several Coze apps and scoped callers (the broker): a document, as a file or inline
+  COZE_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the apps-and-callers document (JSON, or YAML by .yaml/.yml)' })),
+  COZE_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
 
   // Coze token exchange
   COZE_API_URL: url('Coze OAuth token endpoint', 'https://api.coze.cn/api/permission/oauth2/token'),
@@ -51,6 +59,8 @@ export const ConfigSchema = Type.Object({
 
   // Shared state
   STATE_STORE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory' }),
+  TOKEN_CACHE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory', description: 'Where Coze tokens are cached: memory (each instance) or redis (shared, encrypted)' }),
+  TOKEN_CACHE_SECRET: Type.Optional(Type.String({ description: 'base64 of 32 bytes: the AES-256-GCM key of the shared token cache (required with TOKEN_CACHE=redis)' })),
   REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
   REDIS_KEY_PREFIX: Type.String({ maxLength: 64, default: 'aibill:' }),
 
@@ -96,13 +106,6 @@ export function trustProxySetting (value: string): TrustProxy {
   return value
 }
 
-export class ConfigError extends Error {
-  constructor (message: string) {
-    super(message)
-    this.name = 'ConfigError'
-  }
-}
-
 interface AjvIssue { instancePath: string, message?: string }
 
 /** One line per variable that is wrong, saying what it may be: enums list their values. Values are not repeated. */
@@ -142,17 +145,20 @@ function editDistance (a: string, b: string): number {
 export function didYouMean (name: string): string | undefined {
   if (!/^[A-Z0-9]+(_[A-Z0-9]+)+$/.test(name) || name in ConfigSchema.properties) return undefined
   const words = name.split('_')
-  return Object.keys(ConfigSchema.properties).find((known) => {
-    if (!known.includes('_')) return false
-    if (editDistance(name, known) <= 2) return true
+  let best: { known: string, distance: number } | undefined
+  for (const known of Object.keys(ConfigSchema.properties)) {
+    if (!known.includes('_')) continue
     const knownWords = known.split('_')
-    return words.length >= 3 && knownWords.length === words.length && knownWords.filter((word, i) => word !== words[i]).length === 1
-  })
+    const distance = editDistance(name, known)
+    const oneWord = words.length >= 3 && knownWords.length === words.length && knownWords.filter((word, i) => word !== words[i]).length === 1
+    if ((distance <= 2 || oneWord) && (best === undefined || distance < best.distance)) best = { known, distance }
+  }
+  return best?.known
 }
 
 export interface LoadConfigOptions {
-  /** Values that win over everything (tests pass their whole configuration here). */
-  overrides?: Partial<Record<keyof Config, unknown>>
+  /** Values that win over everything (tests pass their whole configuration here, and the variables it names). */
+  overrides?: Partial<Record<keyof Config, unknown>> & Record<string, unknown>
   /** The environment to read: process.env by default; false reads none (tests). */
   env?: Record<string, string | undefined> | false
   /** The `.env` file read beneath the environment, when it exists (default: `.env` in the working directory). */
@@ -161,6 +167,8 @@ export interface LoadConfigOptions {
 
 export interface LoadedConfig {
   config: Config
+  /** The apps and callers of COZE_APPS_FILE or COZE_APPS, their keys looked up; null in single-app mode. */
+  broker: BrokerSetup | null
   /** Said once at start by the config plugin (a likely misspelt variable, a setting that is unsafe). */
   warnings: string[]
 }
@@ -182,6 +190,12 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
     /* c8 ignore next - env-schema always attaches Ajv's errors to a validation failure */
     throw new ConfigError(issues === undefined ? (err as Error).message : describeConfigIssues(issues))
   }
+  const explicitlySet = new Set(Object.entries(data).filter(([, value]) => value !== undefined && value !== '').map(([name]) => name))
+  const document = loadBrokerDocument(config, explicitlySet)
+  const broker = document === null ? null : resolveBroker(document, data)
+  if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
+    throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
+  }
   const warnings: string[] = []
   for (const name of Object.keys(data)) {
     const meant = didYouMean(name)
@@ -193,5 +207,5 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
     warnings.push('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
   }
-  return { config, warnings }
+  return { config, broker, warnings }
 }

@@ -8,7 +8,7 @@ export const HealthData = Type.Object({
 }, { examples: [{ status: 'ok', service: 'aibill-token-service', version: '1.0.0', timestamp: '2026-01-01T00:00:00.000Z' }] })
 export type HealthData = Static<typeof HealthData>
 
-export const CheckStatus = Type.String({ pattern: '^(ok|down|not_configured: .+)$', description: 'ok, down, or not_configured: the variables a served route lacks' })
+export const CheckStatus = Type.String({ pattern: '^(ok|degraded|down|not_configured: .+)$', description: 'ok; degraded (working without something: still ready); down; or not_configured: the variables a served route lacks' })
 export type CheckStatus = Static<typeof CheckStatus>
 
 export const ReadyData = Type.Object({

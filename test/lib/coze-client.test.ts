@@ -1,5 +1,6 @@
 import t from 'tap'
-import { createCozeClient } from '../../src/lib/coze-client.js'
+import { createCozeClient, isUnknownKid } from '../../src/lib/coze-client.js'
+import { ServiceError } from '../../src/lib/errors.js'
 import { createReadiness } from '../../src/lib/readiness.js'
 
 t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks time out', async (t) => {
@@ -11,4 +12,13 @@ t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks ti
   readiness.add('hangs', async () => await new Promise(() => {}))
   readiness.add('fine', async () => 'ok')
   t.same(await readiness.check(), { ready: false, checks: { hangs: 'down', fine: 'ok' } })
+})
+
+t.test('which Coze refusals mean "this kid is not the app\'s"', async (t) => {
+  t.ok(isUnknownKid(new ServiceError('COZE_EXCHANGE_FAILED', { error_code: 'invalid_client', error_message: 'invalid jwt' })))
+  t.ok(isUnknownKid(new ServiceError('COZE_EXCHANGE_FAILED', { error_code: 'invalid_request', error_message: 'the kid is unknown' })))
+  t.notOk(isUnknownKid(new ServiceError('COZE_EXCHANGE_FAILED', { error_code: 'access_deny', error_message: 'app deactivated' })))
+  t.notOk(isUnknownKid(new ServiceError('COZE_EXCHANGE_FAILED', { upstream_status: 500 })))
+  t.notOk(isUnknownKid(new ServiceError('UPSTREAM_TIMEOUT')))
+  t.notOk(isUnknownKid(new Error('invalid_client')))
 })

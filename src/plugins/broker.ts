@@ -1,0 +1,85 @@
+import fp from 'fastify-plugin'
+import type { Dispatcher } from 'undici'
+import { brokerTokenUrl, createBroker, wholeMatch, type Broker, type BrokerApp, type BrokerRoute } from '../lib/broker.js'
+import { createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../lib/coze-jwt.js'
+import { ConfigError } from '../lib/errors.js'
+import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../lib/token-store.js'
+import type { BrokerSetup } from '../schemas/broker.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Several Coze apps and scoped callers (COZE_APPS_FILE or COZE_APPS); null in single-app mode. */
+    broker: Broker | null
+  }
+}
+
+export interface BrokerPluginOptions {
+  dispatcher?: Dispatcher
+}
+
+/** Imports every key once, at start; a key that does not import stops the start naming the app and the key. */
+async function importApps (setup: BrokerSetup): Promise<BrokerApp[]> {
+  return await Promise.all(setup.apps.map(async (app) => ({
+    name: app.name,
+    appId: app.appId,
+    audience: app.apiBase.hostname,
+    tokenUrl: brokerTokenUrl(app),
+    defaultDuration: app.defaultDuration,
+    maxDuration: app.maxDuration,
+    keys: await Promise.all(app.keys.map(async (key, index) => {
+      const label = `apps.${app.name}.keys.${index} (${key.origin})`
+      const pem = key.pem ?? await readPrivateKeyPem({ file: key.file }).catch((err: Error) => { throw new ConfigError(`${label}: ${err.message.replace(/^JWT_PRIVATE_KEY_FILE /, '')}`) })
+      return { kid: key.kid, signer: createSigner(await importRsaPrivateKey(pem as string, label)) }
+    }))
+  })))
+}
+
+/** The broker: apps and their keys, callers and what each may ask, one token cache (shared with TOKEN_CACHE=redis). */
+export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
+  const { config, brokerSetup: setup, serviceMetrics } = fastify
+  if (setup === null) {
+    fastify.decorate('broker', null)
+    return
+  }
+  const memory = createMemoryTokenStore({ maxPending: config.COZE_MAX_PENDING_EXCHANGES })
+  let store: TokenStore = memory
+  if (config.TOKEN_CACHE === 'redis') {
+    store = createRedisTokenStore({
+      redis: fastify.redis,
+      secret: Buffer.from(config.TOKEN_CACHE_SECRET as string, 'base64'),
+      lockMs: config.COZE_TIMEOUT_MS + 1000,
+      fallback: memory,
+      onDegraded: (degraded) => {
+        if (degraded) fastify.log.warn('token cache: Redis does not answer; each instance caches on its own until it does')
+        else fastify.log.info('token cache: shared again')
+      }
+    })
+  }
+  serviceMetrics.gauge('token_cache_degraded', 'Whether the shared token cache has fallen back to this instance\'s memory (1) or not (0)', () => (store.status() === 'degraded' ? 1 : 0))
+  fastify.readiness.add('token_cache', async () => store.status())
+
+  const instance = createBroker({
+    apps: await importApps(setup),
+    callers: setup.callers.map((caller) => ({
+      name: caller.name,
+      digest: caller.digest,
+      apps: new Set(caller.apps),
+      routes: new Set(caller.routes as BrokerRoute[]),
+      sessionName: caller.sessionName === undefined ? undefined : wholeMatch(caller.sessionName),
+      scope: caller.scope === undefined ? undefined : { permissions: new Set(caller.scope.permissions), botIds: caller.scope.botIds === undefined ? undefined : new Set(caller.scope.botIds) },
+      device: caller.device
+    })),
+    store,
+    timeoutMs: config.COZE_TIMEOUT_MS,
+    jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
+    dispatcher: opts.dispatcher,
+    onExchange: serviceMetrics.cozeExchange,
+    onToken: serviceMetrics.brokerToken,
+    onFailover: (app, fromKid, toKid) => {
+      fastify.log.warn({ app, kid: fromKid, next_kid: toKid }, 'Coze does not know this key of the app: trying its next key')
+      serviceMetrics.keyFailover(app)
+    }
+  })
+  fastify.decorate('broker', instance)
+  fastify.addHook('onClose', async () => { await instance.close() })
+}, { name: 'broker', fastify: '5.x', dependencies: ['config', 'metrics', 'readiness', 'redis'] })

@@ -1,0 +1,56 @@
+import fastifyRedis from '@fastify/redis'
+import type { FastifyBaseLogger } from 'fastify'
+import fp from 'fastify-plugin'
+import { Redis } from 'ioredis'
+
+const START_TIMEOUT_MS = 5000
+
+/** Connects once at start; a Redis that does not answer then stops the start with a clear message. */
+async function connectRedis (url: string, keyPrefix: string, purpose: string, log: FastifyBaseLogger): Promise<Redis> {
+  const client = new Redis(url, {
+    keyPrefix,
+    lazyConnect: true,
+    // While Redis is away, commands fail at once instead of queueing; reconnection goes on by itself.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+    commandTimeout: 2000,
+    retryStrategy: (times) => Math.min(times * 200, 2000)
+  })
+  // Without a listener ioredis prints every failed reconnection; the 'close' and 'ready' events say enough.
+  client.on('error', (err: NodeJS.ErrnoException) => { log.debug({ code: err.code }, 'redis error') })
+  try {
+    await Promise.race([
+      client.connect(),
+      new Promise((_resolve, reject) => setTimeout(reject, START_TIMEOUT_MS, new Error('no answer')).unref())
+    ])
+    return client
+  } catch (err) {
+    client.disconnect()
+    // The URL may hold a password: name only its host.
+    throw new Error(`${purpose}: Redis at ${new URL(url).host} (REDIS_URL) does not answer: ${(err as Error).message}`)
+  }
+}
+
+/**
+ * The one Redis client, when something needs it (STATE_STORE=redis, TOKEN_CACHE=redis): decorated as
+ * fastify.redis by @fastify/redis; closing is ours, because quit() fails while Redis is away.
+ */
+export default fp(async function redis (fastify) {
+  const { config } = fastify
+  const purposes = [config.STATE_STORE === 'redis' ? 'STATE_STORE=redis' : '', config.TOKEN_CACHE === 'redis' ? 'TOKEN_CACHE=redis' : ''].filter(Boolean)
+  if (purposes.length === 0) return
+  const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, purposes.join(', '), fastify.log)
+  let available = true
+  client.on('close', () => {
+    if (available) fastify.log.warn('redis connection lost; retrying')
+    available = false
+  })
+  client.on('ready', () => {
+    if (!available) fastify.log.info('redis connection restored')
+    available = true
+  })
+  await fastify.register(fastifyRedis, { client, closeClient: false })
+  fastify.addHook('onClose', async () => { await client.quit().catch(() => { client.disconnect() }) })
+  fastify.serviceMetrics.gauge('redis_up', 'Whether Redis answers (1) or not (0)', () => (client.status === 'ready' ? 1 : 0))
+}, { name: 'redis', fastify: '5.x', dependencies: ['config', 'metrics'] })

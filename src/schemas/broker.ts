@@ -1,0 +1,173 @@
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { extname } from 'node:path'
+import { Type, type Static } from '@sinclair/typebox'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { parse as parseYaml } from 'yaml'
+import { ConfigError } from '../lib/errors.js'
+import type { Config } from './config.js'
+import { MAX_DURATION_SECONDS, TokenData } from './token.js'
+
+const NAME = '^[a-z0-9][a-z0-9-]{0,63}$'
+const ROUTE_GROUPS = ['token', 'resend', 'augment'] as const
+
+const KeySource = Type.Union([
+  Type.Object({ kid: Type.String({ minLength: 1, maxLength: 128 }), private_key_env: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }) }, { additionalProperties: false }),
+  Type.Object({ kid: Type.String({ minLength: 1, maxLength: 128 }), private_key_file: Type.String({ minLength: 1 }) }, { additionalProperties: false })
+])
+
+export const BrokerApp = Type.Object({
+  app_id: Type.String({ minLength: 1, maxLength: 128, description: 'The Coze OAuth app id: the JWT iss.' }),
+  api_base: Type.String({ pattern: '^https?://[^/?#\\s]+/?$', description: 'https://api.coze.cn or https://api.coze.com; the JWT aud is its host.' }),
+  keys: Type.Array(KeySource, { minItems: 1, maxItems: 3, description: 'Up to three key pairs; the first signs.' }),
+  account_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' })),
+  enterprise_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' })),
+  duration_seconds: Type.Optional(Type.Object({
+    default: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_DURATION_SECONDS })),
+    max: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_DURATION_SECONDS }))
+  }, { additionalProperties: false }))
+}, { additionalProperties: false })
+
+export const BrokerCaller = Type.Object({
+  key_sha256: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{64}$' })),
+  key_env: Type.Optional(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
+  apps: Type.Array(Type.String({ pattern: NAME }), { maxItems: 1000 }),
+  routes: Type.Optional(Type.Array(Type.Union(ROUTE_GROUPS.map((route) => Type.Literal(route))), { maxItems: 3 })),
+  session_name: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'A pattern the whole session_name must match.' })),
+  scope: Type.Optional(Type.Object({
+    permissions: Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { maxItems: 100 }),
+    bot_ids: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 1000 }))
+  }, { additionalProperties: false })),
+  device: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+export const BrokerDocument = Type.Object({
+  apps: Type.Record(Type.String({ pattern: NAME }), BrokerApp, { additionalProperties: false, minProperties: 1 }),
+  callers: Type.Record(Type.String({ pattern: NAME }), BrokerCaller, { additionalProperties: false, minProperties: 1 })
+}, { additionalProperties: false })
+export type BrokerDocument = Static<typeof BrokerDocument>
+
+const checkDocument = TypeCompiler.Compile(BrokerDocument)
+
+/** The variables that configure the single app; with COZE_APPS* they are refused (one way to configure). */
+export const SINGLE_APP_VARIABLES = ['JWT_PRIVATE_KEY', 'JWT_PRIVATE_KEY_FILE', 'COZE_APP_ID', 'COZE_API_URL', 'COZE_JWT_AUDIENCE', 'EXPECTED_COZE_API_KEY'] as const
+
+/**
+ * Reads and validates the apps-and-callers document from COZE_APPS_FILE (JSON, or YAML by extension) or COZE_APPS
+ * (inline JSON). Null when neither is set (single-app mode). An error names the source and the field; no value
+ * is repeated (the document names where keys are, it holds none).
+ */
+export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<string>): { document: BrokerDocument, source: string } | null {
+  const file = config.COZE_APPS_FILE ?? ''
+  const inline = config.COZE_APPS ?? ''
+  if (file === '' && inline === '') return null
+  if (file !== '' && inline !== '') throw new ConfigError('COZE_APPS_FILE and COZE_APPS are both set: use one')
+  const source = file !== '' ? `COZE_APPS_FILE (${file})` : 'COZE_APPS'
+  const clashing = SINGLE_APP_VARIABLES.filter((name) => explicitlySet.has(name))
+  if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY' as never)
+  if (clashing.length > 0) throw new ConfigError(`${source} configures the apps and callers: remove ${clashing.join(', ')} (one way to configure)`)
+
+  let value: unknown
+  try {
+    const text = file !== '' ? readFileSync(file, 'utf8') : inline
+    value = file !== '' && /^\.ya?ml$/i.test(extname(file)) ? parseYaml(text, { maxAliasCount: 0 }) : JSON.parse(text)
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'cannot be read (ENOENT)' : 'is not valid JSON or YAML'
+    throw new ConfigError(`${source} ${reason}`)
+  }
+  const issue = checkDocument.Errors(value).First()
+  if (issue !== undefined) {
+    const field = issue.path.replace(/^\//, '').replace(/\//g, '.') || '(the document)'
+    throw new ConfigError(`${source}: ${field} ${issue.message.toLowerCase()}`)
+  }
+  const document = value as BrokerDocument
+  for (const [name, app] of Object.entries(document.apps)) {
+    if (app.account_id !== undefined && app.enterprise_id !== undefined) throw new ConfigError(`${source}: apps.${name} has both account_id and enterprise_id: use one`)
+    const duration = app.duration_seconds
+    if (duration?.default !== undefined && duration.max !== undefined && duration.default > duration.max) throw new ConfigError(`${source}: apps.${name}.duration_seconds.default is above its max`)
+  }
+  for (const [name, caller] of Object.entries(document.callers)) {
+    if ((caller.key_sha256 === undefined) === (caller.key_env === undefined)) throw new ConfigError(`${source}: callers.${name} needs one of key_sha256 and key_env`)
+    const unknown = caller.apps.find((app) => !(app in document.apps))
+    if (unknown !== undefined) throw new ConfigError(`${source}: callers.${name}.apps names ${unknown}, which is not in apps`)
+    if (caller.session_name !== undefined) {
+      try {
+        RegExp(caller.session_name, 'u')
+      } catch {
+        throw new ConfigError(`${source}: callers.${name}.session_name is not a valid regular expression`)
+      }
+    }
+  }
+  return { document, source }
+}
+
+/** A key as the document names it, with its PEM when it comes from a variable. */
+export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }
+
+export interface BrokerSetup {
+  apps: Array<{ name: string, appId: string, apiBase: URL, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
+  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean }>
+}
+
+/** The document with what it names looked up in the environment: key PEMs and caller keys (as digests). */
+export function resolveBroker (loaded: { document: BrokerDocument, source: string }, environment: Readonly<Record<string, unknown>>): BrokerSetup {
+  const { document, source } = loaded
+  const variable = (name: string, field: string): string => {
+    const value = environment[name]
+    if (typeof value !== 'string' || value.trim() === '') throw new ConfigError(`${source}: ${field} names ${name}, which is not set`)
+    return value
+  }
+  return {
+    apps: Object.entries(document.apps).map(([name, app]) => ({
+      name,
+      appId: app.app_id,
+      apiBase: new URL(app.api_base),
+      accountId: app.account_id,
+      enterpriseId: app.enterprise_id,
+      defaultDuration: app.duration_seconds?.default ?? Math.min(900, app.duration_seconds?.max ?? 900),
+      maxDuration: app.duration_seconds?.max ?? MAX_DURATION_SECONDS,
+      keys: app.keys.map((key, index) => 'private_key_env' in key
+        ? { kid: key.kid, pem: variable(key.private_key_env, `apps.${name}.keys.${index}.private_key_env`), origin: key.private_key_env }
+        : { kid: key.kid, file: key.private_key_file, origin: key.private_key_file })
+    })),
+    callers: Object.entries(document.callers).map(([name, caller]) => ({
+      name,
+      digest: caller.key_sha256 !== undefined
+        ? Buffer.from(caller.key_sha256, 'hex')
+        : createHash('sha256').update(variable(caller.key_env as string, `callers.${name}.key_env`)).digest(),
+      apps: caller.apps,
+      routes: caller.routes ?? ['token'],
+      sessionName: caller.session_name,
+      scope: caller.scope === undefined ? undefined : { permissions: caller.scope.permissions, botIds: caller.scope.bot_ids },
+      device: caller.device ?? false
+    }))
+  }
+}
+
+export const ScopeBody = Type.Object({
+  account_permission: Type.Object({
+    permission_list: Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { minItems: 1, maxItems: 100 })
+  }, { additionalProperties: false }),
+  attribute_constraint: Type.Optional(Type.Object({
+    connector_bot_chat_attribute: Type.Object({
+      bot_id_list: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { minItems: 1, maxItems: 100 })
+    }, { additionalProperties: false })
+  }, { additionalProperties: false }))
+}, { additionalProperties: false, description: 'Coze\'s scope for channel apps; within the caller\'s ceiling.' })
+export type ScopeBody = Static<typeof ScopeBody>
+
+export const BrokerTokenBody = Type.Object({
+  app: Type.String({ pattern: NAME, description: 'The name of the app in the document.' }),
+  session_name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Coze per-user isolation (the session_name claim).' })),
+  duration_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_DURATION_SECONDS, description: 'At most the app\'s max; default the app\'s default (900).' })),
+  scope: Type.Optional(ScopeBody),
+  device_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  custom_consumer: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  min_validity_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_DURATION_SECONDS, default: 60, description: 'A cached token is handed out only while it stays valid this long.' }))
+}, {
+  additionalProperties: false,
+  examples: [{ app: 'bills-cn', session_name: 'user-1a2b3c4d', duration_seconds: 900 }]
+})
+export type BrokerTokenBody = Static<typeof BrokerTokenBody>
+
+export const BrokerTokenData = Type.Composite([TokenData, Type.Object({ app: Type.String({ description: 'The app the token is for.' }) })], { examples: [{ access_token: 'czs_xxx', expires_in: 1721135859, token_type: 'Bearer', app: 'bills-cn' }] })

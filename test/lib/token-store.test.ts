@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import { createMemoryTokenStore, createRedisTokenStore } from '../../src/lib/token-store.js'
+import { REDIS_URL, skipWithoutRedis } from '../helper.js'
+
+const token = (name: string, secondsLeft = 900) => ({ access_token: `czs_${name}_0123456789`, expires_in: Math.floor(Date.now() / 1000) + secondsLeft, token_type: 'Bearer' })
+
+t.test('memory store: reuse while valid long enough, one exchange per key, a bound on exchanges in flight', async (t) => {
+  const store = createMemoryTokenStore({ maxPending: 2 })
+  let made = 0
+  const exchange = async () => { made++; await sleep(20); return { token: token(`m${made}`) } }
+  const [a, b] = await Promise.all([store.obtain('k', 60, exchange), store.obtain('k', 60, exchange)])
+  t.same([a.outcome, b.outcome, a.token.access_token === b.token.access_token], ['miss', 'shared', true])
+  t.equal((await store.obtain('k', 60, exchange)).outcome, 'hit')
+  t.equal((await store.obtain('k', 1000, exchange)).outcome, 'miss', 'not valid for 1000 s more: a new one')
+  const flood = await Promise.allSettled(['x', 'y', 'z'].map(async (key) => await store.obtain(key, 60, exchange)))
+  t.same(flood.map((result) => result.status), ['fulfilled', 'fulfilled', 'rejected'])
+  t.match((flood[2] as PromiseRejectedResult).reason, { code: 'SERVICE_UNAVAILABLE', details: { reason: 'pending_exchanges', limit: 2 } })
+  t.equal(store.status(), 'ok')
+})
+
+t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
+  const prefix = `aibill-test-tokens:${randomBytes(6).toString('hex')}:`
+  const clients: Redis[] = []
+  const client = async (): Promise<Redis> => {
+    const redis = new Redis(REDIS_URL, { keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
+    await redis.connect()
+    clients.push(redis)
+    return redis
+  }
+  const raw = new Redis(REDIS_URL)
+  t.teardown(async () => {
+    const keys = await raw.keys(`${prefix}*`)
+    if (keys.length > 0) await raw.del(...keys)
+    await raw.quit()
+    for (const redis of clients) await redis.quit()
+  })
+  const secret = randomBytes(32)
+  const store = async (lockMs = 2000) => createRedisTokenStore({ redis: await client(), secret, lockMs, pollMs: 10, fallback: createMemoryTokenStore({ maxPending: 100 }) })
+
+  t.test('nothing in Redis reveals the token, the session name or the app', async (t) => {
+    const one = await store()
+    const key = JSON.stringify(['bills-cn', 'user-secret-session', 900])
+    await one.obtain(key, 60, async () => ({ token: token('at-rest') }))
+    const names = await raw.keys(`${prefix}*`)
+    t.equal(names.length, 1)
+    t.match(names[0], new RegExp(`^${prefix}token:[0-9a-f]{64}$`))
+    const value = await raw.get(names[0] as string) as string
+    for (const secretText of ['czs_at-rest', 'user-secret-session', 'bills-cn', 'access_token']) {
+      t.notOk(`${names[0] as string}${value}${Buffer.from(value, 'base64').toString('latin1')}`.includes(secretText), `no ${secretText}`)
+    }
+    const other = createRedisTokenStore({ redis: await client(), secret: randomBytes(32), lockMs: 2000, fallback: createMemoryTokenStore({ maxPending: 1 }) })
+    let made = 0
+    await other.obtain(key, 60, async () => { made++; return { token: token('other-secret') } })
+    t.equal(made, 1, 'another secret cannot read it: as good as absent')
+  })
+
+  t.test('an instance that took the lock and died is taken over when the lock expires', async (t) => {
+    const one = await store(300)
+    const before = new Set(await raw.keys(`${prefix}token:*`))
+    await one.obtain('takeover', 60, async () => ({ token: token('first') }))
+    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
+    const id = String(written).slice(`${prefix}token:`.length)
+    t.match(id, /^[0-9a-f]{64}$/)
+    // The token is gone and another instance holds the lock, then dies: nobody will release it.
+    await raw.del(written as string)
+    await raw.set(`${prefix}token-lock:${id}`, 'a-dead-holder', 'PX', 300)
+    const started = performance.now()
+    const result = await one.obtain('takeover', 60, async () => ({ token: token('after-takeover') }))
+    const waited = performance.now() - started
+    t.same([result.outcome, result.token.access_token], ['miss', 'czs_after-takeover_0123456789'])
+    t.ok(waited >= 200, `waited ${waited.toFixed(0)} ms for the lock to expire`)
+  })
+
+  t.test('a value sealed with another secret, or tampered with, is as good as absent', async (t) => {
+    const one = await store()
+    const before = new Set(await raw.keys(`${prefix}token:*`))
+    await one.obtain('tampered', 60, async () => ({ token: token('sealed') }))
+    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
+    await raw.set(written as string, Buffer.from('not what was sealed, not at all').toString('base64'), 'PX', 60_000)
+    let made = 0
+    const again = await one.obtain('tampered', 60, async () => { made++; return { token: token('fresh') } })
+    t.same([again.outcome, made], ['miss', 1])
+  })
+
+  t.test('a lock that outlives the wait is 503, not a hang', async (t) => {
+    const one = await store(100)
+    const before = new Set(await raw.keys(`${prefix}token:*`))
+    await one.obtain('stuck', 60, async () => ({ token: token('stuck') }))
+    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
+    const id = String(written).slice(`${prefix}token:`.length)
+    await raw.del(written as string)
+    await raw.set(`${prefix}token-lock:${id}`, 'a-slow-holder', 'PX', 5000)
+    await t.rejects(one.obtain('stuck', 60, async () => ({ token: token('never') })), { code: 'SERVICE_UNAVAILABLE', details: { reason: 'token_cache_busy' } })
+    await raw.del(`${prefix}token-lock:${id}`)
+  })
+
+  t.test('a Redis that answers with an error: this instance caches on its own, and says so', async (t) => {
+    const changes: boolean[] = []
+    const one = createRedisTokenStore({ redis: await client(), secret, lockMs: 500, fallback: createMemoryTokenStore({ maxPending: 10 }), onDegraded: (degraded) => { changes.push(degraded) } })
+    const before = new Set(await raw.keys(`${prefix}token:*`))
+    await one.obtain('wrong-type', 60, async () => ({ token: token('first') }))
+    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
+    // A hash where a string is expected: GET fails with WRONGTYPE, a real error of Redis itself.
+    await raw.del(written as string)
+    await raw.hset(written as string, 'field', 'value')
+    const fallback = await one.obtain('wrong-type', 60, async () => ({ token: token('from-memory') }))
+    t.same([fallback.outcome, fallback.token.access_token], ['miss', 'czs_from-memory_0123456789'])
+    t.equal(one.status(), 'degraded')
+    await raw.del(written as string)
+    await one.obtain('wrong-type', 60, async () => ({ token: token('shared-again') }))
+    t.equal(one.status(), 'ok')
+    t.same(changes, [true, false])
+  })
+})
