@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { hash, randomBytes, randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import Fastify from 'fastify'
 import { SignJWT } from 'jose'
@@ -6,6 +6,7 @@ import { Pool } from 'undici'
 import { importRsaPrivateKey } from '../src/lib/coze-jwt.js'
 import { serverOptions } from '../src/options.js'
 import { Envelope, successEnvelope } from '../src/schemas/envelope.js'
+import { AuthUrlData, CompleteAuthBody, CompleteAuthData } from '../src/schemas/augment.js'
 import { HealthData } from '../src/schemas/health.js'
 import { TokenBody, TokenData } from '../src/schemas/token.js'
 
@@ -15,7 +16,8 @@ import { TokenBody, TokenData } from '../src/schemas/token.js'
  * POST /sign-and-post: sign the same JWT with jose and post it to the same Coze mock with an undici pool.
  * GET /same-health and POST /same-token: the service's own answers (same schemas, same envelope, same body
  * validation), sent by a bare server with nothing else: what the service adds to its answers, not the answers'
- * own cost. These are not targets; they say where the rest of a ratio goes.
+ * own cost. GET /reference/auth-url and POST /reference/complete-auth: the sign-in as a bare server would do it
+ * (the same PKCE work, a Map for the states, the same round trip to the tenant, the same schemas).
  */
 // The service's name and version, as its /health says them (build/bench/ sits two levels below the root).
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { name: string, version: string }
@@ -49,7 +51,30 @@ app.post('/sign-and-post', async () => {
   })
   return await response.body.json()
 })
+const tenant = new URL(process.env.TENANT_URL as string)
+const tenantPool = new Pool(tenant.origin, { connections: 64, keepAliveTimeout: 30_000 })
+const states = new Map<string, string>()
+app.get('/reference/auth-url', { schema: { response: { 200: Envelope(AuthUrlData) } } }, async (request) => {
+  const verifier = randomBytes(32).toString('base64url')
+  const state = randomBytes(16).toString('base64url')
+  states.set(state, verifier)
+  const query = new URLSearchParams([['response_type', 'code'], ['code_challenge', hash('sha256', verifier, 'base64url')], ['client_id', 'v'], ['state', state], ['prompt', 'login']])
+  return successEnvelope(request.headers['accept-language'], 'AUTH_URL_OK', { authorize_url: `https://auth.augmentcode.com/authorize?${query.toString()}`, state })
+})
+app.post('/reference/complete-auth', { schema: { body: CompleteAuthBody, response: { 200: Envelope(CompleteAuthData) } } }, async (request) => {
+  const { code, state, tenant_url: tenantUrl } = request.body as { code: string, state: string, tenant_url: string }
+  const verifier = states.get(state)
+  states.delete(state)
+  const response = await tenantPool.request({
+    path: new URL('token', tenant).pathname,
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ grant_type: 'authorization_code', client_id: 'v', code_verifier: verifier, redirect_uri: '', code })
+  })
+  const answer = await response.body.json() as { access_token: string }
+  return successEnvelope(request.headers['accept-language'], 'COMPLETE_AUTH_OK', { status: 'success' as const, token: answer.access_token, tenant_url: tenantUrl, token_info: { id: randomUUID(), created_at: new Date().toISOString() } })
+})
 await app.listen({ port: 0, host: '127.0.0.1' })
 const address = app.server.address() as { port: number }
 process.stdout.write(`${JSON.stringify({ port: address.port })}\n`)
-process.on('SIGTERM', () => { void app.close().then(async () => { await pool.close() }) })
+process.on('SIGTERM', () => { void app.close().then(async () => { await Promise.all([pool.close(), tenantPool.close()]) }) })

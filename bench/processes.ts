@@ -62,9 +62,18 @@ export function rssMb (pid: number): number {
   return kb / 1024
 }
 
-/** CPU time a process has used so far (user + system), in ms, from /proc. */
-export function cpuMs (pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? []
+function statCpuMs (path: string): number {
+  const fields = readFileSync(path, 'utf8').split(') ')[1]?.split(' ') ?? []
   return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
+/** CPU time a process has used so far (user + system, every thread), in ms, from /proc. */
+export function cpuMs (pid: number): number {
+  return statCpuMs(`/proc/${pid}/stat`)
+}
+
+/** CPU time of a process's main thread (its event loop) so far, in ms: the thread pool's signing is not in it. */
+export function mainThreadCpuMs (pid: number): number {
+  return statCpuMs(`/proc/${pid}/task/${pid}/stat`)
 }
 

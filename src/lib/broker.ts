@@ -109,17 +109,20 @@ function checkScope (ceiling: ScopeCeiling | undefined, scope: Scope | undefined
   if (ceiling.botIds !== undefined && (bots === undefined || !bots.every((bot) => ceiling.botIds?.has(bot) === true))) throw forbidden('scope')
 }
 
-/** The same request in a canonical order: what makes two requests the same token. */
-function cacheKey (app: BrokerApp, request: MintRequest, duration: number): string {
+/**
+ * The same request in a canonical order: what makes two requests the same token. The app is named by its id and
+ * token URL too, so that deployments sharing a Redis cannot mix up apps that have the same name.
+ */
+function cacheKey (app: BrokerApp & { identity: string }, request: MintRequest, duration: number): string {
   const scope = request.scope === undefined
     ? null
     : [[...request.scope.account_permission.permission_list].sort(), [...request.scope.attribute_constraint?.connector_bot_chat_attribute.bot_id_list ?? []].sort()]
-  return JSON.stringify([app.name, app.tokenUrl.href, request.sessionName ?? null, request.deviceId ?? null, request.customConsumer ?? null, scope, duration])
+  return JSON.stringify([app.identity, request.sessionName ?? null, request.deviceId ?? null, request.customConsumer ?? null, scope, duration])
 }
 
 /** Many Coze apps and scoped callers behind one cache. */
 export function createBroker (options: BrokerOptions): Broker {
-  const apps = new Map(options.apps.map((app) => [app.name, app]))
+  const apps = new Map(options.apps.map((app) => [app.name, { ...app, identity: `${app.name} ${app.appId} ${app.tokenUrl.href}` }]))
   const pools = new Map<string, Dispatcher>()
   const poolFor = (url: URL): Dispatcher => {
     if (options.dispatcher !== undefined) return options.dispatcher
@@ -197,8 +200,9 @@ export function createBroker (options: BrokerOptions): Broker {
           return { token: { ...exchange.token, kid: signedBy }, logid: exchange.logid }
         })
         options.onToken?.(app.name, caller.name, result.outcome)
-        const { kid, ...token } = result.token as CozeToken & { kid?: string }
-        return { token, app: app.name, kid: kid as string, outcome: result.outcome, logid: result.logid }
+        const made = result.token as CozeToken & { kid: string }
+        const token = { access_token: made.access_token, expires_in: made.expires_in, token_type: made.token_type }
+        return { token, app: app.name, kid: made.kid, outcome: result.outcome, logid: result.logid }
       } catch (err) {
         options.onToken?.(app.name, caller.name, outcomeOf(err))
         throw err

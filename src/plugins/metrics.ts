@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
 import promClient, { Histogram, Registry } from 'prom-client'
 import { createApiKeyVerifier } from '../lib/api-keys.js'
-import { createServiceMetrics, disabledMetrics, type ServiceMetrics } from '../lib/service-metrics.js'
+import { childrenOf, createServiceMetrics, disabledMetrics, type ServiceMetrics } from '../lib/service-metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -51,11 +51,12 @@ export default fp(async function metrics (fastify) {
   })
 
   // Registered routes only (a 404 for an unknown path has no route), and not the probes or the scrape itself.
+  const durationOf = childrenOf<Histogram.Internal<string>>(requestDuration)
   fastify.addHook('onResponse', (request, reply, done) => {
     // (routeOptions is a getter that builds a new object: read once.)
     const { url: route, config } = request.routeOptions
     if (route !== undefined && config.disableMetrics !== true) {
-      requestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
+      durationOf(request.method, route, String(reply.statusCode)).observe(reply.elapsedTime / 1000)
     }
     done()
   })
