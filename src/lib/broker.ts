@@ -3,8 +3,7 @@ import type { Dispatcher } from 'undici'
 import { JWT_BEARER_GRANT, cozePool, isUnknownKid, postCozeExchange } from './coze-client.js'
 import type { Signer } from './coze-jwt.js'
 import { ServiceError, outcomeOf } from './errors.js'
-import type { CozeToken } from './token-cache.js'
-import type { StoreOutcome, TokenStore } from './token-store.js'
+import type { CozeToken, StoreOutcome, TokenStore } from './token-store.js'
 
 export type BrokerRoute = 'token' | 'resend' | 'augment'
 

@@ -1,7 +1,7 @@
 import { Pool, type Dispatcher } from 'undici'
 import type { Signer } from './coze-jwt.js'
 import { ServiceError, outcomeOf } from './errors.js'
-import { createTokenCache, type CacheOutcome, type CozeExchange } from './token-cache.js'
+import { createMemoryTokenStore, reuseMillis, type CozeExchange, type StoreOutcome } from './token-store.js'
 import { exchangeJson } from './upstream.js'
 
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
@@ -25,7 +25,7 @@ export interface CozeClient {
   /** The variables POST /token still needs (the key, the app id); empty when it can mint. */
   readonly missing: string[]
   /** Signs a one-time JWT and exchanges it for an access token, reusing a recent one for identical requests. */
-  getAccessToken (request: AccessTokenRequest): Promise<CozeExchange & { outcome: CacheOutcome }>
+  getAccessToken (request: AccessTokenRequest): Promise<CozeExchange & { outcome: StoreOutcome }>
   /** One exchange, no cache: what the CLI and the cache use. */
   exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange>
   close (): Promise<void>
@@ -47,7 +47,7 @@ export interface CozeClientOptions {
   /** Told the outcome (`success` or the error code, lower case) and duration of every exchange. */
   onExchange?: (outcome: string, seconds: number) => void
   /** Told how each token request was served (hit, miss, shared, off). */
-  onToken?: (outcome: CacheOutcome) => void
+  onToken?: (outcome: StoreOutcome) => void
 }
 
 const text = (value: unknown): string | undefined =>
@@ -105,7 +105,7 @@ export function cozePool (origin: string, timeoutMs: number): Pool {
 export function createCozeClient (options: CozeClientOptions): CozeClient {
   const url = new URL(options.url)
   const dispatcher = options.dispatcher ?? cozePool(url.origin, options.timeoutMs)
-  const cache = createTokenCache({ reuseSeconds: options.reuseSeconds, maxPending: options.maxPending })
+  const cache = createMemoryTokenStore({ maxEntries: 1000, maxPending: options.maxPending ?? 1000 })
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange> {
     const started = performance.now()
@@ -134,11 +134,11 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
       const fromApp = 'appId' in issuer
       const iss = fromApp ? issuer.appId : request.callerKey
       // The cache knows the issuer by a name that is never the caller's key.
-      const identity = { kid: request.kid, issuerId: fromApp ? `app:${iss}` : `key-${request.callerKeyIndex}`, sessionName: request.sessionName, durationSeconds: request.durationSeconds }
-      const result = await cache.get(identity, async () => {
+      const key = JSON.stringify([request.kid, fromApp ? `app:${iss}` : `key-${request.callerKeyIndex}`, request.sessionName ?? null, request.durationSeconds])
+      const result = await cache.obtain(key, 0, async () => {
         const jwt = await signer.signCozeJwt({ kid: request.kid, iss, aud: options.audience, ttlSeconds: options.jwtTtlSeconds, sessionName: request.sessionName })
         return await exchangeCozeToken(jwt, request.durationSeconds)
-      })
+      }, reuseMillis(options.reuseSeconds, request.durationSeconds))
       options.onToken?.(result.outcome)
       return result
     },

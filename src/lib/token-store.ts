@@ -3,10 +3,28 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import { ServiceError } from './errors.js'
-import type { CozeExchange, CozeToken } from './token-cache.js'
+export interface CozeToken {
+  access_token: string
+  expires_in: number
+  token_type: string
+}
 
-/** How a token request was served: from the cache, by its own exchange, or by one another request made. */
-export type StoreOutcome = 'hit' | 'miss' | 'shared'
+/** A token with what Coze said about the exchange that made it (its x-tt-logid, for support). */
+export interface CozeExchange {
+  token: CozeToken
+  logid?: string | undefined
+}
+
+/** How a token request was served: from the cache, by its own exchange, by one another request made, or uncached. */
+export type StoreOutcome = 'hit' | 'miss' | 'shared' | 'off'
+
+/**
+ * How long a single-app token may be handed out again: a tenth of its lifetime, at most COZE_TOKEN_REUSE_SECONDS
+ * (the window the original service had; the broker reuses by remaining validity instead).
+ */
+export function reuseMillis (reuseSeconds: number, durationSeconds: number): number {
+  return Math.floor(Math.min(reuseSeconds, durationSeconds / 10) * 1000)
+}
 
 /**
  * The broker's token cache. A token is handed out again only for the same key, and only while it stays valid for
@@ -14,7 +32,11 @@ export type StoreOutcome = 'hit' | 'miss' | 'shared'
  * caller waiting on that key.
  */
 export interface TokenStore {
-  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<CozeExchange & { outcome: StoreOutcome }>
+  /**
+   * `reuseMs`, when given, caps how long a new token is kept (single-app mode's reuse window); under a millisecond
+   * nothing is cached or shared, and the exchange still counts against the bound on exchanges in flight.
+   */
+  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, reuseMs?: number): Promise<CozeExchange & { outcome: StoreOutcome }>
   /** `ok`, or `degraded` while a shared store cannot reach Redis and each instance caches on its own. */
   status (): 'ok' | 'degraded'
 }
@@ -27,21 +49,33 @@ export interface MemoryTokenStoreOptions {
   maxPending: number
 }
 
-/** One instance's cache: finished tokens in a bounded LRU, exchanges in flight apart (never evicted). */
-export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: MemoryTokenStoreOptions): TokenStore {
+/** One instance's cache: finished tokens in a bounded LRU, exchanges in flight apart (never evicted) and bounded. */
+export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: MemoryTokenStoreOptions): TokenStore & { readonly size: number, readonly inFlight: number } {
   const tokens = new LRUCache<string, CozeToken>({ max: maxEntries })
   const pending = new Map<string, Promise<CozeExchange>>()
+  let inFlight = 0
+  async function bounded (exchange: () => Promise<CozeExchange>): Promise<CozeExchange> {
+    if (inFlight >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
+    inFlight++
+    try {
+      return await exchange()
+    } finally {
+      inFlight--
+    }
+  }
   return {
+    get size () { return tokens.size },
+    get inFlight () { return inFlight },
     status: () => 'ok',
-    async obtain (key, minValiditySeconds, exchange) {
+    async obtain (key, minValiditySeconds, exchange, reuseMs) {
+      if (reuseMs !== undefined && reuseMs < 1) return { ...await bounded(exchange), outcome: 'off' }
       const cached = tokens.get(key)
       if (cached !== undefined && secondsLeft(cached) >= minValiditySeconds) return { token: cached, outcome: 'hit' }
       const joined = pending.get(key)
       if (joined !== undefined) return { ...await joined, outcome: 'shared' }
-      if (pending.size >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
-      const exchanging = exchange()
+      const exchanging = bounded(exchange)
         .then((done) => {
-          const ttl = Math.floor(secondsLeft(done.token) * 1000)
+          const ttl = Math.min(Math.floor(secondsLeft(done.token) * 1000), reuseMs ?? Infinity)
           if (ttl > 0) tokens.set(key, done.token, { ttl })
           return done
         })

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { createMemoryTokenStore, createRedisTokenStore } from '../../src/lib/token-store.js'
+import { createMemoryTokenStore, createRedisTokenStore, reuseMillis } from '../../src/lib/token-store.js'
 import { REDIS_URL, skipWithoutRedis } from '../helper.js'
 
 const token = (name: string, secondsLeft = 900) => ({ access_token: `czs_${name}_0123456789`, expires_in: Math.floor(Date.now() / 1000) + secondsLeft, token_type: 'Bearer' })
@@ -19,6 +19,27 @@ t.test('memory store: reuse while valid long enough, one exchange per key, a bou
   t.same(flood.map((result) => result.status), ['fulfilled', 'fulfilled', 'rejected'])
   t.match((flood[2] as PromiseRejectedResult).reason, { code: 'SERVICE_UNAVAILABLE', details: { reason: 'pending_exchanges', limit: 2 } })
   t.equal(store.status(), 'ok')
+})
+
+t.test('memory store in single-app mode: a reuse window, single flight, failures dropped, no eviction in flight', async (t) => {
+  t.equal(reuseMillis(60, 86399), 60_000)
+  t.equal(reuseMillis(60, 100), 10_000, 'a tenth of the duration at most')
+  const store = createMemoryTokenStore({ maxEntries: 2, maxPending: 10 })
+  let n = 0
+  const exchange = async () => { await sleep(10); n++; return { token: token(`t${n}`), logid: `log-${n}` } }
+  const [a, b] = await Promise.all([store.obtain('k', 0, exchange, 60_000), store.obtain('k', 0, exchange, 60_000)])
+  t.same([a.outcome, b.outcome, a.token.access_token, b.token.access_token, a.logid, b.logid], ['miss', 'shared', 'czs_t1_0123456789', 'czs_t1_0123456789', 'log-1', 'log-1'])
+  t.same(await store.obtain('k', 0, exchange, 60_000), { token: a.token, outcome: 'hit' }, 'a hit made no exchange: no logid')
+  const short = await store.obtain('window', 0, exchange, 30)
+  await sleep(60)
+  t.not((await store.obtain('window', 0, exchange, 30)).token.access_token, short.token.access_token, 'past the reuse window: a new token')
+  await t.rejects(store.obtain('bad', 0, async () => { throw new Error('refused') }, 60_000), /refused/)
+  t.equal((await store.obtain('bad', 0, exchange, 60_000)).outcome, 'miss', 'a failure is not kept')
+  t.equal((await store.obtain('k', 0, exchange, 0.5)).outcome, 'off', 'a window under a millisecond is no cache')
+  t.equal(store.size, 2, 'bounded')
+  const answers = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (name) => await store.obtain(name, 0, async () => { await sleep(20); return { token: token(name) } }, 60_000)))
+  t.same(answers.map((answer) => answer.token.access_token), ['a', 'b', 'c', 'd', 'e'].map((name) => `czs_${name}_0123456789`), 'more in flight than the LRU holds: none is evicted')
+  t.equal(store.inFlight, 0)
 })
 
 t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
