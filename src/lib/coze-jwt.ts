@@ -1,5 +1,6 @@
 import { createPrivateKey, randomBytes, sign, type KeyObject } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
+import { promisify } from 'node:util'
 
 export class PrivateKeyError extends Error {
   constructor (message: string) {
@@ -87,6 +88,8 @@ export interface Signer {
   signCozeJwt (claims: CozeJwtClaims): Promise<string>
 }
 
+// With a callback, node:crypto signs on libuv's thread pool, off the event loop.
+const signOnThreadPool = promisify(sign)
 const encode = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
 
 /**
@@ -111,9 +114,7 @@ export function createSigner (key: KeyObject, now: () => number = Date.now): Sig
       if (sessionName !== undefined) claims.session_name = sessionName
       if (sessionContext !== undefined) claims.session_context = sessionContext
       const signingInput = `${header}.${encode(claims)}`
-      const signature = await new Promise<Buffer>((resolve, reject) => {
-        sign('sha256', Buffer.from(signingInput), key, (err, result) => { if (err === null) resolve(result); else reject(err) })
-      })
+      const signature = await signOnThreadPool('sha256', Buffer.from(signingInput), key)
       return `${signingInput}.${signature.toString('base64url')}`
     }
   }
