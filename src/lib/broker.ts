@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { hash, timingSafeEqual } from 'node:crypto'
 import type { Dispatcher } from 'undici'
 import { JWT_BEARER_GRANT, cozePool, isUnknownKid, postCozeExchange } from './coze-client.js'
 import type { Signer } from './coze-jwt.js'
@@ -156,7 +156,8 @@ export function createBroker (options: BrokerOptions): Broker {
   return {
     authenticate (presented) {
       if (typeof presented !== 'string' || presented.length === 0) return null
-      const digest = createHash('sha256').update(presented).digest()
+      // One-shot hashing: no Hash object per request.
+      const digest = hash('sha256', presented, 'buffer')
       let found: BrokerCaller | null = null
       for (const caller of options.callers) if (timingSafeEqual(digest, caller.digest)) found = caller
       return found
