@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 image=aibill-token-service:test
 name=aibill-token-service-smoke-$$
 port=${SMOKE_PORT:-19000}
-cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; }
+build_log=$(mktemp)
+cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; rm -f "$build_log"; }
 trap cleanup EXIT
 
 echo "[docker] building $image"
-docker build --network host -t "$image" . >/tmp/aibill-docker-build.log 2>&1 || { tail -n 40 /tmp/aibill-docker-build.log; exit 1; }
+docker build --network host -t "$image" . >"$build_log" 2>&1 || { tail -n 40 "$build_log"; exit 1; }
 
 echo "[docker] running on 127.0.0.1:$port"
 docker run -d --network host --name "$name" -e HOST=127.0.0.1 -e PORT="$port" "$image" >/dev/null
