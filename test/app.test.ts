@@ -170,3 +170,11 @@ t.test('.env.example lists exactly the variables of the configuration schema, wi
     t.equal(listed.get(name), schema.default === undefined ? '' : String(schema.default), `${name}: the documented default`)
   }
 })
+
+t.test('the README and docs/configuration.md name every variable of the configuration schema', async (t) => {
+  for (const file of ['../README.md', '../docs/configuration.md']) {
+    const text = await readFile(new URL(file, import.meta.url), 'utf8')
+    const missing = Object.keys(ConfigSchema.properties).filter((name) => !new RegExp(`\`${name}\``).test(text))
+    t.same(missing, [], `${file} names every variable`)
+  }
+})
