@@ -1,5 +1,5 @@
-import { hash, timingSafeEqual } from 'node:crypto'
 import type { Dispatcher } from 'undici'
+import { matchKeyDigest } from './api-keys.js'
 import { JWT_BEARER_GRANT, cozePool, isUnknownKid, postCozeExchange } from './coze-client.js'
 import type { Signer } from './coze-jwt.js'
 import { ServiceError, outcomeOf } from './errors.js'
@@ -121,6 +121,7 @@ function cacheKey (app: BrokerApp & { identity: string }, request: MintRequest, 
 
 /** Many Coze apps and scoped callers behind one cache. */
 export function createBroker (options: BrokerOptions): Broker {
+  const callerDigests = options.callers.map((caller) => caller.digest)
   const apps = new Map(options.apps.map((app) => [app.name, { ...app, identity: `${app.name} ${app.appId} ${app.tokenUrl.href}` }]))
   const pools = new Map<string, Dispatcher>()
   const poolFor = (url: URL): Dispatcher => {
@@ -155,12 +156,7 @@ export function createBroker (options: BrokerOptions): Broker {
 
   return {
     authenticate (presented) {
-      if (typeof presented !== 'string' || presented.length === 0) return null
-      // One-shot hashing: no Hash object per request.
-      const digest = hash('sha256', presented, 'buffer')
-      let found: BrokerCaller | null = null
-      for (const caller of options.callers) if (timingSafeEqual(digest, caller.digest)) found = caller
-      return found
+      return options.callers[matchKeyDigest(callerDigests, presented)] ?? null
     },
     authorizeRoute (caller, route) {
       if (!caller.routes.has(route)) throw forbidden('route')

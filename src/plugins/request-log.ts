@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto'
 import fp from 'fastify-plugin'
 
 declare module 'fastify' {
@@ -5,6 +6,11 @@ declare module 'fastify' {
     /** Fields a route adds to the request's one log line (never secrets). */
     logFields: Record<string, unknown> | null
   }
+}
+
+/** How a log line names a value that must not appear in it (a sign-in state, a session name): a short digest. */
+export function logRef (value: string): string {
+  return hash('sha256', value, 'base64url').slice(0, 10)
 }
 
 /**

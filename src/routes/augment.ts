@@ -1,14 +1,12 @@
-import { hash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ServiceError } from '../lib/errors.js'
+import { logRef } from '../plugins/request-log.js'
 import { serves } from '../schemas/config.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 
 const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
 
-// Logs name a state by a short digest: enough to follow one sign-in, useless to anyone reading the logs.
-const stateRef = (state: string): string => hash('sha256', state, 'base64url').slice(0, 10)
 
 /** Registered under the /api prefix (the only routes plugins/cors.ts opens to browsers). */
 const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -33,7 +31,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const { authorizeUrl, state } = await augment.start()
-    request.logFields = { user_id: request.query.user_id, state_ref: stateRef(state) }
+    request.logFields = { user_id: request.query.user_id, state_ref: logRef(state) }
     return reply.ok('AUTH_URL_OK', { authorize_url: authorizeUrl, state })
   })
 
@@ -56,7 +54,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const tenantUrl = request.body.tenant_url.trim()
     if (code === '' || state === '' || tenantUrl === '') throw new ServiceError('VALIDATION_FAILED', { reason: REQUIRED_FIELDS })
     const done = await augment.complete({ code, state, tenantUrl })
-    request.logFields = { state_ref: stateRef(state), tenant: done.tenant.url.host, token_id: done.id }
+    request.logFields = { state_ref: logRef(state), tenant: done.tenant.url.host, token_id: done.id }
     return reply.ok('COMPLETE_AUTH_OK', { status: 'success' as const, token: done.token, tenant_url: tenantUrl, token_info: { id: done.id, created_at: done.createdAt } })
   })
 }

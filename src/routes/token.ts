@@ -1,16 +1,14 @@
-import { hash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { TSchema } from '@sinclair/typebox'
 import type { Broker } from '../lib/broker.js'
 import { configurationStatus } from '../lib/readiness.js'
+import { logRef } from '../plugins/request-log.js'
 import { BrokerTokenBody, BrokerTokenData } from '../schemas/broker.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { ApiKeyHeaders } from '../schemas/resend.js'
 import { TokenBody, TokenData } from '../schemas/token.js'
 
-// Logs name a session by a short digest: enough to follow one user's tokens, not the name itself.
-const sessionRef = (name: string): string => hash('sha256', name, 'base64url').slice(0, 10)
 
 /**
  * POST /token: one app and a shared caller key (single-app mode), or a caller of the apps document asking for one
@@ -43,7 +41,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       })
       Object.assign(request.logFields, { kid: minted.kid, cache: minted.outcome })
       if (minted.logid !== undefined) request.logFields.coze_logid = minted.logid
-      if (body.session_name !== undefined) request.logFields.session_ref = sessionRef(body.session_name)
+      if (body.session_name !== undefined) request.logFields.session_ref = logRef(body.session_name)
       return reply.ok('TOKEN_OK', { ...minted.token, app: minted.app })
     })
     return

@@ -63,8 +63,8 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
   if (file === '' && inline === '') return null
   if (file !== '' && inline !== '') throw new ConfigError('COZE_APPS_FILE and COZE_APPS are both set: use one')
   const source = file !== '' ? `COZE_APPS_FILE (${file})` : 'COZE_APPS'
-  const clashing = SINGLE_APP_VARIABLES.filter((name) => explicitlySet.has(name))
-  if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY' as never)
+  const clashing: string[] = SINGLE_APP_VARIABLES.filter((name) => explicitlySet.has(name))
+  if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY')
   if (clashing.length > 0) throw new ConfigError(`${source} configures the apps and callers: remove ${clashing.join(', ')} (one way to configure)`)
 
   let value: unknown
