@@ -2,7 +2,7 @@ import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } f
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
-import { ServiceError } from './errors.js'
+import { ServiceError, type ErrorCode } from './errors.js'
 export interface CozeToken {
   access_token: string
   expires_in: number
@@ -43,37 +43,70 @@ export interface TokenStore {
 
 const secondsLeft = (token: CozeToken): number => token.expires_in - Date.now() / 1000
 
+/**
+ * The bound on exchanges waiting for Coze at once in one instance (COZE_MAX_PENDING_EXCHANGES), shared by both
+ * stores: one more is refused with 503 at once rather than queued.
+ */
+export interface ExchangeSlots {
+  readonly inFlight: number
+  /** Takes a slot or throws 503 `pending_exchanges`; the returned function gives it back. */
+  take (): () => void
+}
+
+export function createExchangeSlots (maxPending: number): ExchangeSlots {
+  let inFlight = 0
+  return {
+    get inFlight () { return inFlight },
+    take () {
+      if (inFlight >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
+      inFlight++
+      let given = false
+      return () => {
+        if (!given) inFlight--
+        given = true
+      }
+    }
+  }
+}
+
+async function withSlot<T> (slots: ExchangeSlots, exchange: () => Promise<T>): Promise<T> {
+  const give = slots.take()
+  try {
+    return await exchange()
+  } finally {
+    give()
+  }
+}
+
 export interface MemoryTokenStoreOptions {
   maxEntries?: number
   /** Exchanges waiting for Coze at once; one more is refused with 503 rather than queued. */
   maxPending: number
 }
 
+export type MemoryTokenStore = TokenStore & { readonly size: number, readonly slots: ExchangeSlots }
+
 /** One instance's cache: finished tokens in a bounded LRU, exchanges in flight apart (never evicted) and bounded. */
-export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: MemoryTokenStoreOptions): TokenStore & { readonly size: number, readonly inFlight: number } {
+export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: MemoryTokenStoreOptions): MemoryTokenStore {
   const tokens = new LRUCache<string, CozeToken>({ max: maxEntries })
   const pending = new Map<string, Promise<CozeExchange>>()
-  let inFlight = 0
-  async function bounded (exchange: () => Promise<CozeExchange>): Promise<CozeExchange> {
-    if (inFlight >= maxPending) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'pending_exchanges', limit: maxPending })
-    inFlight++
-    try {
-      return await exchange()
-    } finally {
-      inFlight--
-    }
-  }
+  const slots = createExchangeSlots(maxPending)
   return {
     get size () { return tokens.size },
-    get inFlight () { return inFlight },
+    slots,
     status: () => 'ok',
     async obtain (key, minValiditySeconds, exchange, reuseMs) {
-      if (reuseMs !== undefined && reuseMs < 1) return { ...await bounded(exchange), outcome: 'off' }
+      if (reuseMs !== undefined && reuseMs < 1) return { ...await withSlot(slots, exchange), outcome: 'off' }
       const cached = tokens.get(key)
       if (cached !== undefined && secondsLeft(cached) >= minValiditySeconds) return { token: cached, outcome: 'hit' }
       const joined = pending.get(key)
-      if (joined !== undefined) return { ...await joined, outcome: 'shared' }
-      const exchanging = bounded(exchange)
+      if (joined !== undefined) {
+        const done = await joined
+        // Joined only when it satisfies this request too; otherwise an exchange of its own.
+        if (secondsLeft(done.token) >= minValiditySeconds) return { ...done, outcome: 'shared' }
+        return { ...await withSlot(slots, exchange), outcome: 'miss' }
+      }
+      const exchanging = withSlot(slots, exchange)
         .then((done) => {
           const ttl = Math.min(Math.floor(secondsLeft(done.token) * 1000), reuseMs ?? Infinity)
           if (ttl > 0) tokens.set(key, done.token, { ttl })
@@ -93,22 +126,38 @@ export interface RedisTokenStoreOptions {
   /** How long an instance may hold the exchange lock; past it another takes over (the holder died). */
   lockMs: number
   pollMs?: number
-  /** Used while Redis does not answer. */
-  fallback: TokenStore
+  /**
+   * COZE_FAILURE_SHARE_MS: how long a failed exchange is handed to the instances waiting on the same key, so that
+   * they answer with it at once instead of each trying Coze in turn. 0 shares nothing.
+   */
+  failureShareMs?: number
+  /** Used while Redis does not answer; its bound on exchanges in flight is this store's bound too. */
+  fallback: MemoryTokenStore
+  /** Whether Redis may be asked now (connected, and not counted as down by the breaker). */
+  available?: () => boolean
   /** Told when the store starts and stops falling back. */
   onDegraded?: (degraded: boolean) => void
+  /** Told when a lock was found without an expiry (written by hand?) and removed. */
+  onLockWithoutExpiry?: () => void
 }
 
 const RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
+/** What the instances waiting on a key are told of a failed exchange: the answer, never a cause or a stack. */
+interface SharedFailure { code: ErrorCode, details: Record<string, unknown> }
+
+// Failures of Coze itself are shared; a refusal of this instance (its bound, a busy lock) is not.
+const SHARED_FAILURES = new Set<ErrorCode>(['COZE_EXCHANGE_FAILED', 'UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT', 'UPSTREAM_ERROR'])
+
 /**
  * One cache for every instance. Names are HMACs of the key (no session name or app appears in Redis) and values
  * are sealed with AES-256-GCM, bound to their name. For one key one instance exchanges, holding a lock with an
- * expiry, while the others poll for its result, and take over if the lock expires without one. Redis away:
- * each instance falls back to its own memory cache until Redis answers again.
+ * expiry, while the others poll for its result (or its failure), and take over if the lock expires without one.
+ * The bound on exchanges in flight is the memory store's, taken before the lock so the lock's clock starts when
+ * the exchange does. Redis away or silent: each instance falls back to its own memory cache until Redis answers.
  */
 export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenStore {
-  const { redis, fallback, lockMs, pollMs = 25 } = options
+  const { redis, fallback, lockMs, pollMs = 25, failureShareMs = 2000, available = () => redis.status === 'ready' } = options
   const nameKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache names', 32))
   const sealKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache values', 32))
   // Identical requests in one instance share one round of Redis work.
@@ -120,22 +169,22 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     degraded = value
   }
 
-  function seal (id: string, token: CozeToken): string {
+  function seal (id: string, value: unknown): string {
     const iv = randomBytes(12)
     const cipher = createCipheriv('aes-256-gcm', sealKey, iv)
     cipher.setAAD(Buffer.from(id))
-    const body = Buffer.concat([cipher.update(JSON.stringify(token), 'utf8'), cipher.final()])
+    const body = Buffer.concat([cipher.update(JSON.stringify(value), 'utf8'), cipher.final()])
     return Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64')
   }
 
-  function open (id: string, sealed: string | null): CozeToken | undefined {
+  function open<T> (id: string, sealed: string | null): T | undefined {
     if (sealed === null) return undefined
     try {
       const raw = Buffer.from(sealed, 'base64')
       const decipher = createDecipheriv('aes-256-gcm', sealKey, raw.subarray(0, 12))
       decipher.setAAD(Buffer.from(id))
       decipher.setAuthTag(raw.subarray(12, 28))
-      return JSON.parse(Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')) as CozeToken
+      return JSON.parse(Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')) as T
     } catch {
       // Written with another secret, or tampered with: as good as absent.
       return undefined
@@ -146,60 +195,93 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     const id = createHmac('sha256', nameKey).update(key).digest('hex')
     const tokenKey = `token:${id}`
     const lockKey = `token-lock:${id}`
-    const usable = async (): Promise<CozeToken | undefined> => {
-      const token = open(id, await redis.get(tokenKey))
-      return token !== undefined && secondsLeft(token) >= minValiditySeconds ? token : undefined
+    const failureKey = `token-failure:${id}`
+    // The token if it serves this request; a failure another instance met in the last moments is thrown.
+    const look = async (): Promise<CozeToken | undefined> => {
+      const [sealedToken, sealedFailure] = await redis.mget(tokenKey, failureKey)
+      const token = open<CozeToken>(`token:${id}`, sealedToken ?? null)
+      if (token !== undefined && secondsLeft(token) >= minValiditySeconds) return token
+      const failure = open<SharedFailure>(`failure:${id}`, sealedFailure ?? null)
+      if (failure !== undefined && SHARED_FAILURES.has(failure.code)) throw new ServiceError(failure.code, { ...failure.details, shared: true })
+      return undefined
     }
-    const cached = await usable()
+    const cached = await look()
     if (cached !== undefined) return { token: cached, outcome: 'hit' }
     const deadline = performance.now() + 2 * lockMs
     while (performance.now() < deadline) {
       const holder = randomBytes(12).toString('hex')
-      if (await redis.set(lockKey, holder, 'PX', lockMs, 'NX') === 'OK') {
+      const give = fallback.slots.take()
+      let locked = false
+      try {
+        locked = await redis.set(lockKey, holder, 'PX', lockMs, 'NX') === 'OK'
+      } finally {
+        if (!locked) give()
+      }
+      if (locked) {
         try {
           const done = await exchange()
           const ttl = Math.floor(secondsLeft(done.token) * 1000)
-          // The token is the caller's either way; sharing it is best effort.
-          if (ttl > 0) await redis.set(tokenKey, seal(id, done.token), 'PX', ttl).catch(() => {})
+          // The token is the caller's either way: sharing it, and the lock's release, are not waited for.
+          if (ttl > 0) redis.set(tokenKey, seal(`token:${id}`, done.token), 'PX', ttl).catch(() => {})
           return { ...done, outcome: 'miss' }
+        } catch (err) {
+          if (failureShareMs > 0 && err instanceof ServiceError && SHARED_FAILURES.has(err.code)) {
+            redis.set(failureKey, seal(`failure:${id}`, { code: err.code, details: err.details }), 'PX', failureShareMs).catch(() => {})
+          }
+          throw err
         } finally {
-          await redis.eval(RELEASE_LOCK, 1, lockKey, holder).catch(() => {})
+          give()
+          redis.eval(RELEASE_LOCK, 1, lockKey, holder).catch(() => {})
         }
       }
-      // Another instance is exchanging: wait for its token, or for its lock to go (done, failed or dead).
+      // Another instance is exchanging: wait for its token or its failure, or for its lock to go (done, failed
+      // or dead). A lock without an expiry was not written by an instance: it would block the key for good.
       while (performance.now() < deadline) {
         await sleep(pollMs)
-        const shared = await usable()
+        const shared = await look()
         if (shared !== undefined) return { token: shared, outcome: 'shared' }
-        if (await redis.exists(lockKey) === 0) break
+        const lockTtl = await redis.pttl(lockKey)
+        if (lockTtl === -2) break
+        if (lockTtl === -1) {
+          await redis.del(lockKey)
+          options.onLockWithoutExpiry?.()
+          break
+        }
       }
     }
     throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'token_cache_busy' })
   }
 
+  async function obtainRound (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<CozeExchange & { outcome: StoreOutcome }> {
+    let exchanged = false
+    const once = async (): Promise<CozeExchange> => { exchanged = true; return await exchange() }
+    try {
+      const result = await obtainShared(key, minValiditySeconds, once)
+      setDegraded(false)
+      return result
+    } catch (err) {
+      // A failure of Redis itself (not of Coze, nor a refusal of ours) falls back to this instance's cache.
+      if (err instanceof ServiceError || exchanged) throw err
+      setDegraded(true)
+      return await fallback.obtain(key, minValiditySeconds, exchange)
+    }
+  }
+
   return {
-    status: () => (degraded || redis.status !== 'ready' ? 'degraded' : 'ok'),
+    status: () => (degraded || !available() ? 'degraded' : 'ok'),
     async obtain (key, minValiditySeconds, exchange) {
-      if (redis.status !== 'ready') {
+      if (!available()) {
         setDegraded(true)
         return await fallback.obtain(key, minValiditySeconds, exchange)
       }
       const joined = local.get(key)
       if (joined !== undefined) {
         const { outcome: _outcome, ...done } = await joined
-        return { ...done, outcome: 'shared' }
+        // Joined only when what it found satisfies this request too; otherwise a round of its own.
+        if (secondsLeft(done.token) >= minValiditySeconds) return { ...done, outcome: 'shared' }
+        return await obtainRound(key, minValiditySeconds, exchange)
       }
-      let exchanged = false
-      const once = async (): Promise<CozeExchange> => { exchanged = true; return await exchange() }
-      const running = obtainShared(key, minValiditySeconds, once)
-        .then((result) => { setDegraded(false); return result })
-        .catch(async (err: unknown) => {
-          // A failure of Redis itself (not of Coze, nor a refusal of ours) falls back to this instance's cache.
-          if (err instanceof ServiceError || exchanged) throw err
-          setDegraded(true)
-          return await fallback.obtain(key, minValiditySeconds, exchange)
-        })
-        .finally(() => { local.delete(key) })
+      const running = obtainRound(key, minValiditySeconds, exchange).finally(() => { local.delete(key) })
       local.set(key, running)
       return await running
     }

@@ -48,7 +48,10 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
       redis: fastify.redis,
       secret: Buffer.from(config.TOKEN_CACHE_SECRET as string, 'base64'),
       lockMs: config.COZE_TIMEOUT_MS + 1000,
+      failureShareMs: config.COZE_FAILURE_SHARE_MS,
       fallback: memory,
+      available: fastify.redisAvailable,
+      onLockWithoutExpiry: () => { fastify.log.warn('token cache: a lock without an expiry was found and removed (locks are only ever set with one)') },
       onDegraded: (degraded) => {
         if (degraded) fastify.log.warn('token cache: Redis does not answer; each instance caches on its own until it does')
         else fastify.log.info('token cache: shared again')

@@ -2,6 +2,14 @@ import fastifyRedis from '@fastify/redis'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { Redis } from 'ioredis'
+import { guardRedis } from '../lib/redis-breaker.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Whether Redis answers now: connected, and not counted as down by the breaker. Always true without Redis. */
+    redisAvailable: () => boolean
+  }
+}
 
 const START_TIMEOUT_MS = 5000
 
@@ -14,7 +22,8 @@ async function connectRedis (url: string, keyPrefix: string, purpose: string, lo
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     connectTimeout: 2000,
-    commandTimeout: 2000,
+    // A healthy Redis answers in about a millisecond; past this the breaker counts a failure.
+    commandTimeout: 1000,
     retryStrategy: (times) => Math.min(times * 200, 2000)
   })
   // Without a listener ioredis prints every failed reconnection; the 'close' and 'ready' events say enough.
@@ -39,7 +48,10 @@ async function connectRedis (url: string, keyPrefix: string, purpose: string, lo
 export default fp(async function redis (fastify) {
   const { config } = fastify
   const purposes = [config.STATE_STORE === 'redis' ? 'STATE_STORE=redis' : '', config.TOKEN_CACHE === 'redis' ? 'TOKEN_CACHE=redis' : ''].filter(Boolean)
-  if (purposes.length === 0) return
+  if (purposes.length === 0) {
+    fastify.decorate('redisAvailable', () => true)
+    return
+  }
   const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, purposes.join(', '), fastify.log)
   let available = true
   client.on('close', () => {
@@ -50,7 +62,19 @@ export default fp(async function redis (fastify) {
     if (!available) fastify.log.info('redis connection restored')
     available = true
   })
+  // One breaker for every user of the client: the token cache, the OAuth states and the rate limiter.
+  const breaker = guardRedis(client, {
+    onChange: (open) => {
+      if (open) fastify.log.warn('redis does not answer (commands time out): counted as down, each user takes its fallback')
+      else fastify.log.info('redis answers again')
+    }
+  })
+  const redisAvailable = (): boolean => client.status === 'ready' && !breaker.open
+  fastify.decorate('redisAvailable', redisAvailable)
   await fastify.register(fastifyRedis, { client, closeClient: false })
-  fastify.addHook('onClose', async () => { await client.quit().catch(() => { client.disconnect() }) })
-  fastify.serviceMetrics.gauge('redis_up', 'Whether Redis answers (1) or not (0)', () => (client.status === 'ready' ? 1 : 0))
+  fastify.addHook('onClose', async () => {
+    breaker.close()
+    await client.quit().catch(() => { client.disconnect() })
+  })
+  fastify.serviceMetrics.gauge('redis_up', 'Whether Redis answers (1) or not (0): connected and not counted as down', () => (redisAvailable() ? 1 : 0))
 }, { name: 'redis', fastify: '5.x', dependencies: ['config', 'metrics'] })

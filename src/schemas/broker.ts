@@ -4,6 +4,7 @@ import { extname } from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { parse as parseYaml } from 'yaml'
+import { wholeMatch } from '../lib/broker.js'
 import { ConfigError } from '../lib/errors.js'
 import type { Config } from './config.js'
 import { MAX_DURATION_SECONDS, TokenData } from './token.js'
@@ -92,9 +93,9 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
     if (unknown !== undefined) throw new ConfigError(`${source}: callers.${name}.apps names ${unknown}, which is not in apps`)
     if (caller.session_name !== undefined) {
       try {
-        RegExp(caller.session_name, 'u')
-      } catch {
-        throw new ConfigError(`${source}: callers.${name}.session_name is not a valid regular expression`)
+        wholeMatch(caller.session_name)
+      } catch (err) {
+        throw new ConfigError(`${source}: callers.${name}.session_name is not a pattern RE2 takes (linear-time matching): ${(err as Error).message}`)
       }
     }
   }

@@ -43,6 +43,7 @@ export const ConfigSchema = Type.Object({
   COZE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
   COZE_TOKEN_REUSE_SECONDS: Type.Integer({ minimum: 0, maximum: 86399, default: 60 }),
   COZE_MAX_PENDING_EXCHANGES: Type.Integer({ minimum: 1, maximum: 100000, default: 1000 }),
+  COZE_FAILURE_SHARE_MS: Type.Integer({ minimum: 0, maximum: 60000, default: 2000, description: 'With TOKEN_CACHE=redis: how long a failed exchange is the answer of the instances waiting on the same token' }),
 
   // Resend relay
   RESEND_ALLOWED_HOSTS: Type.String({ default: 'open.feishu.cn,open.larksuite.com' }),

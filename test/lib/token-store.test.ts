@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { createMemoryTokenStore, createRedisTokenStore, reuseMillis } from '../../src/lib/token-store.js'
+import { ServiceError } from '../../src/lib/errors.js'
+import { createMemoryTokenStore, createRedisTokenStore, reuseMillis, type TokenStore } from '../../src/lib/token-store.js'
 import { REDIS_URL, skipWithoutRedis } from '../helper.js'
 
 const token = (name: string, secondsLeft = 900) => ({ access_token: `czs_${name}_0123456789`, expires_in: Math.floor(Date.now() / 1000) + secondsLeft, token_type: 'Bearer' })
@@ -39,7 +40,7 @@ t.test('memory store in single-app mode: a reuse window, single flight, failures
   t.equal(store.size, 2, 'bounded')
   const answers = await Promise.all(['a', 'b', 'c', 'd', 'e'].map(async (name) => await store.obtain(name, 0, async () => { await sleep(20); return { token: token(name) } }, 60_000)))
   t.same(answers.map((answer) => answer.token.access_token), ['a', 'b', 'c', 'd', 'e'].map((name) => `czs_${name}_0123456789`), 'more in flight than the LRU holds: none is evicted')
-  t.equal(store.inFlight, 0)
+  t.equal(store.slots.inFlight, 0)
 })
 
 t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
@@ -119,20 +120,118 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
   })
 
   t.test('a Redis that answers with an error: this instance caches on its own, and says so', async (t) => {
+    // A user of our own that may not write: SET fails with NOPERM, a real error of Redis itself.
+    const user = `aibill-test-${randomBytes(4).toString('hex')}`
+    const password = randomBytes(12).toString('hex')
+    await raw.call('ACL', 'SETUSER', user, 'on', `>${password}`, '~*', '+@all', '-set')
+    const limited = new Redis(REDIS_URL, { username: user, password, keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
+    t.teardown(async () => {
+      await limited.quit()
+      await raw.call('ACL', 'DELUSER', user)
+    })
+    await limited.connect()
     const changes: boolean[] = []
-    const one = createRedisTokenStore({ redis: await client(), secret, lockMs: 500, fallback: createMemoryTokenStore({ maxPending: 10 }), onDegraded: (degraded) => { changes.push(degraded) } })
-    const before = new Set(await raw.keys(`${prefix}token:*`))
-    await one.obtain('wrong-type', 60, async () => ({ token: token('first') }))
-    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
-    // A hash where a string is expected: GET fails with WRONGTYPE, a real error of Redis itself.
-    await raw.del(written as string)
-    await raw.hset(written as string, 'field', 'value')
-    const fallback = await one.obtain('wrong-type', 60, async () => ({ token: token('from-memory') }))
+    const one = createRedisTokenStore({ redis: limited, secret, lockMs: 500, fallback: createMemoryTokenStore({ maxPending: 10 }), onDegraded: (degraded) => { changes.push(degraded) } })
+    const fallback = await one.obtain('refused-write', 60, async () => ({ token: token('from-memory') }))
     t.same([fallback.outcome, fallback.token.access_token], ['miss', 'czs_from-memory_0123456789'])
     t.equal(one.status(), 'degraded')
-    await raw.del(written as string)
-    await one.obtain('wrong-type', 60, async () => ({ token: token('shared-again') }))
+    await raw.call('ACL', 'SETUSER', user, '+set')
+    await one.obtain('refused-write-2', 60, async () => ({ token: token('shared-again') }))
     t.equal(one.status(), 'ok')
     t.same(changes, [true, false])
+  })
+})
+
+// One guarantee, every store: the same cases against the memory store and the Redis store.
+t.test('both stores keep the same guarantees', { skip: await skipWithoutRedis() }, async (t) => {
+  const prefix = `aibill-test-both:${randomBytes(6).toString('hex')}:`
+  const clients: Redis[] = []
+  const raw = new Redis(REDIS_URL)
+  t.teardown(async () => {
+    const keys = await raw.keys(`${prefix}*`)
+    if (keys.length > 0) await raw.del(...keys)
+    await raw.quit()
+    for (const redis of clients) await redis.quit()
+  })
+  const connect = async (): Promise<Redis> => {
+    const redis = new Redis(REDIS_URL, { keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
+    await redis.connect()
+    clients.push(redis)
+    return redis
+  }
+  const secret = randomBytes(32)
+  const stores: Record<string, (maxPending: number) => Promise<TokenStore>> = {
+    memory: async (maxPending) => createMemoryTokenStore({ maxPending }),
+    redis: async (maxPending) => createRedisTokenStore({ redis: await connect(), secret, lockMs: 5000, pollMs: 10, fallback: createMemoryTokenStore({ maxPending }) })
+  }
+
+  for (const [kind, make] of Object.entries(stores)) {
+    t.test(`${kind}: COZE_MAX_PENDING_EXCHANGES bounds the exchanges in flight; the excess is 503 at once`, async (t) => {
+      const store = await make(2)
+      let exchanges = 0
+      const slow = async () => { exchanges++; await sleep(300); return { token: token(`slow-${exchanges}`) } }
+      const started = performance.now()
+      const results = await Promise.allSettled(Array.from({ length: 10 }, async (_unused, i) => await store.obtain(`${kind}-bound-${i}`, 60, slow)))
+      t.equal(results.filter((result) => result.status === 'fulfilled').length, 2)
+      const refused = results.filter((result): result is PromiseRejectedResult => result.status === 'rejected')
+      t.equal(refused.length, 8)
+      for (const { reason } of refused) t.match(reason, { code: 'SERVICE_UNAVAILABLE', details: { reason: 'pending_exchanges', limit: 2 } })
+      t.equal(exchanges, 2, 'only the two admitted reached Coze')
+      t.ok(performance.now() - started < 5000)
+      // The slots come back: the next request is served.
+      t.equal((await store.obtain(`${kind}-bound-after`, 60, async () => ({ token: token('after') }))).outcome, 'miss')
+    })
+
+    t.test(`${kind}: a request joins another only for a token valid as long as it asks`, async (t) => {
+      const store = await make(10)
+      const key = `${kind}-validity`
+      await store.obtain(key, 0, async () => ({ token: token('short-lived', 100) }))
+      for (let round = 0; round < 10; round++) {
+        const [lenient, strict] = await Promise.all([
+          store.obtain(key, 0, async () => ({ token: token(`lenient-${round}`, 900) })),
+          store.obtain(key, 600, async () => { await sleep(5); return { token: token(`strict-${round}`, 900) } })
+        ])
+        t.ok(lenient.token.expires_in - Date.now() / 1000 >= 0)
+        t.ok(strict.token.expires_in - Date.now() / 1000 >= 600, `round ${round}: the 600 s request got ${Math.round(strict.token.expires_in - Date.now() / 1000)} s (${strict.outcome})`)
+        // The next round starts from a token with 100 s left again.
+        await store.obtain(`${key}-${round}`, 0, async () => ({ token: token('other') }))
+      }
+    })
+  }
+
+  t.test('redis: a failed exchange is the answer of the instances waiting on the same key, for COZE_FAILURE_SHARE_MS', async (t) => {
+    const options = { secret, lockMs: 5000, pollMs: 10, failureShareMs: 2000 }
+    const a = createRedisTokenStore({ ...options, redis: await connect(), fallback: createMemoryTokenStore({ maxPending: 10 }) })
+    const b = createRedisTokenStore({ ...options, redis: await connect(), fallback: createMemoryTokenStore({ maxPending: 10 }) })
+    let bExchanged = false
+    const failing = a.obtain('shared-failure', 60, async () => {
+      await sleep(300)
+      throw new ServiceError('UPSTREAM_TIMEOUT', { timeout_ms: 300 })
+    })
+    await sleep(50)
+    const started = performance.now()
+    const waiting = b.obtain('shared-failure', 60, async () => { bExchanged = true; return { token: token('never') } })
+    await t.rejects(failing, { code: 'UPSTREAM_TIMEOUT' })
+    await t.rejects(waiting, { code: 'UPSTREAM_TIMEOUT', details: { timeout_ms: 300, shared: true } })
+    t.notOk(bExchanged, 'the waiting instance did not try Coze in turn')
+    t.ok(performance.now() - started < 2000, 'it answered when the failure came, not after a timeout of its own')
+    await sleep(2100)
+    t.equal((await b.obtain('shared-failure', 60, async () => ({ token: token('later') }))).outcome, 'miss', 'past the share time, Coze is tried again')
+  })
+
+  t.test('redis: a lock without an expiry is removed and reported, not waited on for good', async (t) => {
+    let reported = 0
+    const store = createRedisTokenStore({ redis: await connect(), secret, lockMs: 3000, pollMs: 10, fallback: createMemoryTokenStore({ maxPending: 10 }), onLockWithoutExpiry: () => { reported++ } })
+    const before = new Set(await raw.keys(`${prefix}token:*`))
+    await store.obtain('no-expiry', 60, async () => ({ token: token('first') }))
+    const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
+    const id = String(written).slice(`${prefix}token:`.length)
+    await raw.del(written as string)
+    await raw.set(`${prefix}token-lock:${id}`, 'written-by-hand')
+    const started = performance.now()
+    const result = await store.obtain('no-expiry', 60, async () => ({ token: token('second') }))
+    t.same([result.outcome, result.token.access_token, reported], ['miss', 'czs_second_0123456789', 1])
+    t.ok(performance.now() - started < 3000, 'well before the lock time')
+    t.equal(await raw.pttl(`${prefix}token-lock:${id}`), -2, 'and the lock it took itself was released')
   })
 })

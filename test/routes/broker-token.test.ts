@@ -173,6 +173,21 @@ t.test('401 without a known key; 403 with the reason for what the caller may not
   t.equal((await app.inject('/api/auth-url')).statusCode, 401, 'the sign-in takes a caller key in broker mode')
 })
 
+t.test('a session_name pattern that would backtrack runs in linear time: a hostile name is a quick 403', async (t) => {
+  const coze = await startCoze(t)
+  const document = documentFor(coze.url)
+  document.callers.shortcuts.session_name = '([a-z0-9]+-?)+'
+  const { app } = await build(t, { COZE_APPS: JSON.stringify(document), ...ENV })
+  const ask = async (sessionName: string) => await app.inject({ method: 'POST', url: '/token', headers: { 'x-api-key': SHORTCUTS_KEY }, payload: { app: 'bills-cn', session_name: sessionName } })
+  // With a backtracking engine, 28 characters took 3.4 s and each one more doubled it: 128 would never end.
+  const started = performance.now()
+  const hostile = await ask(`${'a'.repeat(127)}!`)
+  const took = performance.now() - started
+  t.same([hostile.statusCode, hostile.json().data], [403, { error: 'FORBIDDEN', reason: 'session_name' }])
+  t.ok(took < 1000, `answered in ${took.toFixed(1)} ms`)
+  t.equal((await ask('user-1-2-abc')).statusCode, 200, 'a name the pattern takes still gets its token')
+})
+
 t.test('key failover: a kid Coze does not know is followed, once, by the app\'s next key; a warning and a metric say so', async (t) => {
   const coze = await startCoze(t, { refuse: ['fp-1'] })
   const { token, logs, app } = await broker(t, coze)
@@ -240,7 +255,10 @@ t.test('the document: YAML or JSON, validated at start, naming the source and th
   t.throws(broken((doc) => { doc.apps['bills-cn'].keys.push({ kid: 'a', private_key_env: 'A' }, { kid: 'b', private_key_env: 'B' }) }), { message: /^COZE_APPS: apps\.bills-cn\.keys / })
   t.throws(broken((doc) => { doc.callers.shortcuts.apps.push('nowhere') }), { message: 'COZE_APPS: callers.shortcuts.apps names nowhere, which is not in apps' })
   t.throws(broken((doc) => { (doc.callers.shortcuts as Record<string, unknown>).key_env = 'X' }), { message: 'COZE_APPS: callers.shortcuts needs one of key_sha256 and key_env' })
-  t.throws(broken((doc) => { doc.callers.shortcuts.session_name = '(' }), { message: 'COZE_APPS: callers.shortcuts.session_name is not a valid regular expression' })
+  t.throws(broken((doc) => { doc.callers.shortcuts.session_name = '(' }), { message: /^COZE_APPS: callers\.shortcuts\.session_name is not a pattern RE2 takes \(linear-time matching\): missing closing \)/ })
+  // Constructs that need backtracking are refused at start, naming the caller and the construct.
+  t.throws(broken((doc) => { doc.callers.shortcuts.session_name = '(a)\\1' }), { message: /callers\.shortcuts\.session_name .*invalid escape sequence: `\\1`/ })
+  t.throws(broken((doc) => { doc.callers.shortcuts.session_name = 'user-(?=x)' }), { message: /callers\.shortcuts\.session_name .*unsupported Perl syntax: `\(\?=`/ })
   t.throws(broken((doc) => { (doc.apps['bills-ent'] as Record<string, unknown>).enterprise_id = 'e' }), { message: 'COZE_APPS: apps.bills-ent has both account_id and enterprise_id: use one' })
   t.throws(load({ COZE_APPS: JSON.stringify(documentFor(coze.url)), BILLS_CN_KEY: '' }), { message: 'COZE_APPS: apps.bills-cn.keys.0.private_key_env names BILLS_CN_KEY, which is not set' })
   t.throws(load({ COZE_APPS: JSON.stringify(documentFor(coze.url)), EXPECTED_COZE_API_KEY: 'k', COZE_APP_ID: '1' }), { message: 'COZE_APPS configures the apps and callers: remove COZE_APP_ID, EXPECTED_COZE_API_KEY (one way to configure)' })
