@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { LogController, type FastifyServerOptions } from 'fastify'
+import { DEFAULT_CONNECTION_LIMITS, createGuardedServer, type ConnectionLimits } from './lib/connection-guard.js'
 import type { DestinationStream } from 'pino'
 import { answerClientError, sendError } from './plugins/errors.js'
-import type { TrustProxy } from './schemas/config.js'
+import type { Config, TrustProxy } from './schemas/config.js'
 
 export interface ServerOptionsInput {
   /** Where log lines go; tests pass a stream they read. Default: stdout. */
@@ -11,7 +12,13 @@ export interface ServerOptionsInput {
   logLevel?: string
   /** TRUST_PROXY: who may set X-Forwarded-For, so rate limits see the real client behind a load balancer. */
   trustProxy?: TrustProxy
+  /** MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, HEADERS_TIMEOUT_MS, WRITE_TIMEOUT_MS: bounds on each connection. */
+  connections?: ConnectionLimits
 }
+
+// Longer than a load balancer's idle timeout (60 s on AWS), so the balancer closes first.
+const KEEP_ALIVE_TIMEOUT_MS = 72_000
+const REQUEST_TIMEOUT_MS = 60_000
 
 // No log line carries a body or headers; should one ever log request headers, the credentials go.
 // (Exact paths only: wildcard paths cost every log line several per cent of a request.)
@@ -34,7 +41,7 @@ function prettyTransport (): { target: string } | undefined {
 }
 
 /** The options of the Fastify server, shared by src/server.ts and the tests so both run the same service. */
-export function serverOptions ({ logStream, logLevel = 'info', trustProxy = false }: ServerOptionsInput = {}): FastifyServerOptions {
+export function serverOptions ({ logStream, logLevel = 'info', trustProxy = false, connections = DEFAULT_CONNECTION_LIMITS }: ServerOptionsInput = {}): FastifyServerOptions {
   const transport = logStream === undefined ? prettyTransport() : undefined
   return {
     logger: {
@@ -47,9 +54,15 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
     trustProxy,
-    // Longer than a load balancer's idle timeout (60 s on AWS), so the balancer closes first.
-    keepAliveTimeout: 72_000,
-    requestTimeout: 60_000,
+    // Connections are bounded before Fastify sees them (lib/connection-guard.ts); the timeouts Fastify would set
+    // on a server of its own are set here.
+    serverFactory: (handler) => {
+      const server = createGuardedServer(handler, connections, { requestTimeout: REQUEST_TIMEOUT_MS })
+      server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS
+      return server
+    },
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    requestTimeout: REQUEST_TIMEOUT_MS,
     ajv: {
       customOptions: {
         // Reject unknown and ill-typed fields instead of silently dropping or converting them.
@@ -61,5 +74,16 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
     },
     frameworkErrors: (error, request, reply) => { sendError(error, request, reply) },
     clientErrorHandler: answerClientError
+  }
+}
+
+/** The bounds on connections that the configuration sets. */
+export function connectionLimits (config: Pick<Config, 'MAX_CONNECTIONS' | 'MAX_CONNECTIONS_PER_IP' | 'HEADERS_TIMEOUT_MS' | 'WRITE_TIMEOUT_MS'>): ConnectionLimits {
+  return {
+    ...DEFAULT_CONNECTION_LIMITS,
+    maxConnections: config.MAX_CONNECTIONS,
+    maxConnectionsPerAddress: config.MAX_CONNECTIONS_PER_IP,
+    headersTimeoutMs: config.HEADERS_TIMEOUT_MS,
+    writeTimeoutMs: config.WRITE_TIMEOUT_MS
   }
 }

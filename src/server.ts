@@ -2,7 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
-import { serverOptions } from './options.js'
+import { connectionLimits, serverOptions } from './options.js'
 import { loadConfig, trustProxySetting, type LoadedConfig } from './schemas/config.js'
 
 let loaded: LoadedConfig
@@ -15,7 +15,7 @@ try {
 }
 
 const { config } = loaded
-const server = Fastify(serverOptions({ logLevel: config.LOG_LEVEL, trustProxy: trustProxySetting(config.TRUST_PROXY) }))
+const server = Fastify(serverOptions({ logLevel: config.LOG_LEVEL, trustProxy: trustProxySetting(config.TRUST_PROXY), connections: connectionLimits(config) }))
 
 try {
   await server.register(fp(app), loaded)

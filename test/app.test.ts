@@ -1,5 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { parseEnv } from 'node:util'
 import Fastify, { type FastifyError } from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
@@ -162,13 +163,26 @@ t.test('a route may replace the reason of a validation failure', async (t) => {
   t.match(toServiceError(err), { details: { field: 'code', reason: 'code is required' } })
 })
 
-t.test('.env.example lists exactly the variables of the configuration schema, with their defaults', async (t) => {
+t.test('.env.example lists exactly the variables of the configuration schema, with their defaults commented out', async (t) => {
   const example = await readFile(new URL('../.env.example', import.meta.url), 'utf8')
-  const listed = new Map(example.split('\n').filter((line) => /^[A-Z][A-Z0-9_]*=/.test(line)).map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]))
+  const lines = example.split('\n').map((line) => /^(# )?([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)).filter((match) => match !== null)
+  const listed = new Map(lines.map((match) => [match[2] as string, match[3] as string]))
   t.same([...listed.keys()].sort(), Object.keys(ConfigSchema.properties).sort())
   for (const [name, schema] of Object.entries(ConfigSchema.properties) as Array<[string, { default?: unknown }]>) {
     t.equal(listed.get(name), schema.default === undefined ? '' : String(schema.default), `${name}: the documented default`)
   }
+  const set = lines.filter((match) => match[1] === undefined)
+  t.same(set.filter((match) => match[3] !== ''), [], 'only empty secrets are left uncommented: a copy sets no default explicitly')
+
+  // A copy of it works as it is, in both modes: one app, and the apps document (which refuses single-app variables).
+  const env = parseEnv(example)
+  t.doesNotThrow(() => loadConfig({ env, dotenvPath: '/nonexistent' }))
+  const document = {
+    apps: { bills: { app_id: '1150000000001', api_base: 'https://api.coze.cn', keys: [{ kid: 'fp-1', private_key_env: 'BILLS_KEY' }] } },
+    callers: { shortcuts: { key_env: 'SHORTCUTS_KEY', apps: ['bills'] } }
+  }
+  const broker = loadConfig({ env: { ...env, COZE_APPS: JSON.stringify(document), BILLS_KEY: testKeys().pkcs8, SHORTCUTS_KEY: 'a-caller-key-0123456789' }, dotenvPath: '/nonexistent' })
+  t.equal(broker.broker?.apps[0]?.name, 'bills', 'the broker starts from a copy of .env.example')
 })
 
 t.test('the README and docs/configuration.md name every variable of the configuration schema', async (t) => {

@@ -11,7 +11,7 @@ import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import app, { type AppOptions } from '../src/app.js'
-import { serverOptions } from '../src/options.js'
+import { connectionLimits, serverOptions } from '../src/options.js'
 import { loadConfig, trustProxySetting, type Config } from '../src/schemas/config.js'
 import { freePort } from './fixtures/ports.js'
 
@@ -148,7 +148,7 @@ export async function build (t: TestContext, config: Partial<Record<keyof Config
   // sheds here (a busy test machine lags): only the test of shedding turns it on.
   const defaults = { LOG_LEVEL: 'debug', RATE_LIMIT_MAX: 100000, RATE_LIMIT_AUTH_URL_MAX: 100000, PRESSURE_MAX_EVENT_LOOP_DELAY_MS: 0 }
   const loaded = loadConfig({ overrides: { ...defaults, ...config }, env: false })
-  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy: trustProxySetting(loaded.config.TRUST_PROXY) }))
+  const instance = Fastify(serverOptions({ logStream: logs, logLevel: 'debug', trustProxy: trustProxySetting(loaded.config.TRUST_PROXY), connections: connectionLimits(loaded.config) }))
   await instance.register(fp(app), { ...options, ...loaded })
   await instance.ready()
   t.teardown(async () => await instance.close())

@@ -55,8 +55,11 @@ export interface MintRequest {
   scope?: Scope | undefined
   deviceId?: string | undefined
   customConsumer?: string | undefined
-  minValiditySeconds: number
+  /** Default: 60, or the most the duration allows when that is less. */
+  minValiditySeconds?: number | undefined
 }
+
+export const DEFAULT_MIN_VALIDITY_SECONDS = 60
 
 export interface Minted {
   token: CozeToken
@@ -69,6 +72,8 @@ export interface Minted {
 export interface BrokerEvents {
   /** Every mint or reuse, and every failure: by app and caller. */
   onToken?: (app: string, caller: string, outcome: StoreOutcome | string) => void
+  /** A cached token was valid, but not for the min_validity_seconds asked: a new one was made. */
+  onForcedExchange?: (app: string, caller: string) => void
   /** Coze did not know the signing key, and the next one was tried. */
   onFailover?: (app: string, fromKid: string, toKid: string) => void
   /** Every exchange at Coze, as the single-app client reports it. */
@@ -174,9 +179,15 @@ export function createBroker (options: BrokerOptions): Broker {
       checkScope(caller.scope, request.scope)
       const duration = request.durationSeconds ?? app.defaultDuration
       if (duration > app.maxDuration) throw new ServiceError('VALIDATION_FAILED', { field: 'duration_seconds', reason: `duration_seconds is at most ${app.maxDuration} for this app` })
+      // Asking for nearly the whole duration would make every request an exchange and drain the app's quota.
+      const maxValidity = maxMinValidity(duration)
+      const minValidity = request.minValiditySeconds ?? Math.min(DEFAULT_MIN_VALIDITY_SECONDS, maxValidity)
+      if (minValidity > maxValidity) {
+        throw new ServiceError('VALIDATION_FAILED', { field: 'min_validity_seconds', reason: `min_validity_seconds is at most ${maxValidity} for a duration of ${duration} s (the duration less a minute)` })
+      }
 
       try {
-        const result = await options.store.obtain(cacheKey(app, request, duration), request.minValiditySeconds, async () => {
+        const result = await options.store.obtain(cacheKey(app, request, duration), minValidity, async () => {
           const first = signing.get(app.name) as number
           const key = app.keys[first] as BrokerKey
           let exchange
@@ -197,6 +208,7 @@ export function createBroker (options: BrokerOptions): Broker {
           return { token: { ...exchange.token, kid: signedBy }, logid: exchange.logid }
         })
         options.onToken?.(app.name, caller.name, result.outcome)
+        if (result.forced === true) options.onForcedExchange?.(app.name, caller.name)
         const made = result.token as CozeToken & { kid: string }
         const token = { access_token: made.access_token, expires_in: made.expires_in, token_type: made.token_type }
         return { token, app: app.name, kid: made.kid, outcome: result.outcome, logid: result.logid }
@@ -209,6 +221,14 @@ export function createBroker (options: BrokerOptions): Broker {
       await Promise.all([...pools.values()].map(async (pool) => { await pool.close() }))
     }
   }
+}
+
+/**
+ * The most min_validity_seconds a request may ask: its duration less a minute (half of it under two minutes), so
+ * that a cached token serves every request for at least that long.
+ */
+export function maxMinValidity (durationSeconds: number): number {
+  return durationSeconds - Math.min(60, Math.ceil(durationSeconds / 2))
 }
 
 /** The token URL of an app: personal and team apps, an enterprise organization (account), or a privileged app. */

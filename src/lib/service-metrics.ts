@@ -11,13 +11,17 @@ export interface ServiceMetrics {
   brokerToken (app: string, caller: string, outcome: string): void
   /** Broker mode: Coze did not know an app's signing key and the next one was tried. */
   keyFailover (app: string): void
+  /** Broker mode: a cached token was valid but not for the min_validity_seconds asked, so a new one was made. */
+  forcedExchange (app: string, caller: string): void
+  /** A connection closed or refused to bound its cost (lib/connection-guard.ts), by reason. */
+  connectionClosed (reason: string): void
   /** A value read when Prometheus scrapes (states in memory, Redis up). */
   gauge (name: string, help: string, read: () => number): void
 }
 
 const noop = (): void => {}
 export const disabledMetrics: ServiceMetrics = {
-  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, brokerToken: noop, keyFailover: noop, gauge: noop
+  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, brokerToken: noop, keyFailover: noop, forcedExchange: noop, connectionClosed: noop, gauge: noop
 }
 
 /**
@@ -51,6 +55,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
   const completions = new Counter({ name: 'oauth_completions_total', help: 'POST /api/complete-auth by outcome', labelNames: ['outcome'], registers })
   const brokerTokens = new Counter({ name: 'coze_broker_tokens_total', help: 'Broker tokens by app, caller and outcome (hit, miss, shared, or the error code)', labelNames: ['app', 'caller', 'outcome'], registers })
   const failovers = new Counter({ name: 'coze_key_failovers_total', help: 'Exchanges retried with an app\'s next key because Coze did not know the first', labelNames: ['app'], registers })
+  const forced = new Counter({ name: 'coze_broker_forced_exchanges_total', help: 'Exchanges made although a cached token was valid, because the caller asked for more min_validity_seconds than it had left', labelNames: ['app', 'caller'], registers })
+  const connectionsClosed = new Counter({ name: 'connections_closed_total', help: 'Connections closed or refused to bound their cost, by reason', labelNames: ['reason'], registers })
   const tokenRequest = childrenOf<Counter.Internal>(tokenRequests)
   const brokerToken = childrenOf<Counter.Internal>(brokerTokens)
   return {
@@ -67,6 +73,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
     oauthCompletion (outcome) { completions.inc({ outcome }) },
     brokerToken (app, caller, outcome) { brokerToken(app, caller, outcome).inc() },
     keyFailover (app) { failovers.inc({ app }) },
+    forcedExchange (app, caller) { forced.inc({ app, caller }) },
+    connectionClosed (reason) { connectionsClosed.inc({ reason }) },
     gauge (name, help, read) {
       // prom-client calls collect() on each scrape; the registry keeps the gauge.
       new Gauge({ name, help, registers, collect () { this.set(read()) } })

@@ -19,6 +19,12 @@ export interface CozeExchange {
 export type StoreOutcome = 'hit' | 'miss' | 'shared' | 'off'
 
 /**
+ * A token with how it was served. `forced`: a cached token was still valid, but not for as long as this request
+ * asked, so a new one was made (what min_validity_seconds costs the app's Coze quota).
+ */
+export type Obtained = CozeExchange & { outcome: StoreOutcome, forced?: boolean }
+
+/**
  * How long a single-app token may be handed out again: a tenth of its lifetime, at most COZE_TOKEN_REUSE_SECONDS
  * (the window the original service had; the broker reuses by remaining validity instead).
  */
@@ -36,7 +42,7 @@ export interface TokenStore {
    * `reuseMs`, when given, caps how long a new token is kept (single-app mode's reuse window); under a millisecond
    * nothing is cached or shared, and the exchange still counts against the bound on exchanges in flight.
    */
-  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, reuseMs?: number): Promise<CozeExchange & { outcome: StoreOutcome }>
+  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, reuseMs?: number): Promise<Obtained>
   /** `ok`, or `degraded` while a shared store cannot reach Redis and each instance caches on its own. */
   status (): 'ok' | 'degraded'
 }
@@ -99,12 +105,13 @@ export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: Mem
       if (reuseMs !== undefined && reuseMs < 1) return { ...await withSlot(slots, exchange), outcome: 'off' }
       const cached = tokens.get(key)
       if (cached !== undefined && secondsLeft(cached) >= minValiditySeconds) return { token: cached, outcome: 'hit' }
+      const forced = cached !== undefined
       const joined = pending.get(key)
       if (joined !== undefined) {
         const done = await joined
         // Joined only when it satisfies this request too; otherwise an exchange of its own.
         if (secondsLeft(done.token) >= minValiditySeconds) return { ...done, outcome: 'shared' }
-        return { ...await withSlot(slots, exchange), outcome: 'miss' }
+        return { ...await withSlot(slots, exchange), outcome: 'miss', forced: true }
       }
       const exchanging = withSlot(slots, exchange)
         .then((done) => {
@@ -114,7 +121,7 @@ export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: Mem
         })
         .finally(() => { pending.delete(key) })
       pending.set(key, exchanging)
-      return { ...await exchanging, outcome: 'miss' }
+      return { ...await exchanging, outcome: 'miss', forced }
     }
   }
 }
@@ -161,7 +168,7 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
   const nameKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache names', 32))
   const sealKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache values', 32))
   // Identical requests in one instance share one round of Redis work.
-  const local = new Map<string, Promise<CozeExchange & { outcome: StoreOutcome }>>()
+  const local = new Map<string, Promise<Obtained>>()
   let degraded = false
 
   const setDegraded = (value: boolean): void => {
@@ -191,16 +198,18 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     }
   }
 
-  async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<CozeExchange & { outcome: StoreOutcome }> {
+  async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<Obtained> {
     const id = createHmac('sha256', nameKey).update(key).digest('hex')
     const tokenKey = `token:${id}`
     const lockKey = `token-lock:${id}`
     const failureKey = `token-failure:${id}`
+    let forced = false
     // The token if it serves this request; a failure another instance met in the last moments is thrown.
     const look = async (): Promise<CozeToken | undefined> => {
       const [sealedToken, sealedFailure] = await redis.mget(tokenKey, failureKey)
       const token = open<CozeToken>(`token:${id}`, sealedToken ?? null)
       if (token !== undefined && secondsLeft(token) >= minValiditySeconds) return token
+      if (token !== undefined) forced = true
       const failure = open<SharedFailure>(`failure:${id}`, sealedFailure ?? null)
       if (failure !== undefined && SHARED_FAILURES.has(failure.code)) throw new ServiceError(failure.code, { ...failure.details, shared: true })
       return undefined
@@ -223,7 +232,7 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
           const ttl = Math.floor(secondsLeft(done.token) * 1000)
           // The token is the caller's either way: sharing it, and the lock's release, are not waited for.
           if (ttl > 0) redis.set(tokenKey, seal(`token:${id}`, done.token), 'PX', ttl).catch(() => {})
-          return { ...done, outcome: 'miss' }
+          return { ...done, outcome: 'miss', forced }
         } catch (err) {
           if (failureShareMs > 0 && err instanceof ServiceError && SHARED_FAILURES.has(err.code)) {
             redis.set(failureKey, seal(`failure:${id}`, { code: err.code, details: err.details }), 'PX', failureShareMs).catch(() => {})
@@ -252,7 +261,7 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'token_cache_busy' })
   }
 
-  async function obtainRound (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<CozeExchange & { outcome: StoreOutcome }> {
+  async function obtainRound (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<Obtained> {
     let exchanged = false
     const once = async (): Promise<CozeExchange> => { exchanged = true; return await exchange() }
     try {

@@ -78,6 +78,7 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
     dispatcher: opts.dispatcher,
     onExchange: serviceMetrics.cozeExchange,
     onToken: serviceMetrics.brokerToken,
+    onForcedExchange: serviceMetrics.forcedExchange,
     onFailover: (app, fromKid, toKid) => {
       fastify.log.warn({ app, kid: fromKid, next_kid: toKid }, 'Coze does not know this key of the app: trying its next key')
       serviceMetrics.keyFailover(app)

@@ -22,6 +22,8 @@ export interface Prometheus {
   registry: Registry
   /** Whether a scrape may read the metrics: always without METRICS_TOKEN, else only with `Bearer <token>`. */
   authorize (authorization: string | undefined): boolean
+  /** Whether METRICS_TOKEN is set. */
+  readonly protected: boolean
 }
 
 /**
@@ -64,6 +66,7 @@ export default fp(async function metrics (fastify) {
   const token = createApiKeyVerifier(config.METRICS_TOKEN)
   const prometheus: Prometheus = {
     registry,
+    protected: token.configured,
     authorize (authorization) {
       if (!token.configured) return true
       return typeof authorization === 'string' && authorization.startsWith('Bearer ') && token.verify(authorization.slice(7))

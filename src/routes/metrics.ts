@@ -6,6 +6,12 @@ import { NEVER_SHED } from '../plugins/pressure.js'
 const metricsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { prometheus, config } = fastify
   if (prometheus === null || config.METRICS_PORT > 0) return
+  // The broker's metrics name its callers and apps, which a refused caller must not learn (403 says "app" alike
+  // for an app that does not exist and one it may not use): on the API port they need METRICS_TOKEN.
+  if (fastify.brokerSetup !== null && !prometheus.protected) {
+    fastify.log.info('/metrics is not served on the API port: with an apps document it needs METRICS_TOKEN, or METRICS_PORT')
+    return
+  }
   // Rate limited like every route but the probes; never shed, and not timed itself.
   fastify.get('/metrics', {
     logLevel: 'warn',

@@ -36,8 +36,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
         scope: body.scope,
         deviceId: body.device_id,
         customConsumer: body.custom_consumer,
-        // The schema's default fills it in when the caller leaves it out.
-        minValiditySeconds: body.min_validity_seconds as number
+        minValiditySeconds: body.min_validity_seconds
       })
       Object.assign(request.logFields, { kid: minted.kid, cache: minted.outcome })
       if (minted.logid !== undefined) request.logFields.coze_logid = minted.logid

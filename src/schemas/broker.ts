@@ -164,7 +164,7 @@ export const BrokerTokenBody = Type.Object({
   scope: Type.Optional(ScopeBody),
   device_id: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   custom_consumer: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-  min_validity_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_DURATION_SECONDS, default: 60, description: 'A cached token is handed out only while it stays valid this long.' }))
+  min_validity_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_DURATION_SECONDS, description: 'A cached token is handed out only while it stays valid this long. Default 60; at most the duration less a minute (half of it under two minutes).' }))
 }, {
   additionalProperties: false,
   examples: [{ app: 'bills-cn', session_name: 'user-1a2b3c4d', duration_seconds: 900 }]

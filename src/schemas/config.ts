@@ -20,6 +20,8 @@ export const ConfigSchema = Type.Object({
   BODY_MAX_DEPTH: Type.Integer({ minimum: 2, maximum: 512, default: 64 }),
   WRITE_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
   MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1000000, default: 10000 }),
+  MAX_CONNECTIONS_PER_IP: Type.Integer({ minimum: 1, maximum: 1000000, default: 256, description: 'Connections from one peer address (the socket\'s, never X-Forwarded-For)' }),
+  HEADERS_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 10000, description: 'A connection that has not sent a whole request head by then is closed' }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
   TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false', description: 'false, CIDRs or addresses of the balancers, a hop count, or true (unsafe)' }),
 
@@ -68,7 +70,7 @@ export const ConfigSchema = Type.Object({
   // Operations
   DOCS_ENABLED: Type.Boolean({ default: true }),
   METRICS_ENABLED: Type.Boolean({ default: true }),
-  METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, a scrape must send Authorization: Bearer <token>' })),
+  METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, a scrape must send Authorization: Bearer <token>; several tokens are separated by commas' })),
   METRICS_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 0, description: 'When set, /metrics is served on this port only' }),
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, maximum: 10000000, default: 120 }),
   RATE_LIMIT_WINDOW: Type.String({ pattern: '^\\d+( ?(ms|millisecond|second|minute|hour|day)s?)?$', default: '1 minute' }),
@@ -196,6 +198,10 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   const broker = document === null ? null : resolveBroker(document, data)
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
+  }
+  // A token list of spaces or commas would leave /metrics open while looking protected. (Empty is unset.)
+  if (config.METRICS_TOKEN !== undefined && config.METRICS_TOKEN !== '' && config.METRICS_TOKEN.split(',').every((token) => token.trim() === '')) {
+    throw new ConfigError('METRICS_TOKEN holds no token: give one or more tokens separated by commas, or leave it unset')
   }
   const warnings: string[] = []
   for (const name of Object.keys(data)) {

@@ -79,8 +79,12 @@ function documentFor (cozeUrl: string) {
 const ENV = { BILLS_CN_KEY: KEYS['fp-1'].pem, BILLS_CN_KEY_2: KEYS['fp-2'].pem, CHANNEL_KEY: KEYS['fp-com'].pem, ADMIN_CALLER_KEY: ADMIN_KEY }
 const SCOPE = { account_permission: { permission_list: ['Connector.botChat'] }, attribute_constraint: { connector_bot_chat_attribute: { bot_id_list: ['7400000000000000000'] } } }
 
+const METRICS_TOKEN = 'broker-metrics-token-0123456789'
+registerSecret(METRICS_TOKEN)
+const METRICS = { url: '/metrics', headers: { authorization: `Bearer ${METRICS_TOKEN}` } }
+
 async function broker (t: Test, coze: { url: string }, config: Record<string, unknown> = {}, options: { cozeDispatcher?: Agent } = {}) {
-  const built = await build(t, { COZE_APPS: JSON.stringify(documentFor(coze.url)), ...ENV, ...config }, options)
+  const built = await build(t, { COZE_APPS: JSON.stringify(documentFor(coze.url)), ...ENV, METRICS_TOKEN, ...config }, options)
   const token = async (key: string, body: Record<string, unknown>, header: 'x-api-key' | 'authorization' = 'x-api-key') =>
     await built.app.inject({ method: 'POST', url: '/token', headers: { [header]: header === 'authorization' ? `Bearer ${key}` : key }, payload: body })
   return { ...built, token }
@@ -196,10 +200,10 @@ t.test('key failover: a kid Coze does not know is followed, once, by the app\'s 
   t.same(coze.exchanges.map((exchange) => exchange.header.kid), ['fp-2'])
   t.ok(logs.records().some((line) => line.level === 40 && line.app === 'bills-cn' && line.kid === 'fp-1' && line.next_kid === 'fp-2'))
   t.ok(logs.records().some((line) => line.route === '/token' && line.kid === 'fp-2'))
-  t.match((await app.inject('/metrics')).body, /coze_key_failovers_total\{app="bills-cn"\} 1/)
+  t.match((await app.inject(METRICS)).body, /coze_key_failovers_total\{app="bills-cn"\} 1/)
   await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-00000002' })
-  t.match((await app.inject('/metrics')).body, /coze_key_failovers_total\{app="bills-cn"\} 1/, 'the key that worked signs from now on')
-  t.match((await app.inject('/metrics')).body, /coze_broker_tokens_total\{app="bills-cn",caller="shortcuts",outcome="miss"\} 2/)
+  t.match((await app.inject(METRICS)).body, /coze_key_failovers_total\{app="bills-cn"\} 1/, 'the key that worked signs from now on')
+  t.match((await app.inject(METRICS)).body, /coze_broker_tokens_total\{app="bills-cn",caller="shortcuts",outcome="miss"\} 2/)
 
   const refusing = await startCoze(t, { refuse: ['fp-1', 'fp-2'] })
   const stuck = await broker(t, refusing)
@@ -215,7 +219,7 @@ t.test('key failover: a kid Coze does not know is followed, once, by the app\'s 
 t.test('reuse: same app, session, device, scope and duration only, and only while valid for min_validity_seconds', async (t) => {
   let expiresIn = Math.floor(Date.now() / 1000) + 900
   const coze = await startCoze(t, { expiresIn: () => expiresIn })
-  const { token } = await broker(t, coze)
+  const { token, app } = await broker(t, coze)
   const ask = async (body: Record<string, unknown>) => (await token(ADMIN_KEY, { app: 'bills-cn', scope: SCOPE, ...body })).json().data.access_token as string
   const first = await ask({ session_name: 'a' })
   t.equal(await ask({ session_name: 'a' }), first, 'identical: reused')
@@ -223,14 +227,18 @@ t.test('reuse: same app, session, device, scope and duration only, and only whil
   t.not(await ask({ session_name: 'a', duration_seconds: 600 }), first, 'another duration')
   t.not(await ask({ session_name: 'a', device_id: 'd1' }), first, 'another device')
   t.equal(await ask({ session_name: 'a', min_validity_seconds: 800 }), first, 'valid for 800 s more: reused')
-  t.not(await ask({ session_name: 'a', min_validity_seconds: 1000 }), first, 'not valid long enough: a new one')
+  const tooMuch = await token(ADMIN_KEY, { app: 'bills-cn', scope: SCOPE, session_name: 'a', min_validity_seconds: 841 })
+  t.same([tooMuch.statusCode, tooMuch.json().data], [400, { error: 'VALIDATION_FAILED', field: 'min_validity_seconds', reason: 'min_validity_seconds is at most 840 for a duration of 900 s (the duration less a minute)' }], 'nearly the whole duration would force an exchange per request')
   const exchanges = coze.exchanges.length
   expiresIn = Math.floor(Date.now() / 1000) + 30
   const short = await ask({ session_name: 'short' })
   const again = await ask({ session_name: 'short' })
   t.not(again, short, 'a token with 30 s left is not handed out under the default 60')
   t.equal(await ask({ session_name: 'short', min_validity_seconds: 10 }), again, 'asking for 10 s, the 30 s left are enough')
-  t.equal(coze.exchanges.length, exchanges + 2)
+  expiresIn = Math.floor(Date.now() / 1000) + 100
+  t.ok(await ask({ session_name: 'brief', duration_seconds: 100 }), 'a 100 s token: the default min validity is 50 s, not a refusal')
+  t.equal(coze.exchanges.length, exchanges + 3)
+  t.match((await app.inject(METRICS)).body, /coze_broker_forced_exchanges_total\{app="bills-cn",caller="admin"\} 1\n/, 'the exchange the 60 s default forced is counted for its caller')
 })
 
 t.test('the document: YAML or JSON, validated at start, naming the source and the field; one way to configure', async (t) => {
@@ -309,7 +317,7 @@ t.test('Redis away: each instance caches on its own and says so on /ready, then 
   const { token, app, logs } = await broker(t, coze, { TOKEN_CACHE: 'redis', TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: redis.url })
   t.equal((await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-00000001' })).statusCode, 200)
   t.same((await app.inject('/ready')).json().data.checks.token_cache, 'ok')
-  t.match((await app.inject('/metrics')).body, /redis_up 1/)
+  t.match((await app.inject(METRICS)).body, /redis_up 1/)
   await redis.stop()
   for (let i = 0; i < 50 && app.redis.status === 'ready'; i++) await sleep(20)
   const during = await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-00000002' })
@@ -318,13 +326,27 @@ t.test('Redis away: each instance caches on its own and says so on /ready, then 
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200, 'still ready')
   t.equal(ready.json().data.checks.token_cache, 'degraded')
-  t.match((await app.inject('/metrics')).body, /token_cache_degraded 1/)
-  t.match((await app.inject('/metrics')).body, /redis_up 0/)
+  t.match((await app.inject(METRICS)).body, /token_cache_degraded 1/)
+  t.match((await app.inject(METRICS)).body, /redis_up 0/)
   t.ok(logs.records().some((line) => line.level === 40 && /token cache: Redis does not answer/.test(String(line.msg))))
   await redis.start()
   for (let i = 0; i < 100 && app.redis.status !== 'ready'; i++) await sleep(50)
   t.equal((await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-00000003' })).statusCode, 200)
   t.equal((await app.inject('/ready')).json().data.checks.token_cache, 'ok', 'shared again')
+})
+
+t.test('/metrics names callers and apps: with an apps document it needs METRICS_TOKEN (or METRICS_PORT)', async (t) => {
+  const coze = await startCoze(t)
+  const open = await build(t, { COZE_APPS: JSON.stringify(documentFor(coze.url)), ...ENV })
+  t.equal((await open.app.inject('/metrics')).statusCode, 404, 'no token: not served on the API port')
+  t.ok(open.logs.records().some((line) => /\/metrics is not served on the API port/.test(String(line.msg))))
+  const guarded = await broker(t, coze)
+  t.equal((await guarded.app.inject('/metrics')).statusCode, 401)
+  t.equal((await guarded.app.inject(METRICS)).statusCode, 200)
+  for (const empty of [' ', ',', ' , ,']) {
+    t.throws(() => loadConfig({ overrides: { METRICS_TOKEN: empty }, env: false }), { message: 'METRICS_TOKEN holds no token: give one or more tokens separated by commas, or leave it unset' })
+  }
+  t.equal(loadConfig({ overrides: { METRICS_TOKEN: '' }, env: false }).config.METRICS_TOKEN, '', 'empty is unset, as every variable')
 })
 
 t.test('the example document in deploy/ loads', async (t) => {
