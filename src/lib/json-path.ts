@@ -1,210 +1,129 @@
-/**
- * A bounded JSONPath for the relay's commands. It knows the plain paths callers use (`$.a.b`, `$['a']`, `[0]`,
- * `[-1]`, `*`, and one `..` per expression) and nothing that evaluates code. Every node it steps on is counted
- * against a budget shared by all expressions of one request, so the work a request can cause is bounded by
- * construction, whatever the document or the expression. (General JSONPath libraries neither count nor stop:
- * `$..*..*..*` over a 100-deep array ran for 35 seconds in one.)
- */
+import { JSONPathEnvironment, JSONPathError, type JSONPathNode, type JSONPathQuery, type JSONValue } from 'json-p3'
+import { DEFAULT_MAX_JSON_DEPTH, jsonDeeperThan } from './json-depth.js'
+import { parseExact, stringifyExact } from './exact-json.js'
 
-export type Selector =
-  | { kind: 'name', name: string }
-  | { kind: 'index', index: number }
-  | { kind: 'wildcard' }
+/** What all the expressions of one request may match together. */
+export const MAX_MATCHED_VALUES = 10_000
+/** How many normalized paths the answer lists per expression. */
+export const MAX_REPORTED_PATHS = 20
 
-export interface Step {
-  /** `..`: the selector applies to the node itself and to every node below it. */
-  descend: boolean
-  selector: Selector
+// RFC 9535 as written (json-p3's strict environment): no extensions of its own. Its descent may go as deep as a
+// body may nest, and no deeper.
+const environments = new Map<number, JSONPathEnvironment>()
+function environmentFor (maxDepth: number): JSONPathEnvironment {
+  let environment = environments.get(maxDepth)
+  if (environment === undefined) {
+    environment = new JSONPathEnvironment({ strict: true, maxRecursionDepth: maxDepth + 1 })
+    environments.set(maxDepth, environment)
+  }
+  return environment
 }
 
-export class JsonPathSyntaxError extends Error {
-  constructor (readonly position: number, readonly reason: string) {
-    super(reason)
-    this.name = 'JsonPathSyntaxError'
+/** A refusal of json-p3's, in the answer's words: its message without the expression it quotes. */
+const refusalOf = (expression: string, err: JSONPathError): JsonParseRefusal =>
+  new JsonParseRefusal({ expression, position: err.token.index, reason: err.message.replace(/ \('.*$/, '') })
+
+/** Why json_parse refused a request: safe details for the answer (the expression, where, and why). */
+export class JsonParseRefusal extends Error {
+  constructor (readonly details: Record<string, unknown>) {
+    super(String(details.reason))
+    this.name = 'JsonParseRefusal'
   }
 }
 
-/** A bound of the budget was reached: `reason` names it. */
-export class JsonPathLimitError extends Error {
-  constructor (readonly reason: string, readonly limit: number) {
-    super(reason)
-    this.name = 'JsonPathLimitError'
+/** What json_parse did with one expression. */
+export interface JsonParseReport {
+  expression: string
+  /** Strings parsed at the locations it matched (a location reached twice is parsed once). */
+  parsed: number
+  /** Their normalized paths (RFC 9535 §2.7), the first MAX_REPORTED_PATHS. */
+  paths: string[]
+}
+
+export interface Rewritten {
+  /** The params as JSON text, ready to send; undefined when the request had none. */
+  body: string | undefined
+  report: JsonParseReport[]
+}
+
+export interface RewriteLimits {
+  /** BODY_MAX_DEPTH: how deep the body may nest once a string became JSON. */
+  maxDepth: number
+  maxMatches?: number
+}
+
+/** Compiles an RFC 9535 expression; a syntax error is a refusal naming the expression and the position. */
+export function compileJsonPath (expression: string, maxDepth = DEFAULT_MAX_JSON_DEPTH): JSONPathQuery {
+  try {
+    return environmentFor(maxDepth).compile(expression)
+  } catch (err) {
+    /* c8 ignore next - json-p3 throws nothing but its own errors for a string */
+    if (!(err instanceof JSONPathError)) throw err
+    throw refusalOf(expression, err)
   }
-}
-
-const NAME_END = /[.[\]()?'"\s]/
-
-export function parseJsonPath (expression: string): Step[] {
-  if (!expression.startsWith('$')) throw new JsonPathSyntaxError(0, 'an expression starts with $')
-  const steps: Step[] = []
-  let i = 1
-  let descents = 0
-
-  const readName = (): Selector => {
-    if (expression[i] === '*') { i++; return { kind: 'wildcard' } }
-    const start = i
-    while (i < expression.length && !NAME_END.test(expression[i] as string)) i++
-    if (expression[i] === '(' || expression[i] === '?') throw new JsonPathSyntaxError(i, 'filter and script expressions are not allowed')
-    if (i === start) throw new JsonPathSyntaxError(i, 'a name is expected')
-    return { kind: 'name', name: expression.slice(start, i) }
-  }
-
-  const readBracket = (): Selector => {
-    const open = i
-    i++
-    let selector: Selector
-    const c = expression[i]
-    if (c === '*') {
-      i++
-      selector = { kind: 'wildcard' }
-    } else if (c === '\'' || c === '"') {
-      let name = ''
-      i++
-      while (i < expression.length && expression[i] !== c) {
-        if (expression[i] === '\\' && i + 1 < expression.length) i++
-        name += expression[i]
-        i++
-      }
-      if (i >= expression.length) throw new JsonPathSyntaxError(open, 'an unclosed quoted name')
-      i++
-      selector = { kind: 'name', name }
-    } else {
-      const digits = /^-?\d{1,9}/.exec(expression.slice(i))
-      if (digits === null) {
-        const reason = c === '?' || c === '(' ? 'filter and script expressions are not allowed' : 'only [*], [n] and [\'name\'] are supported in brackets'
-        throw new JsonPathSyntaxError(i, reason)
-      }
-      i += digits[0].length
-      selector = { kind: 'index', index: Number(digits[0]) }
-    }
-    if (expression[i] !== ']') throw new JsonPathSyntaxError(i, 'only [*], [n] and [\'name\'] are supported in brackets')
-    i++
-    return selector
-  }
-
-  while (i < expression.length) {
-    const c = expression[i]
-    if (c === '.' && expression[i + 1] === '.') {
-      if (++descents > 1) throw new JsonPathSyntaxError(i, 'at most one recursive descent (..) per expression')
-      i += 2
-      steps.push({ descend: true, selector: expression[i] === '[' ? readBracket() : readName() })
-    } else if (c === '.') {
-      i++
-      steps.push({ descend: false, selector: readName() })
-    } else if (c === '[') {
-      steps.push({ descend: false, selector: readBracket() })
-    } else {
-      throw new JsonPathSyntaxError(i, c === '(' || c === '?' ? 'filter and script expressions are not allowed' : `unexpected "${String(c)}"`)
-    }
-  }
-  return steps
-}
-
-/** What one request may spend on all of its expressions together. */
-export interface JsonPathBudget {
-  /** Nodes stepped on (each child looked at, each node a descent passes). */
-  visits: number
-  /** Values matched. */
-  matches: number
-}
-
-export interface JsonPathLimits {
-  maxVisits: number
-  maxMatches: number
-}
-
-/** A matched value, with where it sits so that it can be replaced. */
-export interface JsonPathMatch {
-  value: unknown
-  /** The array or object holding it; null for the root. */
-  parent: Record<string | number, unknown> | null
-  key: string | number
-  /** Levels below the root. */
-  depth: number
-  /** The normalized path, e.g. `$['params']['records'][0]['fields']`. */
-  path (): string
-}
-
-interface Node {
-  value: unknown
-  up: Node | null
-  key: string | number
-}
-
-const isContainer = (value: unknown): value is Record<string | number, unknown> => typeof value === 'object' && value !== null
-
-function depthOf (node: Node): number {
-  let depth = 0
-  for (let at = node.up; at !== null; at = at.up) depth++
-  return depth
-}
-
-function pathOf (node: Node): string {
-  const parts: string[] = []
-  for (let at: Node | null = node; at.up !== null; at = at.up) {
-    parts.push(typeof at.key === 'number' ? `[${at.key}]` : `['${at.key.replace(/\\/g, '\\\\').replace(/'/g, '\\\'')}']`)
-  }
-  return `$${parts.reverse().join('')}`
 }
 
 /**
- * Evaluates parsed steps over a JSON document (only own properties; never a prototype), charging the budget.
- * Throws JsonPathLimitError as soon as a bound is passed, before any more work.
+ * json_parse: each string an expression matches is replaced by the JSON it holds. Expressions see the request's
+ * params as `$.params` (so `$..fields` and `$.params..fields` both work, and nothing else of the request is in
+ * reach). Numbers keep their exact text throughout. Runs in a worker thread (json-path-pool.ts), which bounds its
+ * time and memory: the work of an expression is not counted here, only its matches.
  */
-export function evaluateJsonPath (document: unknown, steps: Step[], budget: JsonPathBudget, limits: JsonPathLimits): JsonPathMatch[] {
-  const visit = (): void => {
-    if (++budget.visits > limits.maxVisits) throw new JsonPathLimitError(`the expressions visit more than ${limits.maxVisits} nodes`, limits.maxVisits)
-  }
-
-  const select = (node: Node, selector: Selector, out: Node[]): void => {
-    const { value } = node
-    if (!isContainer(value)) return
-    if (selector.kind === 'wildcard') {
-      if (Array.isArray(value)) {
-        for (let index = 0; index < value.length; index++) { visit(); out.push({ value: value[index], up: node, key: index }) }
-      } else {
-        for (const key of Object.keys(value)) { visit(); out.push({ value: value[key], up: node, key }) }
+export function rewriteParams (bodyText: string, expressions: readonly string[], { maxDepth, maxMatches = MAX_MATCHED_VALUES }: RewriteLimits): Rewritten {
+  const queries = expressions.map((expression) => compileJsonPath(expression, maxDepth))
+  const body = parseExact(bodyText) as { params?: unknown }
+  const document = { params: body.params } as { params: JSONValue }
+  const done = new Set<string>()
+  let matched = 0
+  const report = queries.map((query, index) => {
+    const expression = expressions[index] as string
+    // Collected before anything changes: a value just parsed is not walked by the same expression.
+    const nodes: JSONPathNode[] = []
+    try {
+      for (const node of query.lazyQuery(document)) {
+        if (++matched > maxMatches) throw new JsonParseRefusal({ expression, reason: `the expressions match more than ${maxMatches} values`, limit: maxMatches })
+        nodes.push(node)
       }
-    } else if (selector.kind === 'index') {
-      if (!Array.isArray(value)) return
-      const index = selector.index < 0 ? value.length + selector.index : selector.index
-      visit()
-      if (index >= 0 && index < value.length) out.push({ value: value[index], up: node, key: index })
-    } else if (!Array.isArray(value) && Object.hasOwn(value, selector.name)) {
-      visit()
-      out.push({ value: value[selector.name], up: node, key: selector.name })
+    } catch (err) {
+      // Descents nested deeper than a body may (json-p3 counts descents inside descents as depth).
+      if (err instanceof JSONPathError) throw refusalOf(expression, err)
+      throw err
     }
-  }
-
-  let current: Node[] = [{ value: document, up: null, key: '$' }]
-  for (const step of steps) {
-    const next: Node[] = []
-    if (step.descend) {
-      // Depth-first with an explicit stack: no recursion, whatever the nesting.
-      const stack = current.slice().reverse()
-      while (stack.length > 0) {
-        const node = stack.pop() as Node
-        select(node, step.selector, next)
-        const { value } = node
-        if (!isContainer(value)) continue
-        const children: Node[] = []
-        if (Array.isArray(value)) for (let index = 0; index < value.length; index++) { visit(); children.push({ value: value[index], up: node, key: index }) }
-        else for (const key of Object.keys(value)) { visit(); children.push({ value: value[key], up: node, key }) }
-        for (let k = children.length - 1; k >= 0; k--) stack.push(children[k] as Node)
-      }
-    } else {
-      for (const node of current) select(node, step.selector, next)
+    if (nodes.length === 0) throw new JsonParseRefusal({ expression, reason: 'matched nothing' })
+    const strings = nodes.filter((node) => typeof node.value === 'string')
+    // (What an earlier expression of the request already parsed is done, not a mistake.)
+    if (strings.length === 0 && !nodes.some((node) => done.has(node.getPath({ form: 'canonical' })))) {
+      throw new JsonParseRefusal({ expression, reason: `matched ${nodes.length} value(s), none of them a string: json_parse parses strings that hold JSON (point the expression at those strings)` })
     }
-    current = next
-  }
+    const paths: string[] = []
+    let parsed = 0
+    for (const node of strings) {
+      const path = node.getPath({ form: 'canonical' })
+      if (done.has(path)) continue
+      done.add(path)
+      replaceWithParsed(document, node, { expression, path, maxDepth })
+      if (++parsed <= MAX_REPORTED_PATHS) paths.push(path)
+    }
+    return { expression, parsed, paths }
+  })
+  return { body: stringifyExact(document.params), report }
+}
 
-  budget.matches += current.length
-  if (budget.matches > limits.maxMatches) throw new JsonPathLimitError(`the expressions match more than ${limits.maxMatches} values`, limits.maxMatches)
-  return current.map((node) => ({
-    value: node.value,
-    parent: node.up === null ? null : node.up.value as Record<string | number, unknown>,
-    key: node.key,
-    depth: depthOf(node),
-    path: () => pathOf(node)
-  }))
+/** Puts the JSON a matched string holds where the string was, within the depth every body keeps. */
+function replaceWithParsed (document: { params: JSONValue }, node: JSONPathNode, where: { expression: string, path: string, maxDepth: number }): void {
+  const text = node.value as string
+  // The containers above the value: the body, then each step of its location (params, ...).
+  if (jsonDeeperThan(text, where.maxDepth - node.location.length)) {
+    throw new JsonParseRefusal({ expression: where.expression, path: where.path, position: 0, reason: `the parsed value would nest deeper than ${where.maxDepth} levels` })
+  }
+  let value: unknown
+  try {
+    value = parseExact(text)
+  } catch (err) {
+    const at = /position (\d+)/.exec((err as Error).message)
+    throw new JsonParseRefusal({ expression: where.expression, path: where.path, position: at === null ? 0 : Number(at[1]), reason: 'the matched string is not valid JSON' })
+  }
+  let parent = document as unknown as Record<string | number, unknown>
+  for (const step of node.location.slice(0, -1)) parent = parent[step] as Record<string | number, unknown>
+  parent[node.location.at(-1) as string | number] = value
 }

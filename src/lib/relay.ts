@@ -1,8 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Dispatcher } from 'undici'
 import { ServiceError, outcomeOf } from './errors.js'
+import { RawJson, mayLoseNumbers } from './exact-json.js'
 import { jsonDeeperThan } from './json-depth.js'
-import { applyCommands, type CommandReport, type Commands } from './resend-commands.js'
+import type { JsonPathPool } from './json-path-pool.js'
+import { prepareBody, type CommandReport, type Commands } from './resend-commands.js'
 import { USER_AGENT } from './service-info.js'
 import { ResponseTooLargeError, readBodyLimited, transportError, withDeadline } from './upstream.js'
 import { checkDestination, createPolicyAgents, isDestinationRefusal, type PolicyEntry, type Resolver } from './upstream-policy.js'
@@ -16,6 +18,8 @@ export interface RelayRequest {
   method?: ResendMethod | undefined
   headers?: Record<string, string> | undefined
   params?: unknown
+  /** The request body as it arrived, so that params reach the destination with their numbers exact. */
+  bodyText?: string | undefined
   commands?: Commands | undefined
   /** 1 (the default): no retry. */
   maxAttempts?: number | undefined
@@ -24,6 +28,7 @@ export interface RelayRequest {
 /** A 2xx answer of the destination; anything else is thrown as UPSTREAM_ERROR with the same fields. */
 export interface RelayAnswer {
   status: number
+  /** Parsed JSON, RawJson (JSON whose numbers a parse would change), or text. */
   body: unknown
   attempts: number
   /** What the commands did, when there were any. */
@@ -48,6 +53,8 @@ export interface RelayOptions {
   maxResponseBytes: number
   /** BODY_MAX_DEPTH: how deep the rewritten body and a JSON answer may nest. */
   maxDepth: number
+  /** Where json_parse runs, and the exact re-serialization of bodies with numbers JSON.parse would change. */
+  jsonPath: JsonPathPool
   resolver?: Resolver | undefined
   /** Told how each relay ended (`success` or the error code, lower case) and after how many attempts. */
   onOutcome?: (outcome: string, attempts: number) => void
@@ -95,12 +102,16 @@ export function outgoingHeaders (headers: Record<string, string> = {}, hasBody: 
   return out
 }
 
-/** JSON answers are passed on parsed; text, and JSON nested too deep to carry, as text. */
+/**
+ * JSON answers are passed on parsed, or as their own text where a parse would change a number (an id beyond
+ * 2^53); text, and JSON nested too deep to carry, as text.
+ */
 function parseBody (raw: Buffer, contentType: string | string[] | undefined, maxDepth: number): unknown {
   const text = raw.toString('utf8')
   if (/\bjson\b/i.test(String(contentType)) && !jsonDeeperThan(text, maxDepth)) {
     try {
-      return JSON.parse(text)
+      const parsed: unknown = JSON.parse(text)
+      return mayLoseNumbers(text) ? new RawJson(text.trim()) : parsed
     } catch {
       return text
     }
@@ -123,11 +134,11 @@ export function createRelay (options: RelayOptions): Relay {
       throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: decision.reason })
     }
     const { url } = decision
-    // Commands rewrite the body in place: it belongs to this request alone, and a failed command sends nothing.
-    const document = { params: request.params }
-    const report = request.commands === undefined ? undefined : applyCommands(document, request.commands, options.maxDepth)
-    const hasBody = method !== 'GET' && document.params !== undefined
-    const body = hasBody ? JSON.stringify(document.params) : undefined
+    // Commands run before anything is sent: a failed command sends nothing.
+    const prepared = await prepareBody(request, options.jsonPath)
+    const report = prepared.report
+    const body = method !== 'GET' ? prepared.body : undefined
+    const hasBody = body !== undefined
     const headers = outgoingHeaders(request.headers, hasBody)
     const dispatcher = agents.dispatcherFor(decision.allowPrivate)
     const started = performance.now()

@@ -1,4 +1,11 @@
 import fp from 'fastify-plugin'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The JSON body as it arrived: the relay sends params from it, so numbers a parse would change stay exact. */
+    bodyText: string | undefined
+  }
+}
 import { ServiceError } from '../lib/errors.js'
 import { jsonDeeperThan } from '../lib/json-depth.js'
 
@@ -14,11 +21,13 @@ export default fp(async function body (fastify) {
   // Fastify's own parser (prototype poisoning refused), behind the depth check.
   const parseJson = fastify.getDefaultJsonParser('error', 'error')
   fastify.removeContentTypeParser('application/json')
+  fastify.decorateRequest('bodyText', undefined)
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, text, done) => {
     if (jsonDeeperThan(text as string, BODY_MAX_DEPTH)) {
       done(new ServiceError('VALIDATION_FAILED', { field: 'body', reason: `the body nests deeper than ${BODY_MAX_DEPTH} levels`, limit: BODY_MAX_DEPTH }), undefined)
       return
     }
+    request.bodyText = text as string
     parseJson(request, text as string, done)
   })
 }, { name: 'body', fastify: '5.x', dependencies: ['config'] })

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { ServiceError, isServiceError, type ErrorCode } from '../lib/errors.js'
+import { stringifyWithRaw } from '../lib/exact-json.js'
 import type { SuccessText } from '../lib/messages.js'
 import { errorEnvelope, successEnvelope } from '../schemas/envelope.js'
 
@@ -90,7 +91,7 @@ export function sendError (err: FastifyError, request: FastifyRequest, reply: Fa
 export function serializeErrorEnvelope (error: ServiceError, request: FastifyRequest): string {
   const envelope = errorEnvelope(error, request.headers['accept-language'])
   try {
-    return JSON.stringify(envelope)
+    return stringifyWithRaw(envelope)
   } catch (err) {
     request.log.warn({ code: error.code, reason: (err as Error).message.slice(0, 200) }, 'error details could not be serialized; left out')
     return JSON.stringify({ ...envelope, data: { error: error.code, details: 'omitted: not serializable' } })

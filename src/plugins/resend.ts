@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import { createJsonPathPool } from '../lib/json-path-pool.js'
 import { createRelay, type Relay } from '../lib/relay.js'
 import { parseAllowList, type Resolver } from '../lib/upstream-policy.js'
 
@@ -16,7 +17,16 @@ export interface ResendPluginOptions {
 /** The relay of POST /resend: its allow-list, limits and counters. */
 export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   const { config, log } = fastify
+  // A worker's heap: room for a body at its largest, parsed, and the nodes an expression walks.
+  const jsonPath = createJsonPathPool({
+    workers: config.JSONPATH_WORKERS,
+    timeoutMs: config.JSONPATH_TIMEOUT_MS,
+    memoryMb: 64 + 16 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
+    maxQueue: 8 * config.JSONPATH_WORKERS,
+    maxDepth: config.BODY_MAX_DEPTH
+  })
   const relay = createRelay({
+    jsonPath,
     allowList: parseAllowList('RESEND_ALLOWED_HOSTS', config.RESEND_ALLOWED_HOSTS),
     timeoutMs: config.RESEND_TIMEOUT_MS,
     maxResponseBytes: config.RESEND_MAX_RESPONSE_BYTES,
@@ -26,5 +36,8 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') }
   })
   fastify.decorate('relay', relay)
-  fastify.addHook('onClose', async () => await relay.close())
+  fastify.addHook('onClose', async () => {
+    await relay.close()
+    await jsonPath.close()
+  })
 }, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics'] })

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { RawJson, stringifyWithRaw } from '../lib/exact-json.js'
 import { configurationStatus } from '../lib/readiness.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
@@ -22,8 +23,10 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const { location, method, headers, params, commands, max_attempts: maxAttempts } = request.body
-    const { answer, trace } = await relay.send({ location, method, headers, params, commands, maxAttempts })
+    const { answer, trace } = await relay.send({ location, method, headers, params, bodyText: request.bodyText, commands, maxAttempts })
     request.logFields = trace
+    // An answer whose numbers a parse would change is written as the destination wrote it.
+    if (answer.body instanceof RawJson) void reply.serializer(stringifyWithRaw)
     return reply.ok('RESEND_OK', answer)
   })
 }

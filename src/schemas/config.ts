@@ -51,6 +51,8 @@ export const ConfigSchema = Type.Object({
   RESEND_ALLOWED_HOSTS: Type.String({ default: 'open.feishu.cn,open.larksuite.com' }),
   RESEND_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 15000 }),
   RESEND_MAX_RESPONSE_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 5242880 }),
+  JSONPATH_WORKERS: Type.Integer({ minimum: 1, maximum: 64, default: 1, description: 'Worker threads evaluating json_parse expressions (and re-serializing bodies with numbers a parse would change)' }),
+  JSONPATH_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 60000, default: 200, description: 'All json_parse expressions of one request together; past it 400 COMMAND_FAILED and the worker is replaced' }),
 
   // Augment OAuth (PKCE)
   AUGMENT_AUTH_URL: url('Augment authorize endpoint', 'https://auth.augmentcode.com/authorize'),

@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { DEFAULT_METHOD, RESEND_METHODS } from '../lib/relay.js'
+import { MAX_REPORTED_PATHS } from '../lib/json-path.js'
 import { CommandsSchema } from '../lib/resend-commands.js'
 
 /**
@@ -44,9 +45,20 @@ export const ResendData = Type.Object({
   body: Type.Unknown({ description: 'The upstream body: parsed JSON when it says JSON, else text.' }),
   attempts: Type.Integer(),
   commands: Type.Optional(Type.Object({
-    json_parse: Type.Optional(Type.Array(Type.Integer(), { description: 'How many values each expression replaced, in order.' }))
+    json_parse: Type.Optional(Type.Array(Type.Object({
+      expression: Type.String(),
+      parsed: Type.Integer({ description: 'Strings parsed at the locations it matched; a location is parsed once.' }),
+      paths: Type.Array(Type.String(), { description: `Their normalized paths (RFC 9535), the first ${MAX_REPORTED_PATHS}.` })
+    }), { description: 'Per expression, in order.' }))
   }, { description: 'What the commands did; present when commands were given.' }))
-}, { examples: [{ status: 200, body: { code: 0, msg: 'success' }, attempts: 1, commands: { json_parse: [2] } }] })
+}, {
+  examples: [{
+    status: 200,
+    body: { code: 0, msg: 'success' },
+    attempts: 1,
+    commands: { json_parse: [{ expression: '$.params.records[*].fields', parsed: 1, paths: ["$['params']['records'][0]['fields']"] }] }
+  }]
+})
 export type ResendData = Static<typeof ResendData>
 
 export const ApiKeyHeaders = Type.Object({

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { createJsonPathPool } from '../../src/lib/json-path-pool.js'
 import { backoffMillis, createRelay, isRetryableTransportError, outgoingHeaders, retryAfterMillis } from '../../src/lib/relay.js'
 import { parseAllowList } from '../../src/lib/upstream-policy.js'
 import { sendJson, startUpstream } from '../helper.js'
@@ -28,7 +29,10 @@ t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async 
 t.test('the relay alone: POST and one attempt by default, the trace beside the answer, the trace on the error', async (t) => {
   const upstream = await startUpstream(t, (req, res) => { sendJson(res, req.url === '/fail' ? 500 : 200, { method: req.method, body: req.body }) })
   const outcomes: Array<[string, number]> = []
+  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })
+  t.teardown(async () => { await jsonPath.close() })
   const relay = createRelay({
+    jsonPath,
     allowList: parseAllowList('TEST', `http://127.0.0.1:${upstream.port}`),
     timeoutMs: 2000,
     maxResponseBytes: 1024,

@@ -27,7 +27,17 @@ t.test('the seed example: parsed fields arrive as objects, body headers go, inco
   }, { 'x-api-key': API_KEY, cookie: 'session=incoming', 'x-forwarded-for': '203.0.113.9', 'content-type': 'application/json' })
 
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { success: true, data: { status: 200, body: { code: 0, msg: 'success', data: { records: [] } }, attempts: 1, commands: { json_parse: [2, 0] } }, message: '重发成功' })
+  const paths = ["$['params']['records'][0]['fields']", "$['params']['records'][1]['fields']"]
+  t.same(res.json(), {
+    success: true,
+    data: {
+      status: 200,
+      body: { code: 0, msg: 'success', data: { records: [] } },
+      attempts: 1,
+      commands: { json_parse: [{ expression: '$.params.records[*].fields', parsed: 2, paths }, { expression: '$.params.records[0].fields', parsed: 0, paths: [] }] }
+    },
+    message: '重发成功'
+  }, 'a location the first expression parsed is not parsed again')
   t.equal(upstream.requests.length, 1)
   const sent = upstream.requests[0]
   t.equal(sent?.method, 'POST')
@@ -96,6 +106,40 @@ t.test('who may use it: a key in X-API-Key or coze_api_key, else 401; none confi
   t.equal(upstream.requests.length, 0)
 })
 
+t.test('commands speak RFC 9535: filters, slices, unions and functions over { params }', async (t) => {
+  const { upstream, resend, location } = await setup(t)
+  const params = { records: [{ type: 'income', fields: FIELDS }, { type: 'spend', fields: '{"a":1}' }, { type: 'spend', fields: '{"b":2}' }] }
+  const expressions = [
+    '$.params.records[?length(@.fields) > 5 && match(@.type, "sp.*")].fields',
+    "$.params.records[?@.type=='income'].fields",
+    '$.params.records[1:2].fields',
+    '$..records[2,0].fields'
+  ]
+  const res = await resend({ location, params, commands: { json_parse: expressions } })
+  t.equal(res.statusCode, 200, res.body)
+  t.same(res.json().data.commands.json_parse.map((entry: { parsed: number }) => entry.parsed), [2, 1, 0, 0], 'what an earlier expression parsed is not parsed again')
+  t.same(JSON.parse(upstream.requests[0]?.body ?? ''), { records: [{ type: 'income', fields: JSON.parse(FIELDS) }, { type: 'spend', fields: { a: 1 } }, { type: 'spend', fields: { b: 2 } }] })
+  const onlyObjects = await resend({ location, params: { records: [{ a: 1 }] }, commands: { json_parse: ['$.params.records[*]'] } })
+  t.same([onlyObjects.statusCode, onlyObjects.json().data.reason], [400, 'matched 1 value(s), none of them a string: json_parse parses strings that hold JSON (point the expression at those strings)'], 'a match of no string is a 400 that says so')
+  t.equal(upstream.requests.length, 1)
+})
+
+t.test('numbers pass through exactly, both ways: ids beyond 2^53 and exponents a double cannot hold', async (t) => {
+  const answer = '{"code":0,"data":{"record_id":98765432109876543210,"big":1e400}}'
+  const { upstream, app, location } = await setup(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(answer)
+  })
+  const send = async (payload: string) => await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY, 'content-type': 'application/json' }, payload })
+  const plain = await send(`{"location":"${location}","params":{"id":12345678901234567891,"f":1e400,"x":0.5}}`)
+  t.equal(plain.statusCode, 200, plain.body)
+  t.equal(upstream.requests[0]?.body, '{"id":12345678901234567891,"f":1e400,"x":0.5}', 'the params as the caller wrote them')
+  t.equal(plain.body, `{"success":true,"data":{"status":200,"body":${answer},"attempts":1},"message":"重发成功"}`, 'the answer as the destination wrote it')
+  const parsed = await send(`{"location":"${location}","params":{"id":12345678901234567891,"fields":"{\\"n\\":12345678901234567892}"},"commands":{"json_parse":["$..fields"]}}`)
+  t.equal(parsed.statusCode, 200, parsed.body)
+  t.equal(upstream.requests[1]?.body, '{"id":12345678901234567891,"fields":{"n":12345678901234567892}}', 'a rewrite keeps them too')
+})
+
 t.test('commands: bad JSON, filters, scripts and unknown commands are 400 and nothing is sent', async (t) => {
   const { upstream, resend, location } = await setup(t)
   const notJson = await resend({ location, params: { records: [{ fields: FIELDS }, { fields: '{"a": 1,}' }] }, commands: { json_parse: ['$.params.records[*].fields'] } })
@@ -106,9 +150,9 @@ t.test('commands: bad JSON, filters, scripts and unknown commands are 400 and no
     message: /^命令执行失败: the matched string is not valid JSON/
   })
   const cases: Array<[unknown, string, number?]> = [
-    [['$..[?(@.fields)]'], 'COMMAND_FAILED', 4],
+    [['$..[?(@.fields'], 'COMMAND_FAILED', 5],
     [['$.params.records[(@.length-1)].fields'], 'COMMAND_FAILED', 17],
-    [['$.params[?(@.constructor.constructor("return process")())]'], 'COMMAND_FAILED', 9],
+    [['$.params[?(@.constructor.constructor("return process")())]'], 'COMMAND_FAILED', 36],
     [Array.from({ length: 33 }, () => '$.params'), 'VALIDATION_FAILED'],
     [[''], 'VALIDATION_FAILED'],
     ['$.params', 'VALIDATION_FAILED']

@@ -1,0 +1,85 @@
+import { MessageChannel } from 'node:worker_threads'
+import { Piscina } from 'piscina'
+import type { JsonPathOutcome, JsonPathTask } from './json-path-worker.js'
+import { MAX_MATCHED_VALUES, type Rewritten } from './json-path.js'
+import { ServiceError } from './errors.js'
+
+export interface JsonPathPoolOptions {
+  /** JSONPATH_WORKERS: threads evaluating at once. */
+  workers: number
+  /** JSONPATH_TIMEOUT_MS: all expressions of one request together, from the moment a worker starts them. */
+  timeoutMs: number
+  /** The heap one worker may use, in MB; past it the worker ends and the request is refused. */
+  memoryMb: number
+  /** Requests that may wait for a worker; one more is 503 at once. */
+  maxQueue: number
+  maxDepth: number
+  maxMatches?: number
+}
+
+export interface JsonPathPool {
+  /** Rewrites the params of `bodyText` by the expressions, away from the event loop, within the bounds. */
+  rewrite (bodyText: string, expressions: string[]): Promise<Rewritten>
+  close (): Promise<void>
+}
+
+const commandFailed = (details: Record<string, unknown>): ServiceError => new ServiceError('COMMAND_FAILED', { command: 'json_parse', ...details })
+
+/**
+ * JSONPath evaluation in worker threads (piscina). An expression's cost cannot be counted from inside a library,
+ * so it is bounded from outside: a deadline per request, after which the worker is ended and replaced, and a heap
+ * limit per worker. The event loop only hands the text over and reads the result.
+ */
+export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool {
+  const pool = new Piscina<JsonPathTask, JsonPathOutcome>({
+    filename: new URL('./json-path-worker.js', import.meta.url).href,
+    minThreads: options.workers,
+    maxThreads: options.workers,
+    idleTimeout: Infinity,
+    resourceLimits: { maxOldGenerationSizeMb: options.memoryMb, maxYoungGenerationSizeMb: Math.min(32, Math.ceil(options.memoryMb / 4)) }
+  })
+  const maxMatches = options.maxMatches ?? MAX_MATCHED_VALUES
+  let closing = false
+  // Requests handed over and not yet started by a worker: the queue, bounded here.
+  let waiting = 0
+
+  return {
+    async rewrite (bodyText, expressions) {
+      if (waiting >= options.maxQueue + options.workers) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'jsonpath_queue', limit: options.maxQueue })
+      waiting++
+      let started = false
+      const start = (): void => {
+        if (!started) waiting--
+        started = true
+      }
+      const { port1, port2 } = new MessageChannel()
+      const abort = new AbortController()
+      let timer: NodeJS.Timeout | undefined
+      port1.once('message', () => {
+        start()
+        timer = setTimeout(() => { abort.abort() }, options.timeoutMs)
+      })
+      try {
+        const outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, started: port2 }, { transferList: [port2], signal: abort.signal })
+        if ('refused' in outcome) throw commandFailed(outcome.refused)
+        return outcome.rewritten
+      } catch (err) {
+        if (err instanceof ServiceError) throw err
+        if (abort.signal.aborted) throw commandFailed({ reason: `the expressions took longer than ${options.timeoutMs} ms (JSONPATH_TIMEOUT_MS)`, limit: options.timeoutMs })
+        const { code } = err as NodeJS.ErrnoException
+        if (code === 'ERR_WORKER_OUT_OF_MEMORY') throw commandFailed({ reason: `the expressions needed more than ${options.memoryMb} MB`, limit: options.memoryMb })
+        if (closing) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'closing' })
+        /* c8 ignore next - a worker that fails otherwise (it cannot load) is a defect: 500 */
+        throw err
+      } finally {
+        start()
+        clearTimeout(timer)
+        port1.close()
+      }
+    },
+    async close () {
+      closing = true
+      await pool.destroy()
+    }
+  }
+}

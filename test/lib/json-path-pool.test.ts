@@ -1,0 +1,57 @@
+import t, { type Test } from 'tap'
+import { createJsonPathPool, type JsonPathPoolOptions } from '../../src/lib/json-path-pool.js'
+
+// A pattern that backtracks exponentially in a JavaScript RegExp: json-p3's search() on a long "aaa…b" runs for ever.
+const SLOW = '$.params[?search(@, "(a|aa)+$")]'
+const slowBody = JSON.stringify({ params: [`${'a'.repeat(40)}b`] })
+
+function pool (t: Test, options: Partial<JsonPathPoolOptions> = {}) {
+  const created = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: 64, maxQueue: 8, maxDepth: 64, ...options })
+  t.teardown(async () => { await created.close() })
+  return created
+}
+
+t.test('rewrites in a worker thread; a refusal there is 400 COMMAND_FAILED here, with its details', async (t) => {
+  const jsonPath = pool(t)
+  const done = await jsonPath.rewrite('{"params":{"a":"[1,2]"}}', ['$.params.a'])
+  t.same(done, { body: '{"a":[1,2]}', report: [{ expression: '$.params.a', parsed: 1, paths: ["$['params']['a']"] }] })
+  await t.rejects(jsonPath.rewrite('{"params":{}}', ['$.params[']), { code: 'COMMAND_FAILED', statusCode: 400, details: { command: 'json_parse', expression: '$.params[', position: 9 } })
+})
+
+t.test('JSONPATH_TIMEOUT_MS: an expression that runs too long is refused and its worker replaced', async (t) => {
+  const jsonPath = pool(t, { timeoutMs: 150 })
+  const started = performance.now()
+  await t.rejects(jsonPath.rewrite(slowBody, [SLOW]), { code: 'COMMAND_FAILED', details: { reason: 'the expressions took longer than 150 ms (JSONPATH_TIMEOUT_MS)', limit: 150 } })
+  t.ok(performance.now() - started < 5000)
+  t.same((await jsonPath.rewrite('{"params":["1"]}', ['$.params[0]'])).body, '[1]', 'a new worker serves the next request')
+})
+
+t.test('the heap of a worker is bounded: past it the request is refused', async (t) => {
+  // (A worker loads the TypeScript loader under test, so its heap cannot be as small as in production.)
+  const jsonPath = pool(t, { memoryMb: 48, timeoutMs: 20_000 })
+  const wide = JSON.stringify({ params: Array.from({ length: 400_000 }, (_, i) => ({ id: i, name: `n${i}` })) })
+  await t.rejects(jsonPath.rewrite(wide, ['$..name']), { code: 'COMMAND_FAILED', details: { reason: 'the expressions needed more than 48 MB', limit: 48 } })
+  t.same((await jsonPath.rewrite('{"params":["1"]}', ['$.params[0]'])).body, '[1]', 'and the next one is served')
+})
+
+t.test('a full queue is 503 at once; the deadline counts from the start of the work, not the wait', async (t) => {
+  const jsonPath = pool(t, { maxQueue: 1, timeoutMs: 300 })
+  await jsonPath.rewrite('{"params":["0"]}', ['$.params[0]'])
+  const results = await Promise.allSettled([
+    jsonPath.rewrite(slowBody, [SLOW]),
+    ...[1, 2, 3, 4, 5].map(async (n) => await jsonPath.rewrite(`{"params":["${n}"]}`, ['$.params[0]']))
+  ])
+  t.match(results[0], { status: 'rejected', reason: { code: 'COMMAND_FAILED', details: { limit: 300 } } })
+  t.match(results[1], { status: 'fulfilled', value: { body: '[1]' } }, 'it waited 300 ms in the queue and still had its own 300 ms')
+  const refused = results.filter((result) => result.status === 'rejected').slice(1)
+  t.ok(refused.length >= 1, `${refused.length} refused while the queue was full`)
+  for (const result of refused) t.match(result, { reason: { code: 'SERVICE_UNAVAILABLE', statusCode: 503, details: { reason: 'jsonpath_queue', limit: 1 } } })
+})
+
+t.test('closing: a request in flight gets its answer or 503', async (t) => {
+  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 5000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })
+  const inFlight = jsonPath.rewrite(slowBody, [SLOW]).then(() => 'answered', (err: { code?: string, details?: unknown }) => [err.code, err.details])
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  await jsonPath.close()
+  t.same(await inFlight, ['SERVICE_UNAVAILABLE', { reason: 'closing' }])
+})
