@@ -87,6 +87,7 @@ export function rewriteParams (bodyText: string, expressions: readonly string[],
     } catch (err) {
       // Descents nested deeper than a body may (json-p3 counts descents inside descents as depth).
       if (err instanceof JSONPathError) throw refusalOf(expression, err)
+      /* c8 ignore next - json-p3 throws nothing but its own errors while it walks */
       throw err
     }
     if (nodes.length === 0) throw new JsonParseRefusal({ expression, reason: 'matched nothing' })
@@ -120,8 +121,9 @@ function replaceWithParsed (document: { params: JSONValue }, node: JSONPathNode,
   try {
     value = parseExact(text)
   } catch (err) {
-    const at = /position (\d+)/.exec((err as Error).message)
-    throw new JsonParseRefusal({ expression: where.expression, path: where.path, position: at === null ? 0 : Number(at[1]), reason: 'the matched string is not valid JSON' })
+    // lossless-json ends every message of a syntax error with "at position N".
+    const position = Number((err as Error).message.split('position ').at(-1))
+    throw new JsonParseRefusal({ expression: where.expression, path: where.path, position, reason: 'the matched string is not valid JSON' })
   }
   let parent = document as unknown as Record<string | number, unknown>
   for (const step of node.location.slice(0, -1)) parent = parent[step] as Record<string | number, unknown>

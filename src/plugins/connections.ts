@@ -35,12 +35,12 @@ export default fp(async function connections (fastify) {
   fastify.addHook('onSend', (_request, reply, payload, done) => {
     // While closing, answers end their connection so keep-alive clients move to another instance at once.
     if (!server.listening) void reply.header('connection', 'close')
-    // (A string is at most three bytes a character: most answers are ruled out without counting.)
-    const bytes = typeof payload === 'string' ? (payload.length * 3 > CHUNKED_ABOVE_BYTES ? Buffer.from(payload) : undefined) : Buffer.isBuffer(payload) ? payload : undefined
-    if (bytes === undefined || bytes.length <= CHUNKED_ABOVE_BYTES) {
+    // Answers are serialized JSON strings; one is at most three bytes a character, so most are ruled out at once.
+    if (typeof payload !== 'string' || payload.length * 3 <= CHUNKED_ABOVE_BYTES || Buffer.byteLength(payload) <= CHUNKED_ABOVE_BYTES) {
       done(null, payload)
       return
     }
+    const bytes = Buffer.from(payload)
     void reply.header('content-length', bytes.length)
     done(null, inChunks(bytes))
   })

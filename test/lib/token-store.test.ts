@@ -196,6 +196,12 @@ t.test('both stores keep the same guarantees', { skip: await skipWithoutRedis() 
         // The next round starts from a token with 100 s left again.
         await store.obtain(`${key}-${round}`, 0, async () => ({ token: token('other') }))
       }
+      // A request that joins an exchange which brings a token too short for it makes its own.
+      const [brought, own] = await Promise.all([
+        store.obtain(`${key}-join`, 0, async () => { await sleep(30); return { token: token('brief', 100) } }),
+        (async () => { await sleep(5); return await store.obtain(`${key}-join`, 600, async () => ({ token: token('long', 900) })) })()
+      ])
+      t.same([brought.token.access_token, own.token.access_token, own.outcome, own.forced], ['czs_brief_0123456789', 'czs_long_0123456789', 'miss', true])
     })
   }
 

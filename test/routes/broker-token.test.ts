@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { decodeProtectedHeader, jwtVerify } from 'jose'
+import { Redis } from 'ioredis'
 import { Agent } from 'undici'
 import t, { type Test } from 'tap'
 import { stringify as toYaml } from 'yaml'
@@ -309,6 +310,26 @@ t.test('one cache for every instance: 4 instances, 200 concurrent identical requ
   const later = await (instances[3] as Awaited<ReturnType<typeof broker>>).token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-0000beef' })
   t.equal(later.json().data.access_token, 'czs_broker_1_0123456789', 'what one instance minted, another hands out')
   t.ok(instances.every(({ logs }) => !logs.text.includes('czs_broker_1')))
+})
+
+t.test('a lock without an expiry in the shared cache is removed, with a warning, and the token made', { skip: await skipWithoutRedis() }, async (t) => {
+  const coze = await startCoze(t)
+  const prefix = `aibill-broker-lock-${randomBytes(4).toString('hex')}:`
+  const raw = new Redis(REDIS_URL)
+  t.teardown(async () => {
+    const keys = await raw.keys(`${prefix}*`)
+    if (keys.length > 0) await raw.del(...keys)
+    await raw.quit()
+  })
+  const { token, logs } = await broker(t, coze, { TOKEN_CACHE: 'redis', TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL, REDIS_KEY_PREFIX: prefix })
+  t.equal((await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-0000aaaa' })).statusCode, 200)
+  const [written] = await raw.keys(`${prefix}token:*`)
+  await raw.del(written as string)
+  await raw.set((written as string).replace(`${prefix}token:`, `${prefix}token-lock:`), 'written-by-hand')
+  const again = await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-0000aaaa' })
+  t.equal(again.statusCode, 200)
+  t.equal(coze.exchanges.length, 2)
+  t.ok(logs.records().some((line) => line.level === 40 && /a lock without an expiry was found and removed/.test(String(line.msg))))
 })
 
 t.test('Redis away: each instance caches on its own and says so on /ready, then shares again', async (t) => {

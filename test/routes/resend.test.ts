@@ -124,6 +124,15 @@ t.test('commands speak RFC 9535: filters, slices, unions and functions over { pa
   t.equal(upstream.requests.length, 1)
 })
 
+t.test('an answer of a few hundred KB comes back whole', async (t) => {
+  const records = Array.from({ length: 2000 }, (_, i) => ({ record_id: `rec${i}`, fields: { 说明: '一二三四五六七八九十'.repeat(2) } }))
+  const { resend, location } = await setup(t, (_req, res) => { sendJson(res, 200, { code: 0, data: { records } }) })
+  const res = await resend({ location, params: {} })
+  t.equal(res.statusCode, 200)
+  t.ok(res.body.length > 80_000 && Buffer.byteLength(res.body) < 256 * 1024, `${Buffer.byteLength(res.body)} bytes`)
+  t.same(res.json().data.body.data.records.length, 2000)
+})
+
 t.test('numbers pass through exactly, both ways: ids beyond 2^53 and exponents a double cannot hold', async (t) => {
   const answer = '{"code":0,"data":{"record_id":98765432109876543210,"big":1e400}}'
   const { upstream, app, location } = await setup(t, (_req, res) => {
