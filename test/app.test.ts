@@ -127,7 +127,7 @@ t.test('an invalid configuration stops the start, names the variable and says wh
     await server.ready()
   }
   await t.rejects(start({ JWT_PRIVATE_KEY: '-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----' }), /JWT_PRIVATE_KEY is not a readable PEM/)
-  await t.rejects(start({ JWT_PRIVATE_KEY_FILE: '/nonexistent/key.pem' }), /JWT_PRIVATE_KEY_FILE cannot be read \(ENOENT\)/)
+  await t.rejects(start({ JWT_PRIVATE_KEY_FILE: '/nonexistent/key.pem' }), /JWT_PRIVATE_KEY_FILE \(\/nonexistent\/key\.pem\) cannot be read \(ENOENT\)/)
 })
 
 t.test('a variable one edit from a known one is warned about at start', async (t) => {

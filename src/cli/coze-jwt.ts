@@ -3,7 +3,7 @@ import { realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../lib/coze-jwt.js'
+import { PrivateKeyError, createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem } from '../lib/coze-jwt.js'
 import { isServiceError } from '../lib/errors.js'
 import { ConfigSchema, loadConfig } from '../schemas/config.js'
 import { MAX_DURATION_SECONDS } from '../schemas/token.js'
@@ -98,13 +98,14 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
     const duration = positiveInteger('--duration', args.duration ?? String(MAX_DURATION_SECONDS), MAX_DURATION_SECONDS)
 
     const appKey = app?.keys[0]
-    const pem = args.key !== undefined
-      ? await readPrivateKeyPem({ file: args.key })
+    const source = args.key !== undefined
+      ? { file: args.key, fileName: '--key' }
       : appKey !== undefined
-        ? await readPrivateKeyPem({ pem: appKey.pem, file: appKey.file })
-        : await readPrivateKeyPem({ pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE })
+        ? { pem: appKey.pem, file: appKey.file, pemName: appKey.origin, fileName: 'private_key_file' }
+        : { pem: config.JWT_PRIVATE_KEY, file: config.JWT_PRIVATE_KEY_FILE }
+    const pem = await readPrivateKeyPem(source)
     if (pem === undefined) throw new PrivateKeyError('no private key: pass --key FILE or set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE')
-    const signer = createSigner(await importRsaPrivateKey(pem))
+    const signer = createSigner(await importRsaPrivateKey(pem, keyLabel(source)))
     const jwt = await signer.signCozeJwt({
       kid,
       iss: appId,

@@ -62,6 +62,9 @@ function withoutStackTraces (socket: Socket): void {
   socket.once('close', () => { Error.stackTraceLimit = limit })
 }
 
+/** How long a connection that has sent nothing is spared when another needs its place. */
+const EVICTABLE_AFTER_MS = 250
+
 /** The event a guarded server emits for each connection it closes or refuses: (reason, fields for a log line). */
 export const GUARD_EVENT = 'connectionGuard'
 
@@ -72,7 +75,8 @@ export const GUARD_EVENT = 'connectionGuard'
  * rather than idle old ones at a cap. Here:
  * - a connection with no whole request head within `headersTimeoutMs` of opening is closed (Node's own
  *   headersTimeout, set too, covers the heads of later requests on a kept-alive connection);
- * - at `maxConnections` the oldest connection with no request in progress (never used, or idle) makes room;
+ * - at `maxConnections` the oldest idle keep-alive connection makes room, else the oldest that never sent a
+ *   request (once it has been open a moment); a new one is refused only when none qualifies;
  * - one address holds at most `maxConnectionsPerAddress`; the excess is refused;
  * - a connection with more than `maxUnanswered` requests waiting for their answers is closed, and the rest of its
  *   pipelined read is dropped before it reaches the application;
@@ -115,6 +119,20 @@ export function createGuardedServer (handler: (req: IncomingMessage, res: Server
     else perAddress.delete(connection.address)
   }
 
+  /**
+   * The connection to close for a newcomer: the oldest idle keep-alive one, else the oldest that never sent a
+   * request and has been open a moment (one that connected just now is about to send its head).
+   */
+  function oldestIdle (now: number): Socket | undefined {
+    let unused: Socket | undefined
+    for (const [socket, state] of open) {
+      if (state.unanswered > 0) continue
+      if (state.requests > 0) return socket
+      if (unused === undefined && now - state.opened >= EVICTABLE_AFTER_MS) unused = socket
+    }
+    return unused
+  }
+
   server.on('connection', (socket: Socket) => {
     const address = String(socket.remoteAddress)
     const held = perAddress.get(address) ?? 0
@@ -124,11 +142,7 @@ export function createGuardedServer (handler: (req: IncomingMessage, res: Server
       return
     }
     if (open.size >= limits.maxConnections) {
-      // Insertion order is age: the first without a request in progress is the oldest idle one.
-      let idle: Socket | undefined
-      for (const [other, state] of open) {
-        if (state.unanswered === 0) { idle = other; break }
-      }
+      const idle = oldestIdle(performance.now())
       if (idle === undefined) {
         server.emit(GUARD_EVENT, 'over_limit', { limit: limits.maxConnections })
         socket.destroy()

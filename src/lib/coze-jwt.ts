@@ -1,5 +1,5 @@
 import { createPrivateKey, randomBytes, sign, type KeyObject } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { promisify } from 'node:util'
 
 export class PrivateKeyError extends Error {
@@ -12,6 +12,27 @@ export class PrivateKeyError extends Error {
 export interface PrivateKeySource {
   pem?: string | undefined
   file?: string | undefined
+  /** The names messages give the two (default JWT_PRIVATE_KEY and JWT_PRIVATE_KEY_FILE). */
+  pemName?: string
+  fileName?: string
+}
+
+/** Where the key of a source comes from, as messages name it: `JWT_PRIVATE_KEY_FILE (./key.pem)`. */
+export function keyLabel (source: PrivateKeySource): string {
+  if (source.pem !== undefined && source.pem.trim() !== '') return source.pemName ?? 'JWT_PRIVATE_KEY'
+  return `${source.fileName ?? 'JWT_PRIVATE_KEY_FILE'} (${String(source.file)})`
+}
+
+/** Why a key file cannot be read: for a permission refusal, its mode and owner and who this process is. */
+async function whyUnreadable (file: string, err: NodeJS.ErrnoException): Promise<string> {
+  if (err.code !== 'EACCES') return `cannot be read (${String(err.code)})`
+  /* c8 ignore start - tested by a child run as uid 1000 (root reads anything), whose coverage is not collected */
+  const found = await stat(file).catch(() => undefined)
+  if (found === undefined) return 'cannot be read (EACCES)'
+  const mode = (found.mode & 0o777).toString(8).padStart(4, '0')
+  return `cannot be read (EACCES): mode ${mode}, owner uid ${found.uid} gid ${found.gid}, and this process runs as uid ${String(process.getuid?.())}. ` +
+    'Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it'
+  /* c8 ignore stop */
 }
 
 /** Reads the key from the variable or the file. Returns undefined when neither is set. */
@@ -21,7 +42,7 @@ export async function readPrivateKeyPem (source: PrivateKeySource): Promise<stri
     try {
       return await readFile(source.file, 'utf8')
     } catch (err) {
-      throw new PrivateKeyError(`JWT_PRIVATE_KEY_FILE cannot be read (${String((err as NodeJS.ErrnoException).code)}): ${source.file}`)
+      throw new PrivateKeyError(`${keyLabel(source)} ${await whyUnreadable(source.file, err as NodeJS.ErrnoException)}`)
     }
   }
   return undefined
@@ -31,6 +52,11 @@ export async function readPrivateKeyPem (source: PrivateKeySource): Promise<stri
  * Accepts PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM, also written on one line
  * with literal `\n` (how single-line secret stores hold it), and returns the key object that signs RS256.
  */
+// How each other kind of key is named, with its article.
+const KEY_TYPES: Record<string, string> = {
+  ec: 'an EC', ed25519: 'an Ed25519', ed448: 'an Ed448', x25519: 'an X25519', x448: 'an X448', dsa: 'a DSA', dh: 'a DH', 'rsa-pss': 'an RSA-PSS'
+}
+
 /** `label` names where the key came from in every refusal (a variable, or a key of the apps document). */
 export async function importRsaPrivateKey (pem: string, label = 'JWT_PRIVATE_KEY'): Promise<KeyObject> {
   const text = pem.trim().replace(/^(["'])([\s\S]*)\1$/, '$2').replace(/\\r/g, '').replace(/\\n/g, '\n')
@@ -42,7 +68,7 @@ export async function importRsaPrivateKey (pem: string, label = 'JWT_PRIVATE_KEY
     throw new PrivateKeyError(whyNotAPrivateKey(text, label))
   }
   if (key.asymmetricKeyType !== 'rsa') {
-    throw new PrivateKeyError(`${label} is a ${String(key.asymmetricKeyType)} key; Coze needs an RSA key for RS256`)
+    throw new PrivateKeyError(`${label} is ${KEY_TYPES[String(key.asymmetricKeyType)] ?? `a ${String(key.asymmetricKeyType)}`} key; Coze needs an RSA key for RS256`)
   }
   // Node sets the details of every RSA key.
   const bits = key.asymmetricKeyDetails!.modulusLength!

@@ -1,6 +1,6 @@
 import { JSONPathEnvironment, JSONPathError, type JSONPathNode, type JSONPathQuery, type JSONValue } from 'json-p3'
 import { DEFAULT_MAX_JSON_DEPTH, jsonDeeperThan } from './json-depth.js'
-import { parseExact, stringifyExact } from './exact-json.js'
+import { mayLoseNumbers, parseExact, stringifyExact } from './exact-json.js'
 
 /** What all the expressions of one request may match together. */
 export const MAX_MATCHED_VALUES = 10_000
@@ -71,7 +71,9 @@ export function compileJsonPath (expression: string, maxDepth = DEFAULT_MAX_JSON
  */
 export function rewriteParams (bodyText: string, expressions: readonly string[], { maxDepth, maxMatches = MAX_MATCHED_VALUES }: RewriteLimits): Rewritten {
   const queries = expressions.map((expression) => compileJsonPath(expression, maxDepth))
-  const body = parseExact(bodyText) as { params?: unknown }
+  // The exact parser costs several times JSON.parse: only for text whose numbers a parse would change.
+  let exact = mayLoseNumbers(bodyText)
+  const body = (exact ? parseExact(bodyText) : JSON.parse(bodyText)) as { params?: unknown }
   const document = { params: body.params } as { params: JSONValue }
   const done = new Set<string>()
   let matched = 0
@@ -102,12 +104,13 @@ export function rewriteParams (bodyText: string, expressions: readonly string[],
       const path = node.getPath({ form: 'canonical' })
       if (done.has(path)) continue
       done.add(path)
+      exact ||= mayLoseNumbers(node.value as string)
       replaceWithParsed(document, node, { expression, path, maxDepth })
       if (++parsed <= MAX_REPORTED_PATHS) paths.push(path)
     }
     return { expression, parsed, paths }
   })
-  return { body: stringifyExact(document.params), report }
+  return { body: exact ? stringifyExact(document.params) : JSON.stringify(document.params), report }
 }
 
 /** Puts the JSON a matched string holds where the string was, within the depth every body keeps. */

@@ -158,7 +158,7 @@ export function createRelay (options: RelayOptions): Relay {
           throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: 'address' })
         }
         if (!last && isRetryableTransportError(err)) return { retryInMs: backoffMillis(attempt) }
-        throw transportError(err, { attempts: attempt })
+        throw transportError(err, url.origin, { attempts: attempt })
       }
       // How long the destination asks us to wait: Retry-After, or Feishu's seconds until its window resets.
       const wait = (): number => retryAfterMillis(response.headers['retry-after']) ?? retryAfterMillis(response.headers['x-ogw-ratelimit-reset']) ?? backoffMillis(attempt)
@@ -171,7 +171,7 @@ export function createRelay (options: RelayOptions): Relay {
         raw = await readBodyLimited(response.body, options.maxResponseBytes)
       } catch (err) {
         if (err instanceof ResponseTooLargeError) throw new ServiceError('UPSTREAM_RESPONSE_TOO_LARGE', { status: response.statusCode, limit: options.maxResponseBytes, attempts: attempt })
-        throw transportError(err, { attempts: attempt })
+        throw transportError(err, url.origin, { attempts: attempt })
       }
       const parsed = parseBody(raw, response.headers['content-type'], options.maxDepth)
       if (!last && response.statusCode === 400 && (parsed as { code?: unknown } | null)?.code === FEISHU_RATE_LIMITED) return { retryInMs: wait() }

@@ -36,9 +36,23 @@ export function isTimeout (err: unknown): boolean {
   return cause !== undefined && cause !== err && isTimeout(cause)
 }
 
-/** Maps a transport failure to the service's answer; the cause is kept for the log, never shown. */
-export function transportError (err: unknown, details: Record<string, unknown> = {}): ServiceError {
-  return new ServiceError(isTimeout(err) ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', details, { cause: err })
+/** The code of a transport failure (ECONNREFUSED, UND_ERR_SOCKET, ...), looked for through its causes. */
+export function causeCode (err: unknown): string | undefined {
+  for (let at = err, depth = 0; typeof at === 'object' && at !== null && depth < 5; at = (at as { cause?: unknown }).cause, depth++) {
+    const { code, name } = at as { code?: unknown, name?: unknown }
+    if (typeof code === 'string') return code
+    if (name === 'TimeoutError') return 'timeout'
+  }
+  return undefined
+}
+
+/**
+ * Maps a transport failure to the service's answer, naming where (the origin only: a path or a query may hold
+ * secrets) and the cause's code. The cause itself is kept for the log, never shown.
+ */
+export function transportError (err: unknown, origin: string, details: Record<string, unknown> = {}): ServiceError {
+  const cause = causeCode(err)
+  return new ServiceError(isTimeout(err) ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', { origin, ...(cause === undefined ? {} : { cause }), ...details }, { cause: err })
 }
 
 /** The JSON object in an answer, or an empty object when it holds none (not JSON, an array, a string). */
@@ -113,7 +127,7 @@ export async function exchangeJson (dispatcher: Dispatcher, url: URL, body: unkn
   } catch (err) {
     if (err instanceof ResponseTooLargeError) throw options.tooLarge()
     if (options.refused !== undefined && isDestinationRefusal(err)) throw options.refused()
-    throw transportError(err)
+    throw transportError(err, url.origin)
   }
   return { status: answer.status, headers: answer.headers, body: jsonObject(answer.raw) }
 }

@@ -28,7 +28,7 @@ async function importApps (setup: BrokerSetup): Promise<BrokerApp[]> {
     maxDuration: app.maxDuration,
     keys: await Promise.all(app.keys.map(async (key, index) => {
       const label = `apps.${app.name}.keys.${index} (${key.origin})`
-      const pem = key.pem ?? await readPrivateKeyPem({ file: key.file }).catch((err: Error) => { throw new ConfigError(`${label}: ${err.message.replace(/^JWT_PRIVATE_KEY_FILE /, '')}`) })
+      const pem = key.pem ?? await readPrivateKeyPem({ file: key.file, fileName: `apps.${app.name}.keys.${index}.private_key_file` }).catch((err: Error) => { throw new ConfigError(err.message) })
       return { kid: key.kid, signer: createSigner(await importRsaPrivateKey(pem as string, label)) }
     }))
   })))

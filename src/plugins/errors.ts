@@ -79,7 +79,7 @@ export function sendError (err: FastifyError, request: FastifyRequest, reply: Fa
   } else if (error.statusCode >= 500) {
     // Upstream failures are expected; the cause says why, without request data.
     const cause = error.cause as { code?: unknown, message?: unknown } | undefined
-    request.log.warn({ code: error.code, cause: cause?.code ?? cause?.message }, 'request failed')
+    request.log.warn({ code: error.code, origin: error.details.origin, cause: error.details.cause ?? cause?.code ?? cause?.message }, 'request failed')
   }
   return reply.code(error.statusCode).type('application/json; charset=utf-8').send(serializeErrorEnvelope(error, request))
 }

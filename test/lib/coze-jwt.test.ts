@@ -1,9 +1,11 @@
 import { generateKeyPairSync } from 'node:crypto'
-import { writeFile } from 'node:fs/promises'
+import { spawnSync } from 'node:child_process'
+import { chmod, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
 import t from 'tap'
-import { PrivateKeyError, createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
+import { PrivateKeyError, createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
 import { loadConfig } from '../../src/schemas/config.js'
 import { tempDir, testKeys } from '../helper.js'
 
@@ -17,13 +19,29 @@ t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that neve
   t.equal(await readPrivateKeyPem({ pem: pkcs8, file: '/ignored' }), pkcs8, 'the variable wins over the file')
 
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
-  await t.rejects(importRsaPrivateKey(ec), new PrivateKeyError('JWT_PRIVATE_KEY is a ec key; Coze needs an RSA key for RS256'))
+  await t.rejects(importRsaPrivateKey(ec), new PrivateKeyError('JWT_PRIVATE_KEY is an EC key; Coze needs an RSA key for RS256'))
   const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
   await t.rejects(importRsaPrivateKey(small), /1024-bit RSA key; RS256 needs at least 2048 bits/)
   const garbled = pkcs8.replace(/[A-Za-z]{20}/, 'x')
   const err = await importRsaPrivateKey(garbled).then(() => new Error('imported'), (error: unknown) => error as Error)
   t.match(err, { name: 'PrivateKeyError', message: /not a readable PEM private key/ })
   t.notOk(err.message.includes(pkcs8.split('\n')[2] ?? '-'), 'the message does not quote the key')
+})
+
+t.test('a key file names its variable and its path; one this process may not read says why, with the uid and the mode', async (t) => {
+  const dir = await tempDir(t, 'aibill-key-file-')
+  const publicFile = join(dir, 'public.pem')
+  await writeFile(publicFile, generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }).toString())
+  const source = { file: publicFile }
+  await t.rejects(importRsaPrivateKey(await readPrivateKeyPem(source) as string, keyLabel(source)), { message: `JWT_PRIVATE_KEY_FILE (${publicFile}) is a public key or a certificate: give the private key of the pair (Coze keeps the public key and shows its fingerprint as the kid)` })
+  t.equal(keyLabel({ pem: 'x', file: publicFile }), 'JWT_PRIVATE_KEY', 'the variable wins, and is named')
+
+  // As the image does: a key owned by root with mode 0600, read by uid 1000. (Root reads anything: a child is run as 1000.)
+  const privateFile = join(dir, 'key.pem')
+  await writeFile(privateFile, testKeys().pkcs8, { mode: 0o600 })
+  await chmod(dir, 0o755)
+  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(new URL('../fixtures/read-key.ts', import.meta.url)), privateFile], { uid: 1000, gid: 1000, encoding: 'utf8' })
+  t.equal(child.stdout.trim(), `JWT_PRIVATE_KEY_FILE (${privateFile}) cannot be read (EACCES): mode 0600, owner uid 0 gid 0, and this process runs as uid 1000. Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it`, child.stderr)
 })
 
 t.test('a key that is not a usable private key says what it is and what to do', async (t) => {

@@ -284,7 +284,7 @@ t.test('the document: YAML or JSON, validated at start, naming the source and th
   t.ok(started.app.broker)
   fromFiles.apps['bills-cn'].keys = [{ kid: 'fp-1', private_key_file: join(dir, 'gone.pem') } as never]
   const missingFile = await build(t, { COZE_APPS: JSON.stringify(fromFiles), ...ENV }).then(() => 'started', (err: Error) => err.message)
-  t.match(missingFile, /^apps\.bills-cn\.keys\.0 \(.*gone\.pem\): cannot be read \(ENOENT\)/)
+  t.match(missingFile, /^apps\.bills-cn\.keys\.0\.private_key_file \(.*gone\.pem\) cannot be read \(ENOENT\)/)
   t.throws(broken((doc) => { doc.apps['bills-ent'].duration_seconds = { default: 3000, max: 600 } }), { message: 'COZE_APPS: apps.bills-ent.duration_seconds.default is above its max' })
   t.throws(load({ COZE_APPS: '[]' }), { message: /^COZE_APPS: \(the document\) / })
   t.throws(load({ COZE_APPS: JSON.stringify(documentFor(coze.url)), COZE_ISS_FROM_CALLER_KEY: true }), { message: /remove COZE_ISS_FROM_CALLER_KEY/ })

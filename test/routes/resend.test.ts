@@ -262,7 +262,7 @@ t.test('unreachable 502, slow 504, too large 502 — each promptly', async (t) =
   const refused = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${closed.port}` })
   const unreachable = await refused.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${closed.url}/x`, max_attempts: 2 } })
   t.equal(unreachable.statusCode, 502)
-  t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE', attempts: 2 }, message: '无法连接上游服务' })
+  t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE', origin: closed.url, cause: 'ECONNREFUSED', attempts: 2 }, message: '无法连接上游服务' })
 
   const { resend, upstream } = await setup(t, async (req, res) => {
     if (req.url === '/silent') return
@@ -276,7 +276,7 @@ t.test('unreachable 502, slow 504, too large 502 — each promptly', async (t) =
     const started = Date.now()
     const slow = await resend({ location: `${upstream.url}${path}`, params: {} })
     t.equal(slow.statusCode, 504, path)
-    t.same(slow.json().data, { error: 'UPSTREAM_TIMEOUT', attempts: 1 })
+    t.same(slow.json().data, { error: 'UPSTREAM_TIMEOUT', origin: upstream.url, cause: 'timeout', attempts: 1 })
     t.ok(Date.now() - started < 1300)
   }
   const huge = await resend({ location: `${upstream.url}/huge`, params: {} })

@@ -217,14 +217,15 @@ t.test('Coze unreachable: 502 UPSTREAM_UNREACHABLE; too slow: 504 UPSTREAM_TIMEO
   const down = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: closedUrl })
   const unreachable = await tokenRequest(down.app, { public_key: KID, coze_api_key: API_KEY })
   t.equal(unreachable.statusCode, 502)
-  t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE' }, message: '无法连接上游服务' })
+  t.same(unreachable.json(), { success: false, data: { error: 'UPSTREAM_UNREACHABLE', origin: closed.url, cause: 'ECONNREFUSED' }, message: '无法连接上游服务' }, 'the origin and the cause, never the path')
+  t.ok(down.logs.records().some((line) => line.msg === 'request failed' && line.origin === closed.url && line.cause === 'ECONNREFUSED'), 'and the log line says the same')
 
   const silent = await startCoze(t, () => { /* never answers */ })
   const slow = await build(t, { JWT_PRIVATE_KEY: pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: silent.tokenUrl, COZE_TIMEOUT_MS: 300 })
   const started = Date.now()
   const timeout = await tokenRequest(slow.app, { public_key: KID, coze_api_key: API_KEY })
   t.equal(timeout.statusCode, 504)
-  t.same(timeout.json(), { success: false, data: { error: 'UPSTREAM_TIMEOUT' }, message: '上游服务响应超时' })
+  t.same(timeout.json(), { success: false, data: { error: 'UPSTREAM_TIMEOUT', origin: new URL(silent.tokenUrl).origin, cause: 'timeout' }, message: '上游服务响应超时' })
   t.ok(Date.now() - started < 1300, 'within the timeout plus a second')
 })
 
