@@ -100,7 +100,8 @@ export interface Broker {
   close (): Promise<void>
 }
 
-const forbidden = (reason: 'app' | 'route' | 'session_name' | 'scope' | 'device'): ServiceError => new ServiceError('FORBIDDEN', { reason })
+const forbidden = (reason: 'app' | 'route' | 'session_name' | 'scope' | 'device', detail?: string): ServiceError =>
+  new ServiceError('FORBIDDEN', detail === undefined ? { reason } : { reason, detail })
 
 function checkScope (ceiling: ScopeCeiling | undefined, scope: Scope | undefined): void {
   if (ceiling === undefined) {
@@ -108,10 +109,12 @@ function checkScope (ceiling: ScopeCeiling | undefined, scope: Scope | undefined
     return
   }
   // A caller with a ceiling asks within it, every time: a token without a scope would have none.
-  if (scope === undefined) throw forbidden('scope')
+  if (scope === undefined) throw forbidden('scope', 'this caller must send a scope within its ceiling')
   if (!scope.account_permission.permission_list.every((permission) => ceiling.permissions.has(permission))) throw forbidden('scope')
+  if (ceiling.botIds === undefined) return
   const bots = scope.attribute_constraint?.connector_bot_chat_attribute.bot_id_list
-  if (ceiling.botIds !== undefined && (bots === undefined || !bots.every((bot) => ceiling.botIds?.has(bot) === true))) throw forbidden('scope')
+  if (bots === undefined) throw forbidden('scope', 'this caller may ask only for the bots it names: send scope.attribute_constraint.connector_bot_chat_attribute.bot_id_list')
+  if (!bots.every((bot) => ceiling.botIds?.has(bot) === true)) throw forbidden('scope')
 }
 
 /**

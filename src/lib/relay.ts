@@ -119,6 +119,21 @@ function parseBody (raw: Buffer, contentType: string | string[] | undefined, max
   return text
 }
 
+// What each rule of the policy means to the caller who met it.
+const REFUSALS: Record<string, { reason: string, detail: string }> = {
+  host: { reason: 'host', detail: 'the host is not in RESEND_ALLOWED_HOSTS' },
+  scheme: { reason: 'scheme', detail: 'only https, unless RESEND_ALLOWED_HOSTS names the destination as an http:// origin' },
+  port: { reason: 'port', detail: 'the port is not allowed: RESEND_ALLOWED_HOSTS allows the scheme\'s port, or the port an entry names' },
+  address: { reason: 'address', detail: 'the host is an address that is not public: RESEND_ALLOWED_HOSTS must name that exact address to allow it' },
+  resolved: { reason: 'address', detail: 'the host resolves to an address that is not public: RESEND_ALLOWED_HOSTS must name that exact host to allow it' },
+  userinfo: { reason: 'userinfo', detail: 'a user name or password in the URL is not allowed' }
+}
+
+function destinationRefused (rule: string): ServiceError {
+  const refusal = REFUSALS[rule] as { reason: string, detail: string }
+  return new ServiceError('DESTINATION_NOT_ALLOWED', { ...refusal, variable: 'RESEND_ALLOWED_HOSTS' })
+}
+
 type Attempt = { answer: RelayAnswer } | { retryInMs: number }
 
 /** The relay behind POST /resend: only to allowed destinations, checked again at connect time. */
@@ -131,7 +146,7 @@ export function createRelay (options: RelayOptions): Relay {
     const decision = checkDestination(request.location, options.allowList)
     if (!decision.allowed) {
       if (decision.reason === 'url') throw new ServiceError('VALIDATION_FAILED', { field: 'location', reason: 'location must be an absolute http(s) URL' })
-      throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: decision.reason })
+      throw destinationRefused(decision.reason)
     }
     const { url } = decision
     // Commands run before anything is sent: a failed command sends nothing.
@@ -155,7 +170,7 @@ export function createRelay (options: RelayOptions): Relay {
       } catch (err) {
         if (isDestinationRefusal(err)) {
           options.onRefusedAddress?.(trace)
-          throw new ServiceError('DESTINATION_NOT_ALLOWED', { reason: 'address' })
+          throw destinationRefused('resolved')
         }
         if (!last && isRetryableTransportError(err)) return { retryInMs: backoffMillis(attempt) }
         throw transportError(err, url.origin, { attempts: attempt })

@@ -22,7 +22,7 @@ async function importApps (setup: BrokerSetup): Promise<BrokerApp[]> {
   return await Promise.all(setup.apps.map(async (app) => ({
     name: app.name,
     appId: app.appId,
-    audience: app.apiBase.hostname,
+    audience: app.jwtAudience ?? app.apiBase.hostname,
     tokenUrl: brokerTokenUrl(app),
     defaultDuration: app.defaultDuration,
     maxDuration: app.maxDuration,

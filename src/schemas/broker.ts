@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { parse as parseYaml } from 'yaml'
+import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
+import { parseDocument } from 'yaml'
 import { wholeMatch } from '../lib/broker.js'
 import { ConfigError } from '../lib/errors.js'
 import type { Config } from './config.js'
@@ -22,6 +23,7 @@ export const BrokerApp = Type.Object({
   api_base: Type.String({ pattern: '^https?://[^/?#\\s]+/?$', description: 'https://api.coze.cn or https://api.coze.com; the JWT aud is its host.' }),
   keys: Type.Array(KeySource, { minItems: 1, maxItems: 3, description: 'Up to three key pairs; the first signs.' }),
   account_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' })),
+  jwt_audience: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'The JWT aud; default the host of api_base. For apps reached through a proxy.' })),
   enterprise_id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' })),
   duration_seconds: Type.Optional(Type.Object({
     default: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_DURATION_SECONDS })),
@@ -50,6 +52,39 @@ export type BrokerDocument = Static<typeof BrokerDocument>
 
 const checkDocument = TypeCompiler.Compile(BrokerDocument)
 
+const NAME_RULE = 'lower-case letters, digits and -, at most 64, starting with a letter or a digit'
+const dotted = (path: string): string => path.replace(/^\//, '').replace(/\//g, '.')
+
+function valueAt (document: unknown, path: string): unknown {
+  let at = document
+  for (const step of path.split('/').slice(1)) at = (at as Record<string, unknown> | undefined)?.[step.replace(/~1/g, '/').replace(/~0/g, '~')]
+  return at
+}
+
+/** A document error in the words of the document: the field, and what it may be. */
+function describeDocumentIssue (issue: ValueError, document: unknown): string {
+  const field = dotted(issue.path) || '(the document)'
+  if (issue.type === ValueErrorType.ObjectAdditionalProperties) {
+    const name = issue.path.split('/').at(-1) as string
+    const parent = dotted(issue.path.split('/').slice(0, -1).join('/')) || '(the document)'
+    const schema = issue.schema as { properties?: Record<string, unknown> }
+    if (schema.properties === undefined) return `${parent}: ${name} is not a valid name (${NAME_RULE})`
+    return `${parent}: ${name} is not a field (${Object.keys(schema.properties).join(', ')})`
+  }
+  if (issue.type === ValueErrorType.Union) {
+    // The key sources: { kid, private_key_env } or { kid, private_key_file }.
+    const variants = (issue.schema as unknown as { anyOf: Array<{ properties: Record<string, unknown> }> }).anyOf.map((variant) => Object.keys(variant.properties))
+    const value = valueAt(document, issue.path)
+    const known = new Set(variants.flat())
+    const unknown = typeof value === 'object' && value !== null ? Object.keys(value).find((key) => !known.has(key)) : undefined
+    const choices = [...new Set(variants.map((variant) => variant.filter((key) => !variants.every((other) => other.includes(key)))).flat())]
+    if (unknown !== undefined) return `${field}: ${unknown} is not a field (${[...known].filter((key) => !choices.includes(key)).join(', ')}, and ${choices.join(' or ')})`
+    return `${field} needs ${variants.every((variant) => variant.includes('kid')) ? 'kid and ' : ''}exactly one of ${choices.join(' and ')}`
+  }
+  if (issue.type === ValueErrorType.StringPattern && /\.(apps|callers)$|^callers\.[^.]+\.apps\.\d+$/.test(field)) return `${field} is not a valid app name (${NAME_RULE})`
+  return `${field} ${issue.message.toLowerCase()}`
+}
+
 /** The variables that configure the single app; with COZE_APPS* they are refused (one way to configure). */
 export const SINGLE_APP_VARIABLES = ['JWT_PRIVATE_KEY', 'JWT_PRIVATE_KEY_FILE', 'COZE_APP_ID', 'COZE_API_URL', 'COZE_JWT_AUDIENCE', 'EXPECTED_COZE_API_KEY'] as const
 
@@ -68,19 +103,28 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
   if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY')
   if (clashing.length > 0) throw new ConfigError(`${source} configures the apps and callers: remove ${clashing.join(', ')} (one way to configure)`)
 
-  let value: unknown
+  let text: string
   try {
-    const text = file !== '' ? readFileSync(file, 'utf8') : inline
-    value = file !== '' && /^\.ya?ml$/i.test(extname(file)) ? parseYaml(text, { maxAliasCount: 0 }) : JSON.parse(text)
+    text = file !== '' ? readFileSync(file, 'utf8') : inline
   } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'cannot be read (ENOENT)' : 'is not valid JSON or YAML'
-    throw new ConfigError(`${source} ${reason}`)
+    throw new ConfigError(`${source} cannot be read (${String((err as NodeJS.ErrnoException).code)})`)
+  }
+  let value: unknown
+  if (file !== '' && /^\.ya?ml$/i.test(extname(file))) {
+    const parsed = parseDocument(text)
+    const [error] = parsed.errors
+    if (error !== undefined) throw new ConfigError(`${source} is not valid YAML: ${error.code} at line ${String(error.linePos?.[0].line)}, column ${String(error.linePos?.[0].col)}`)
+    value = parsed.toJS({ maxAliasCount: 0 })
+  } else {
+    try {
+      value = JSON.parse(text)
+    } catch (err) {
+      // V8's message says where (position, and line and column on newer Node); it may quote a few characters.
+      throw new ConfigError(`${source} is not valid JSON: ${(err as Error).message}`)
+    }
   }
   const issue = checkDocument.Errors(value).First()
-  if (issue !== undefined) {
-    const field = issue.path.replace(/^\//, '').replace(/\//g, '.') || '(the document)'
-    throw new ConfigError(`${source}: ${field} ${issue.message.toLowerCase()}`)
-  }
+  if (issue !== undefined) throw new ConfigError(`${source}: ${describeDocumentIssue(issue, value)}`)
   const document = value as BrokerDocument
   for (const [name, app] of Object.entries(document.apps)) {
     if (app.account_id !== undefined && app.enterprise_id !== undefined) throw new ConfigError(`${source}: apps.${name} has both account_id and enterprise_id: use one`)
@@ -88,7 +132,7 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
     if (duration?.default !== undefined && duration.max !== undefined && duration.default > duration.max) throw new ConfigError(`${source}: apps.${name}.duration_seconds.default is above its max`)
   }
   for (const [name, caller] of Object.entries(document.callers)) {
-    if ((caller.key_sha256 === undefined) === (caller.key_env === undefined)) throw new ConfigError(`${source}: callers.${name} needs one of key_sha256 and key_env`)
+    if ((caller.key_sha256 === undefined) === (caller.key_env === undefined)) throw new ConfigError(`${source}: callers.${name} needs exactly one of key_sha256 and key_env`)
     const unknown = caller.apps.find((app) => !(app in document.apps))
     if (unknown !== undefined) throw new ConfigError(`${source}: callers.${name}.apps names ${unknown}, which is not in apps`)
     if (caller.session_name !== undefined) {
@@ -106,7 +150,7 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
 export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }
 
 export interface BrokerSetup {
-  apps: Array<{ name: string, appId: string, apiBase: URL, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
+  apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
   callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean }>
 }
 
@@ -118,11 +162,12 @@ export function resolveBroker (loaded: { document: BrokerDocument, source: strin
     if (typeof value !== 'string' || value.trim() === '') throw new ConfigError(`${source}: ${field} names ${name}, which is not set`)
     return value
   }
-  return {
+  const setup: BrokerSetup = {
     apps: Object.entries(document.apps).map(([name, app]) => ({
       name,
       appId: app.app_id,
       apiBase: new URL(app.api_base),
+      jwtAudience: app.jwt_audience,
       accountId: app.account_id,
       enterpriseId: app.enterprise_id,
       defaultDuration: app.duration_seconds?.default ?? Math.min(900, app.duration_seconds?.max ?? 900),
@@ -143,6 +188,15 @@ export function resolveBroker (loaded: { document: BrokerDocument, source: strin
       device: caller.device ?? false
     }))
   }
+  // One key, one caller: otherwise the later caller would silently take the key, and the other's rights with it.
+  const byKey = new Map<string, string>()
+  for (const caller of setup.callers) {
+    const digest = caller.digest.toString('hex')
+    const other = byKey.get(digest)
+    if (other !== undefined) throw new ConfigError(`${source}: callers.${other} and callers.${caller.name} have the same key: give each caller its own`)
+    byKey.set(digest, caller.name)
+  }
+  return setup
 }
 
 export const ScopeBody = Type.Object({

@@ -95,15 +95,15 @@ t.test('MAX_CONNECTIONS_PER_IP: one address cannot hold more; another address is
   t.match(await logged(server, /"reason":"over_address_limit"/), /"reason":"over_address_limit"/)
 })
 
-t.test('pipelined floods: 50 connections pipelining 64 KiB of GET /health and never reading leave the probes and the memory alone', { skip: process.platform !== 'linux' && 'reads /proc' }, async (t) => {
+t.test('pipelined floods: 200 connections pipelining 64 KiB of GET /health and never reading leave the probes and the memory alone', { skip: process.platform !== 'linux' && 'reads /proc' }, async (t) => {
   const server = await startServer(t, {})
   const port = portOf(server.url)
   const pid = server.child.pid as number
-  for (let i = 0; i < 20; i++) await probe(port)
+  for (let i = 0; i < 50; i++) await probe(port)
   const before = await rssMb(pid)
   const one = 'GET /health HTTP/1.1\r\nHost: x\r\n\r\n'
   const flood = one.repeat(Math.floor(65536 / one.length))
-  const sockets = await openSockets(port, 50, { send: flood })
+  const sockets = await openSockets(port, 200, { send: flood })
   t.teardown(() => { for (const socket of sockets) socket.destroy() })
   const answers = []
   for (let i = 0; i < 50; i++) answers.push(await probe(port))
@@ -111,16 +111,10 @@ t.test('pipelined floods: 50 connections pipelining 64 KiB of GET /health and ne
   t.same([...new Set(answers.map((answer) => answer.status))], [200])
   const p99 = percentile(answers.map((answer) => answer.ms), 0.99)
   t.ok(p99 < 1000, `probe p99 ${p99.toFixed(1)} ms during the flood`)
-  // What the flood left is garbage: on a busy machine it may take the collector a moment.
-  let after = peak
-  for (let i = 0; i < 40 && after - before >= 50; i++) {
-    await sleep(250)
-    await probe(port)
-    after = await rssMb(pid)
-  }
-  t.ok(peak - before < 150, `RSS ${before.toFixed(0)} → ${peak.toFixed(0)} MB at the peak (Node alone: +240 MB at 200 connections)`)
-  t.ok(after - before < 50, `RSS back within 50 MB: ${after.toFixed(0)} MB`)
-  t.comment(`pipelined flood: /health p99 ${p99.toFixed(1)} ms, RSS ${before.toFixed(0)} → ${peak.toFixed(0)} → ${after.toFixed(0)} MB`)
+  // Each connection's read is parsed no further than its 17th request: without that, 200 connections held
+  // 400,000 requests and their answers (+240 MB measured; the figures of the built server are in docs/reliability.md).
+  t.ok(peak - before < 120, `RSS ${before.toFixed(0)} → ${peak.toFixed(0)} MB`)
+  t.comment(`pipelined flood, 200 connections: /health p99 ${p99.toFixed(1)} ms, RSS ${before.toFixed(0)} → ${peak.toFixed(0)} MB`)
   t.match(await logged(server, /"reason":"pipelined","limit":16/), /"reason":"pipelined","limit":16/)
 })
 

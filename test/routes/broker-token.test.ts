@@ -61,7 +61,7 @@ function documentFor (cozeUrl: string) {
     apps: {
       'bills-cn': { app_id: '1150000000001', api_base: cozeUrl, keys: [{ kid: 'fp-1', private_key_env: 'BILLS_CN_KEY' }, { kid: 'fp-2', private_key_env: 'BILLS_CN_KEY_2' }] },
       'bills-ent': { app_id: '1150000000002', api_base: cozeUrl, account_id: '7300000000', keys: [{ kid: 'fp-2', private_key_env: 'BILLS_CN_KEY_2' }], duration_seconds: { default: 600, max: 3600 } },
-      'channel-com': { app_id: '1150000000003', api_base: cozeUrl, enterprise_id: 'ent-1', keys: [{ kid: 'fp-com', private_key_env: 'CHANNEL_KEY' }] }
+      'channel-com': { app_id: '1150000000003', api_base: cozeUrl, jwt_audience: 'api.coze.com', enterprise_id: 'ent-1', keys: [{ kid: 'fp-com', private_key_env: 'CHANNEL_KEY' }] }
     },
     callers: {
       shortcuts: { key_sha256: sha256(SHORTCUTS_KEY), apps: ['bills-cn'], session_name: '^user-[0-9a-f]{8}$' },
@@ -130,6 +130,8 @@ t.test('token URL variants, scope, device and custom consumer, duration bounds',
   t.equal((await token(ADMIN_KEY, { app: 'channel-com', scope: SCOPE, device_id: 'device-42' })).statusCode, 200)
   t.equal(coze.exchanges[1]?.request.url, '/api/permission/oauth2/enterprise_id/ent-1/token')
   t.same(coze.exchanges[1]?.claims.session_context, { device_info: { device_id: 'device-42' } })
+  t.equal(coze.exchanges[1]?.claims.aud, 'api.coze.com', 'jwt_audience: an app reached through a proxy signs for Coze\'s host')
+  t.equal(coze.exchanges[0]?.claims.aud, '127.0.0.1', 'without it, the host of api_base')
   t.equal((await token(ADMIN_KEY, { app: 'channel-com', scope: SCOPE, custom_consumer: 'consumer-7' })).statusCode, 200)
   t.same(coze.exchanges[2]?.claims.session_context, { device_info: { custom_consumer: 'consumer-7' } })
 
@@ -150,7 +152,7 @@ t.test('401 without a known key; 403 with the reason for what the caller may not
   const { token, app } = await broker(t, coze)
   t.equal((await token('not-a-caller', { app: 'bills-cn' })).statusCode, 401)
   t.equal((await app.inject({ method: 'POST', url: '/token', payload: { app: 'bills-cn' } })).statusCode, 401)
-  const refusals: Array<[string, Record<string, unknown>, string]> = [
+  const refusals: Array<[string, Record<string, unknown>, string, string?]> = [
     [SHORTCUTS_KEY, { app: 'bills-ent', session_name: 'user-1a2b3c4d' }, 'app'],
     [SHORTCUTS_KEY, { app: 'no-such-app', session_name: 'user-1a2b3c4d' }, 'app'],
     [SHORTCUTS_KEY, { app: 'bills-cn' }, 'session_name'],
@@ -158,15 +160,15 @@ t.test('401 without a known key; 403 with the reason for what the caller may not
     [SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'admin' }, 'session_name'],
     [SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-1a2b3c4d', scope: SCOPE }, 'scope'],
     [SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-1a2b3c4d', device_id: 'd' }, 'device'],
-    [ADMIN_KEY, { app: 'bills-cn' }, 'scope'],
+    [ADMIN_KEY, { app: 'bills-cn' }, 'scope', 'this caller must send a scope within its ceiling'],
     [ADMIN_KEY, { app: 'bills-cn', scope: { account_permission: { permission_list: ['Bot.publish'] } } }, 'scope'],
-    [ADMIN_KEY, { app: 'bills-cn', scope: { account_permission: { permission_list: ['Connector.botChat'] } } }, 'scope'],
+    [ADMIN_KEY, { app: 'bills-cn', scope: { account_permission: { permission_list: ['Connector.botChat'] } } }, 'scope', 'this caller may ask only for the bots it names: send scope.attribute_constraint.connector_bot_chat_attribute.bot_id_list'],
     [ADMIN_KEY, { app: 'bills-cn', scope: { ...SCOPE, attribute_constraint: { connector_bot_chat_attribute: { bot_id_list: ['7499999999999999999'] } } } }, 'scope']
   ]
-  for (const [key, body, reason] of refusals) {
+  for (const [key, body, reason, detail] of refusals) {
     const res = await token(key, body, 'x-api-key')
     t.equal(res.statusCode, 403, JSON.stringify(body))
-    t.same(res.json(), { success: false, data: { error: 'FORBIDDEN', reason }, message: '禁止访问' })
+    t.same(res.json(), { success: false, data: { error: 'FORBIDDEN', reason, ...(detail === undefined ? {} : { detail }) }, message: '禁止访问' })
   }
   t.same((await app.inject({ method: 'POST', url: '/token', headers: { 'x-api-key': ADMIN_KEY, 'accept-language': 'en' }, payload: { app: 'x' } })).json().message, 'Forbidden')
   t.equal(coze.exchanges.length, 0)
@@ -257,13 +259,22 @@ t.test('the document: YAML or JSON, validated at start, naming the source and th
     change(doc)
     return load({ COZE_APPS: JSON.stringify(doc) })
   }
-  t.throws(load({ COZE_APPS: '{"apps": ' }), { name: 'ConfigError', message: 'COZE_APPS is not valid JSON or YAML' })
+  t.throws(load({ COZE_APPS: '{"apps": ' }), { name: 'ConfigError', message: 'COZE_APPS is not valid JSON: Unexpected end of JSON input' })
+  const badYaml = join(dir, 'bad.yaml')
+  await writeFile(badYaml, 'apps:\n  bills-cn: [1\n  other: 2\n')
+  t.throws(load({ COZE_APPS_FILE: badYaml }), { message: /^COZE_APPS_FILE \(.*bad\.yaml\) is not valid YAML: [A-Z_]+ at line \d+, column \d+$/ })
   t.throws(load({ COZE_APPS_FILE: join(dir, 'missing.json') }), { message: /^COZE_APPS_FILE \(.*missing\.json\) cannot be read \(ENOENT\)$/ })
   t.throws(broken((doc) => { (doc.apps['bills-cn'] as Record<string, unknown>).api_base = 'https://api.coze.cn/v1' }), { message: /^COZE_APPS: apps\.bills-cn\.api_base / })
-  t.throws(broken((doc) => { (doc.apps as Record<string, unknown>).Bad_Name = doc.apps['bills-cn'] }), { message: /^COZE_APPS: apps/ })
+  t.throws(broken((doc) => { (doc.apps as Record<string, unknown>).Bad_Name = doc.apps['bills-cn'] }), { message: 'COZE_APPS: apps: Bad_Name is not a valid name (lower-case letters, digits and -, at most 64, starting with a letter or a digit)' })
+  t.throws(broken((doc) => { doc.apps['bills-cn'].keys = [{ kid: 'fp-1', private_key_fil: 'x' } as never] }), { message: 'COZE_APPS: apps.bills-cn.keys.0: private_key_fil is not a field (kid, and private_key_env or private_key_file)' })
+  t.throws(broken((doc) => { doc.apps['bills-cn'].keys = [{ kid: 'fp-1' } as never] }), { message: 'COZE_APPS: apps.bills-cn.keys.0 needs kid and exactly one of private_key_env and private_key_file' })
+  t.throws(broken((doc) => { (doc.apps['bills-cn'] as Record<string, unknown>).appid = '1' }), { message: /^COZE_APPS: apps\.bills-cn: appid is not a field \(app_id, api_base, keys, / })
+  t.throws(broken((doc) => { doc.callers.shortcuts.apps = ['Bills'] }), { message: /^COZE_APPS: callers\.shortcuts\.apps\.0 is not a valid app name/ })
+  t.throws(broken((doc) => { doc.callers.bots.key_sha256 = doc.callers.shortcuts.key_sha256 }), { message: 'COZE_APPS: callers.shortcuts and callers.bots have the same key: give each caller its own' })
+  t.throws(load({ COZE_APPS: JSON.stringify({ ...documentFor(coze.url), callers: { ...documentFor(coze.url).callers, twin: { key_env: 'TWIN_KEY', apps: ['bills-cn'] } } }), TWIN_KEY: ADMIN_KEY }), { message: 'COZE_APPS: callers.admin and callers.twin have the same key: give each caller its own' }, 'key_env values that are equal')
   t.throws(broken((doc) => { doc.apps['bills-cn'].keys.push({ kid: 'a', private_key_env: 'A' }, { kid: 'b', private_key_env: 'B' }) }), { message: /^COZE_APPS: apps\.bills-cn\.keys / })
   t.throws(broken((doc) => { doc.callers.shortcuts.apps.push('nowhere') }), { message: 'COZE_APPS: callers.shortcuts.apps names nowhere, which is not in apps' })
-  t.throws(broken((doc) => { (doc.callers.shortcuts as Record<string, unknown>).key_env = 'X' }), { message: 'COZE_APPS: callers.shortcuts needs one of key_sha256 and key_env' })
+  t.throws(broken((doc) => { (doc.callers.shortcuts as Record<string, unknown>).key_env = 'X' }), { message: 'COZE_APPS: callers.shortcuts needs exactly one of key_sha256 and key_env' })
   t.throws(broken((doc) => { doc.callers.shortcuts.session_name = '(' }), { message: /^COZE_APPS: callers\.shortcuts\.session_name is not a pattern RE2 takes \(linear-time matching\): missing closing \)/ })
   // Constructs that need backtracking are refused at start, naming the caller and the construct.
   t.throws(broken((doc) => { doc.callers.shortcuts.session_name = '(a)\\1' }), { message: /callers\.shortcuts\.session_name .*invalid escape sequence: `\\1`/ })

@@ -180,6 +180,17 @@ t.test('commands: bad JSON, filters, scripts and unknown commands are 400 and no
   t.equal(upstream.requests.length, 0, 'nothing was sent')
 })
 
+t.test('DESTINATION_NOT_ALLOWED says which rule refused, and names RESEND_ALLOWED_HOSTS', async (t) => {
+  const { app } = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: 'open.feishu.cn,*.internal.test,10.1.2.3' }, { resolver: privateResolver })
+  const refusal = async (location: string) => (await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location, params: {} } })).json().data
+  const variable = 'RESEND_ALLOWED_HOSTS'
+  t.same(await refusal('https://example.com/x'), { error: 'DESTINATION_NOT_ALLOWED', reason: 'host', detail: 'the host is not in RESEND_ALLOWED_HOSTS', variable })
+  t.match(await refusal('http://open.feishu.cn/x'), { reason: 'scheme', detail: /^only https/, variable })
+  t.match(await refusal('https://open.feishu.cn:8443/x'), { reason: 'port', detail: /port is not allowed/, variable })
+  t.match(await refusal('https://user:pw@open.feishu.cn/x'), { reason: 'userinfo', variable })
+  t.match(await refusal('https://private.internal.test/x'), { reason: 'address', detail: /resolves to an address that is not public/, variable })
+})
+
 t.test('the SSRF corpus is refused under three allow-lists, and nothing reaches the recording server', async (t) => {
   const recorder = await startUpstream(t, ok)
   const lists = ['open.feishu.cn,open.larksuite.com', '*', '*.larksuite.com,*.feishu.cn']
