@@ -26,7 +26,9 @@ try {
   process.exit(1)
 }
 
-closeWithGrace({ delay: server.config.SHUTDOWN_GRACE_MS }, async ({ signal, err }) => {
+// Its own lines (a second signal, the grace run out) go to the JSON log as well, not to the console as text.
+const graceLogger = { error: (what: unknown) => { server.log.error(what instanceof Error ? { err: what } : {}, what instanceof Error ? 'closing failed' : String(what)) } }
+closeWithGrace({ delay: server.config.SHUTDOWN_GRACE_MS, logger: graceLogger }, async ({ signal, err }) => {
   /* c8 ignore next 2 - an uncaught error, which no test provokes on purpose */
   if (err !== undefined) server.log.error({ err }, 'closing after an error')
   else server.log.info({ signal }, 'closing')

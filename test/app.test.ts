@@ -39,7 +39,7 @@ t.test('GET /ready reports each dependency and each served route; anything not o
   t.equal((await signIn.app.inject({ method: 'POST', url: '/token', payload: {} })).statusCode, 404, 'an unlisted route is not there')
   t.equal((await signIn.app.inject('/api/auth-url')).statusCode, 200)
   t.equal((await build(t, { ROUTES: 'token,resend' })).app.printRoutes().includes('auth-url'), false)
-  t.throws(() => loadConfig({ overrides: { ROUTES: 'token,billing' }, env: false }), { message: /^ROUTES must match pattern/ })
+  t.throws(() => loadConfig({ overrides: { ROUTES: 'token,billing' }, env: false }), { message: 'ROUTES must be a comma-separated list of token, resend and augment' })
 
   app.readiness.add('broken', async () => { throw new Error('connection refused') })
   const notReady = await app.inject({ url: '/ready', headers: { 'accept-language': 'en' } })
@@ -115,7 +115,9 @@ t.test('a failure inside a handler is 500 INTERNAL with no internals; other HTTP
 t.test('an invalid configuration stops the start, names the variable and says what it may be', async (t) => {
   const load = (overrides: Record<string, unknown>) => () => loadConfig({ overrides, env: false })
   t.throws(load({ PORT: 70000 }), { name: 'ConfigError', message: 'PORT must be <= 65535' })
-  t.throws(load({ COZE_API_URL: 'ftp://example' }), /^COZE_API_URL must match pattern/)
+  t.throws(load({ COZE_API_URL: 'ftp://example' }), { message: 'COZE_API_URL must be an http(s) URL of Coze\'s token endpoint, such as https://api.coze.cn/api/permission/oauth2/token' }, 'the form, not the regex')
+  t.throws(load({ COZE_API_URL: 'https://api.coze.com' }), { message: 'COZE_API_URL is an origin; it takes the token endpoint: https://api.coze.com/api/permission/oauth2/token' })
+  t.throws(load({ COZE_API_URL: 'https://api.coze.com/' }), { message: /^COZE_API_URL is an origin/ })
   t.throws(load({ STATE_STORE: 'Redis' }), { message: 'STATE_STORE must be one of: memory, redis' })
   t.throws(load({ LOG_LEVEL: 'loud', STATE_STORE: 'disk' }), { message: 'LOG_LEVEL must be one of: fatal, error, warn, info, debug, trace, silent; STATE_STORE must be one of: memory, redis' })
   t.throws(load({ COZE_TIMEOUT_MS: 'soon' }), { message: 'COZE_TIMEOUT_MS must be integer' })

@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { ConfigSchema } from '../src/schemas/config.js'
-import { build, freePort, trackChild } from './helper.js'
+import { ConfigSchema, loadConfig } from '../src/schemas/config.js'
+import { build, freePort, testKeys, trackChild } from './helper.js'
 
 const read = async (path: string): Promise<string> => await readFile(new URL(`../${path}`, import.meta.url), 'utf8')
 
@@ -37,6 +38,28 @@ t.test('the ECS task definition parses and agrees with the configuration schema'
   t.equal(container.user, 'node')
   t.equal(container.logConfiguration.logDriver, 'awslogs')
   t.equal(container.healthCheck.command[0], 'CMD-SHELL')
+})
+
+t.test('the broker-mode task definition starts the broker, its keys and caller keys from secrets', async (t) => {
+  const task = JSON.parse(await read('deploy/ecs-task-definition.broker.json')) as { containerDefinitions: ContainerDefinition[] }
+  const [container] = task.containerDefinitions
+  if (container === undefined) throw new Error('no container')
+  const environment = Object.fromEntries(container.environment.map(({ name, value }) => [name, value]))
+  const document = JSON.parse(environment.COZE_APPS as string) as { apps: Record<string, { keys: Array<{ private_key_env: string }> }>, callers: Record<string, { key_env: string }> }
+  const named = [...Object.values(document.apps).flatMap((app) => app.keys.map((key) => key.private_key_env)), ...Object.values(document.callers).map((caller) => caller.key_env)]
+  const secrets = new Map(container.secrets.map(({ name, valueFrom }) => [name, valueFrom]))
+  for (const name of named) t.match(secrets.get(name), /^arn:aws:(secretsmanager|ssm):/, `${name}, named by the document, comes from a secret store`)
+  for (const name of ['TOKEN_CACHE_SECRET', 'REDIS_URL', 'METRICS_TOKEN']) t.ok(secrets.has(name), `${name} is a secret`)
+  const known = Object.keys(ConfigSchema.properties)
+  for (const { name } of container.environment) t.ok(known.includes(name), `${name} is a variable of the service`)
+  // With stand-ins for the secrets, the configuration loads as the service would load it: the broker, no refusal.
+  const values: Record<string, string> = { TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'redis://127.0.0.1:6379', METRICS_TOKEN: 'metrics-token-0123456789' }
+  for (const name of named) values[name] = name.endsWith('_KEY') && !name.includes('CALLER') ? testKeys().pkcs8 : randomBytes(16).toString('hex')
+  const loaded = loadConfig({ env: { ...environment, ...values }, dotenvPath: '/nonexistent' })
+  t.same(loaded.broker?.apps.map((app) => app.name), Object.keys(document.apps))
+  t.equal(loaded.config.TOKEN_CACHE, 'redis')
+  t.equal(container.user, 'node')
+  t.equal(container.readonlyRootFilesystem, true)
 })
 
 t.test('the health checks of the image, Compose and ECS pass against a live service and fail without one', async (t) => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
-import { rmSync } from 'node:fs'
+import { existsSync, rmSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -220,14 +220,25 @@ export async function redisAnswers (url = REDIS_URL): Promise<boolean> {
   })
 }
 
+const underCi = (): boolean => process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'
+
+/**
+ * A system tool a test runs (Debian's chromium, promtool). Outside CI a missing tool skips the test, saying what to
+ * install; under CI the test runs and fails with that one line (`missing`) instead of a spawn error.
+ */
+export function systemTool (path: string, debianPackage: string): { skip: false | string, missing?: string } {
+  if (existsSync(path)) return { skip: false }
+  const what = `no ${path}: apt-get install ${debianPackage} (or npm run setup:test-tools)`
+  return underCi() ? { skip: false, missing: what } : { skip: what }
+}
+
 /**
  * Tests that need Redis run where one answers; elsewhere they are skipped with a visible reason, except under CI,
  * where they run and fail: pass the result as the `skip` option of the test.
  */
 export async function skipWithoutRedis (): Promise<false | string> {
   if (await redisAnswers()) return false
-  const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'
-  return ci ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
+  return underCi() ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
 }
 
 export interface RedisServer {

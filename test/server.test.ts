@@ -68,6 +68,18 @@ t.test('SIGTERM with 50 requests in flight: each gets its full answer, new conne
   t.ok(Date.now() - stopped < 5000, `stopped in ${Date.now() - stopped} ms, within the grace delay`)
 })
 
+t.test('a request that outlasts SHUTDOWN_GRACE_MS: the process exits at the grace, and says so as a JSON log line', async (t) => {
+  const silent = await startUpstream(t, () => { /* never answers */ })
+  const server = await startServer(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${silent.port}`, SHUTDOWN_GRACE_MS: '300', RESEND_TIMEOUT_MS: '60000' })
+  const pending = request(`${server.url as string}/resend`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': API_KEY }, body: JSON.stringify({ location: `${silent.url}/x`, params: {} }) }).catch(() => undefined)
+  for (let i = 0; i < 100 && silent.requests.length === 0; i++) await sleep(20)
+  server.child.kill('SIGTERM')
+  t.not(await server.exited, 0, 'killed by the grace timeout')
+  await pending
+  const line = server.output().split('\n').find((text) => text.includes('killed by timeout'))
+  t.match(JSON.parse(line ?? '{}'), { level: 50, msg: 'killed by timeout (300ms)' })
+})
+
 t.test('an invalid variable or key stops the start with exit code 1 and says which', async (t) => {
   const variable = await startServer(t, { COZE_TIMEOUT_MS: 'soon' })
   t.equal(await variable.exited, 1)

@@ -25,6 +25,7 @@ export default fp<AugmentPluginOptions>(async function augment (fastify, opts) {
     onStateIssued: fastify.serviceMetrics.oauthStateIssued,
     onCompletion: fastify.serviceMetrics.oauthCompletion
   })
+  fastify.log.info({ upstream: 'augment', auth_url: config.AUGMENT_AUTH_URL, tenant_hosts: config.AUGMENT_TENANT_HOSTS }, 'upstream configured')
   fastify.decorate('augment', signIn)
   fastify.addHook('onClose', async () => { await signIn.close() })
 }, { name: 'augment', fastify: '5.x', dependencies: ['config', 'state-store', 'metrics'] })

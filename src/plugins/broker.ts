@@ -61,8 +61,10 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
   serviceMetrics.gauge('token_cache_degraded', 'Whether the shared token cache has fallen back to this instance\'s memory (1) or not (0)', () => (store.status() === 'degraded' ? 1 : 0))
   fastify.readiness.add('token_cache', async () => store.status())
 
+  const apps = await importApps(setup)
+  for (const app of apps) fastify.log.info({ upstream: 'coze', app: app.name, app_id: app.appId, token_url: app.tokenUrl.href, kids: app.keys.map((key) => key.kid), audience: app.audience }, 'upstream configured')
   const instance = createBroker({
-    apps: await importApps(setup),
+    apps,
     callers: setup.callers.map((caller) => ({
       name: caller.name,
       digest: caller.digest,

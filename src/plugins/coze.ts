@@ -29,6 +29,11 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     onExchange: fastify.serviceMetrics.cozeExchange,
     onToken: fastify.serviceMetrics.tokenRequest
   })
+  if (fastify.brokerSetup === null) {
+    if (client.missing.includes('COZE_APP_ID')) fastify.log.warn('no COZE_APP_ID: POST /token answers 503 NOT_CONFIGURED (set the id of your Coze OAuth app, the JWT iss)')
+    // What this instance will talk to, said once: no secret in it.
+    fastify.log.info({ upstream: 'coze', app_id: config.COZE_APP_ID, token_url: config.COZE_API_URL, audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname }, 'upstream configured')
+  }
   fastify.decorate('coze', client)
   fastify.addHook('onClose', async () => await client.close())
 }, { name: 'coze', fastify: '5.x', dependencies: ['config', 'signer', 'metrics'] })

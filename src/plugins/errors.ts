@@ -11,6 +11,8 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Replaces the generated reason of a schema validation failure on this route. */
     validationReason?: string
+    /** Said after the reason when validation fails on the field named (a hint at the usual mistake). */
+    validationHints?: Record<string, string>
   }
 }
 
@@ -58,10 +60,12 @@ export function describeValidation (issues: ValidationIssue[], context: string):
 }
 
 /** Turns anything thrown into the service's own error, so every answer has a stable code. */
-export function toServiceError (err: FastifyError, validationReason?: string): ServiceError {
+export function toServiceError (err: FastifyError, validationReason?: string, hints?: Record<string, string>): ServiceError {
   if (isServiceError(err)) return err
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const described = describeValidation(err.validation as ValidationIssue[], String(err.validationContext))
+    const hint = hints?.[described.field]
+    if (hint !== undefined) described.reason = `${described.reason}: ${hint}`
     return new ServiceError('VALIDATION_FAILED', validationReason === undefined ? described : { ...described, reason: validationReason })
   }
   const byCode = FASTIFY_CODES[err.code]
@@ -72,7 +76,8 @@ export function toServiceError (err: FastifyError, validationReason?: string): S
 }
 
 export function sendError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const error = toServiceError(err, request.routeOptions.config?.validationReason)
+  const { validationReason, validationHints } = request.routeOptions.config ?? {}
+  const error = toServiceError(err, validationReason, validationHints)
   if (error.logFields !== undefined) request.logFields = Object.assign(request.logFields ?? {}, error.logFields)
   if (error.code === 'INTERNAL') {
     request.log.error({ err }, 'request failed')

@@ -35,6 +35,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     onOutcome: fastify.serviceMetrics.resend,
     onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') }
   })
+  log.info({ upstream: 'resend', allowed_hosts: config.RESEND_ALLOWED_HOSTS }, 'upstream configured')
   fastify.decorate('relay', relay)
   fastify.addHook('onClose', async () => {
     await relay.close()

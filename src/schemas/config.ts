@@ -111,7 +111,17 @@ export function trustProxySetting (value: string): TrustProxy {
   return value
 }
 
-interface AjvIssue { instancePath: string, message?: string }
+interface AjvIssue { instancePath: string, keyword?: string, message?: string }
+
+// What a variable with a pattern looks like, for the message of a value that does not match (not the regex).
+const EXPECTED_FORM: Record<string, string> = {
+  COZE_API_URL: 'an http(s) URL of Coze\'s token endpoint, such as https://api.coze.cn/api/permission/oauth2/token',
+  AUGMENT_AUTH_URL: 'an http(s) URL of Augment\'s authorize endpoint, such as https://auth.augmentcode.com/authorize',
+  REDIS_URL: 'a redis:// or rediss:// URL, such as redis://:password@host:6379/0',
+  TRUST_PROXY: 'false, true, a hop count (1), or the balancers\' addresses or CIDRs, comma-separated',
+  ROUTES: 'a comma-separated list of token, resend and augment',
+  RATE_LIMIT_WINDOW: 'a number of milliseconds, or a duration such as 30 seconds, 1 minute, 1 hour'
+}
 
 /** One line per variable that is wrong, saying what it may be: enums list their values. Values are not repeated. */
 export function describeConfigIssues (issues: AjvIssue[]): string {
@@ -125,7 +135,9 @@ export function describeConfigIssues (issues: AjvIssue[]): string {
     // The enums (LOG_LEVEL, STATE_STORE) are unions of literals: name their values, not Ajv's "anyOf".
     const literals = (properties[name] as TSchema).anyOf as TSchema[] | undefined
     if (literals !== undefined) return `${name} must be one of: ${literals.map((option) => String(option.const)).join(', ')}`
-    return `${name} ${String((found[0] as AjvIssue).message)}`
+    const first = found[0] as AjvIssue
+    if (first.keyword === 'pattern' && name in EXPECTED_FORM) return `${name} must be ${EXPECTED_FORM[name] as string}`
+    return `${name} ${String(first.message)}`
   }).join('; ')
 }
 
@@ -198,6 +210,10 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   const explicitlySet = new Set(Object.entries(data).filter(([, value]) => value !== undefined && value !== '').map(([name]) => name))
   const document = loadBrokerDocument(config, explicitlySet)
   const broker = document === null ? null : resolveBroker(document, data)
+  // An origin is what api_base takes in the apps document; the single app's variable takes the endpoint itself.
+  if (broker === null && new URL(config.COZE_API_URL).pathname === '/') {
+    throw new ConfigError(`COZE_API_URL is an origin; it takes the token endpoint: ${new URL(config.COZE_API_URL).origin}/api/permission/oauth2/token`)
+  }
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
   }

@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { createConfig, lintFromString } from '@redocly/openapi-core'
 import t from 'tap'
 import { ERROR_STATUS } from '../../src/lib/errors.js'
-import { build, stopChild, tempDir, trackChild } from '../helper.js'
+import { build, stopChild, systemTool, tempDir, trackChild } from '../helper.js'
 
 t.test('the OpenAPI document passes Redocly\'s recommended rules with no error and no warning', async (t) => {
   const { app } = await build(t)
@@ -25,11 +24,12 @@ t.test('/docs: a CSP that works over plain HTTP on any host', async (t) => {
   t.notMatch(/script-src [^;]*/.exec(csp)?.[0], /unsafe-inline/, 'no inline scripts')
 })
 
-// Debian's chromium; under CI it must be there (.ci/run installs it), elsewhere the test says why it skipped.
+// Debian's chromium: .ci/run and npm run setup:test-tools install it.
 const CHROMIUM = '/usr/bin/chromium'
-const skipBrowser = existsSync(CHROMIUM) ? false : process.env.CI !== undefined && process.env.CI !== '' ? false : `no ${CHROMIUM} (apt-get install chromium)`
+const chromium = systemTool(CHROMIUM, 'chromium')
 
-t.test('the docs page renders in headless Chromium at a host name that is not localhost', { skip: skipBrowser }, async (t) => {
+t.test('the docs page renders in headless Chromium at a host name that is not localhost', { skip: chromium.skip }, async (t) => {
+  if (chromium.missing !== undefined) return t.fail(chromium.missing)
   const { app } = await build(t)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }

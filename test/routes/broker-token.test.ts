@@ -107,6 +107,7 @@ t.test('a caller mints for its app: the JWT and the exchange as Coze documents t
   t.equal(Buffer.from(String(exchange?.claims.jti), 'base64url').length, 32)
   t.same(exchange?.body, { grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', duration_seconds: 900 }, 'the app\'s default duration, no scope')
 
+  t.match(logs.records().find((record) => record.msg === 'upstream configured' && record.app === 'bills-cn'), { upstream: 'coze', app_id: '1150000000001', token_url: `${coze.url}/api/permission/oauth2/token`, kids: ['fp-1', 'fp-2'], audience: '127.0.0.1' })
   const line = logs.records().find((record) => record.route === '/token' && record.msg === 'request completed')
   t.match(line, { caller: 'shortcuts', app: 'bills-cn', kid: 'fp-1', cache: 'miss', coze_logid: 'logid-1', session_ref: /^[A-Za-z0-9_-]{10}$/ })
   t.notOk(logs.text.includes('user-1a2b3c4d'), 'no session name in the logs')

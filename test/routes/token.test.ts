@@ -49,6 +49,11 @@ t.test('POST /token signs a JWT Coze accepts and answers the access token', asyn
   const claims = exchange?.claims ?? {}
   t.equal(claims.iss, '1180000000001')
   t.equal(claims.aud, '127.0.0.1', 'the audience is the host of COZE_API_URL')
+  t.match(logs.records().filter((line) => line.msg === 'upstream configured'), [
+    { upstream: 'coze', app_id: '1180000000001', token_url: coze.tokenUrl, audience: '127.0.0.1' },
+    { upstream: 'resend', allowed_hosts: 'open.feishu.cn,open.larksuite.com' },
+    { upstream: 'augment', auth_url: 'https://auth.augmentcode.com/authorize', tenant_hosts: '*.augmentcode.com' }
+  ], 'one line per upstream at start, no secret in it')
   t.ok((claims.iat as number) >= before && (claims.iat as number) <= before + 2)
   t.equal(claims.exp, (claims.iat as number) + 600)
   t.equal(claims.session_name, 'user-42')
@@ -160,6 +165,9 @@ t.test('bad requests are 400 VALIDATION_FAILED naming the field; nothing is sent
   t.same(wrongKey.json(), { success: false, data: { error: 'UNAUTHORIZED' }, message: 'API 密钥无效或缺失' })
   t.equal((await tokenRequest(app, { public_key: KID })).statusCode, 401, 'no key at all')
   t.equal((await tokenRequest(app, { public_key: KID, coze_api_key: API_KEY }, { 'x-api-key': 'not-the-key' })).statusCode, 401, 'the header wins over the body')
+  const pem = await tokenRequest(app, { public_key: '-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA', coze_api_key: API_KEY })
+  t.match(pem.json().data.reason, /^public_key must match pattern .*: it takes the key fingerprint shown on the Coze app page \(43 characters, the JWT kid\), not the public key itself$/, 'a key where the fingerprint goes gets a hint')
+  t.match((await tokenRequest(app, { public_key: 'x'.repeat(200), coze_api_key: API_KEY })).json().data.reason, /: it takes the key fingerprint/)
   t.equal(coze.requests.length, 0, 'Coze was never called')
 })
 
@@ -237,6 +245,7 @@ t.test('without COZE_APP_ID the caller key never leaves: 503 NOT_CONFIGURED, unl
   t.same(res.json().data, { error: 'NOT_CONFIGURED', missing: 'COZE_APP_ID' })
   t.equal(coze.requests.length, 0, 'nothing was sent to Coze')
   t.notOk(logs.text.includes('COZE_ISS_FROM_CALLER_KEY'))
+  t.ok(logs.records().some((line) => line.level === 40 && /^no COZE_APP_ID: POST \/token answers 503 NOT_CONFIGURED/.test(String(line.msg))), 'a warning at start, as for the key')
 
   const legacy = await build(t, { JWT_PRIVATE_KEY: pkcs8, EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: coze.tokenUrl, COZE_ISS_FROM_CALLER_KEY: true })
   t.ok(legacy.logs.records().some((line) => line.level === 40 && /COZE_ISS_FROM_CALLER_KEY=true/.test(String(line.msg))), 'a warning at start names it')
