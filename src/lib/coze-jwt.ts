@@ -68,7 +68,10 @@ export async function importRsaPrivateKey (pem: string, label = 'JWT_PRIVATE_KEY
     throw new PrivateKeyError(whyNotAPrivateKey(text, label))
   }
   if (key.asymmetricKeyType !== 'rsa') {
-    throw new PrivateKeyError(`${label} is ${KEY_TYPES[String(key.asymmetricKeyType)] ?? `a ${String(key.asymmetricKeyType)}`} key; Coze needs an RSA key for RS256`)
+    const type = String(key.asymmetricKeyType)
+    /* c8 ignore next - a kind of key a later Node may add */
+    const named = KEY_TYPES[type] ?? `a ${type}`
+    throw new PrivateKeyError(`${label} is ${named} key; Coze needs an RSA key for RS256`)
   }
   // Node sets the details of every RSA key.
   const bits = key.asymmetricKeyDetails!.modulusLength!

@@ -43,6 +43,16 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
   // Requests handed over and not yet started by a worker: the queue, bounded here.
   let waiting = 0
 
+  /** What a failed hand-over means to the caller: its deadline, its heap, or the pool closing. */
+  function failureOf (err: unknown, timedOut: boolean): unknown {
+    if (timedOut) return commandFailed({ reason: `the expressions took longer than ${options.timeoutMs} ms (JSONPATH_TIMEOUT_MS)`, limit: options.timeoutMs })
+    if ((err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY') return commandFailed({ reason: `the expressions needed more than ${options.memoryMb} MB`, limit: options.memoryMb })
+    /* c8 ignore start - a worker that fails otherwise (it cannot load) is a defect: 500 */
+    if (!closing) return err
+    /* c8 ignore stop */
+    return new ServiceError('SERVICE_UNAVAILABLE', { reason: 'closing' })
+  }
+
   return {
     async rewrite (bodyText, expressions) {
       if (waiting >= options.maxQueue + options.workers) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'jsonpath_queue', limit: options.maxQueue })
@@ -59,23 +69,21 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
         start()
         timer = setTimeout(() => { abort.abort() }, options.timeoutMs)
       })
-      try {
-        const outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, started: port2 }, { transferList: [port2], signal: abort.signal })
-        if ('refused' in outcome) throw commandFailed(outcome.refused)
-        return outcome.rewritten
-      } catch (err) {
-        if (err instanceof ServiceError) throw err
-        if (abort.signal.aborted) throw commandFailed({ reason: `the expressions took longer than ${options.timeoutMs} ms (JSONPATH_TIMEOUT_MS)`, limit: options.timeoutMs })
-        const { code } = err as NodeJS.ErrnoException
-        if (code === 'ERR_WORKER_OUT_OF_MEMORY') throw commandFailed({ reason: `the expressions needed more than ${options.memoryMb} MB`, limit: options.memoryMb })
-        if (closing) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'closing' })
-        /* c8 ignore next - a worker that fails otherwise (it cannot load) is a defect: 500 */
-        throw err
-      } finally {
+      const settle = (): void => {
         start()
         clearTimeout(timer)
         port1.close()
       }
+      let outcome: JsonPathOutcome
+      try {
+        outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, started: port2 }, { transferList: [port2], signal: abort.signal })
+      } catch (err) {
+        settle()
+        throw failureOf(err, abort.signal.aborted)
+      }
+      settle()
+      if ('refused' in outcome) throw commandFailed(outcome.refused)
+      return outcome.rewritten
     },
     async close () {
       closing = true

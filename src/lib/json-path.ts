@@ -87,10 +87,9 @@ export function rewriteParams (bodyText: string, expressions: readonly string[],
         nodes.push(node)
       }
     } catch (err) {
-      // Descents nested deeper than a body may (json-p3 counts descents inside descents as depth).
-      if (err instanceof JSONPathError) throw refusalOf(expression, err)
-      /* c8 ignore next - json-p3 throws nothing but its own errors while it walks */
-      throw err
+      if (err instanceof JsonParseRefusal) throw err
+      // json-p3's own: descents nested deeper than a body may (it counts descents inside descents as depth).
+      throw refusalOf(expression, err as JSONPathError)
     }
     if (nodes.length === 0) throw new JsonParseRefusal({ expression, reason: 'matched nothing' })
     const strings = nodes.filter((node) => typeof node.value === 'string')

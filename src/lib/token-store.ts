@@ -220,28 +220,25 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     while (performance.now() < deadline) {
       const holder = randomBytes(12).toString('hex')
       const give = fallback.slots.take()
-      let locked = false
-      try {
-        locked = await redis.set(lockKey, holder, 'PX', lockMs, 'NX') === 'OK'
-      } finally {
-        if (!locked) give()
-      }
-      if (locked) {
-        try {
-          const done = await exchange()
-          const ttl = Math.floor(secondsLeft(done.token) * 1000)
-          // The token is the caller's either way: sharing it, and the lock's release, are not waited for.
-          if (ttl > 0) redis.set(tokenKey, seal(`token:${id}`, done.token), 'PX', ttl).catch(() => {})
-          return { ...done, outcome: 'miss', forced }
-        } catch (err) {
+      const locked = await redis.set(lockKey, holder, 'PX', lockMs, 'NX').then((answer) => answer === 'OK', (err: unknown) => { give(); throw err })
+      if (!locked) give()
+      else {
+        // The lock's release, like sharing the token or the failure, is not waited for: the answer is the caller's.
+        const release = (): void => {
+          give()
+          redis.eval(RELEASE_LOCK, 1, lockKey, holder).catch(() => {})
+        }
+        const done = await exchange().catch((err: unknown) => {
+          release()
           if (failureShareMs > 0 && err instanceof ServiceError && SHARED_FAILURES.has(err.code)) {
             redis.set(failureKey, seal(`failure:${id}`, { code: err.code, details: err.details }), 'PX', failureShareMs).catch(() => {})
           }
           throw err
-        } finally {
-          give()
-          redis.eval(RELEASE_LOCK, 1, lockKey, holder).catch(() => {})
-        }
+        })
+        release()
+        const ttl = Math.floor(secondsLeft(done.token) * 1000)
+        if (ttl > 0) redis.set(tokenKey, seal(`token:${id}`, done.token), 'PX', ttl).catch(() => {})
+        return { ...done, outcome: 'miss', forced }
       }
       // Another instance is exchanging: wait for its token or its failure, or for its lock to go (done, failed
       // or dead). A lock without an expiry was not written by an instance: it would block the key for good.

@@ -76,7 +76,7 @@ export function toServiceError (err: FastifyError, validationReason?: string, hi
 }
 
 export function sendError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const { validationReason, validationHints } = request.routeOptions.config ?? {}
+  const { validationReason, validationHints } = request.routeOptions.config
   const error = toServiceError(err, validationReason, validationHints)
   if (error.logFields !== undefined) request.logFields = Object.assign(request.logFields ?? {}, error.logFields)
   if (error.code === 'INTERNAL') {

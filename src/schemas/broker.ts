@@ -77,9 +77,10 @@ function describeDocumentIssue (issue: ValueError, document: unknown): string {
     const value = valueAt(document, issue.path)
     const known = new Set(variants.flat())
     const unknown = typeof value === 'object' && value !== null ? Object.keys(value).find((key) => !known.has(key)) : undefined
-    const choices = [...new Set(variants.map((variant) => variant.filter((key) => !variants.every((other) => other.includes(key)))).flat())]
-    if (unknown !== undefined) return `${field}: ${unknown} is not a field (${[...known].filter((key) => !choices.includes(key)).join(', ')}, and ${choices.join(' or ')})`
-    return `${field} needs ${variants.every((variant) => variant.includes('kid')) ? 'kid and ' : ''}exactly one of ${choices.join(' and ')}`
+    const common = [...known].filter((key) => variants.every((variant) => variant.includes(key)))
+    const choices = [...known].filter((key) => !common.includes(key))
+    if (unknown !== undefined) return `${field}: ${unknown} is not a field (${[...common, choices.join(' or ')].join(', and ')})`
+    return `${field} needs ${[...common, `exactly one of ${choices.join(' and ')}`].join(' and ')}`
   }
   if (issue.type === ValueErrorType.StringPattern && /\.(apps|callers)$|^callers\.[^.]+\.apps\.\d+$/.test(field)) return `${field} is not a valid app name (${NAME_RULE})`
   return `${field} ${issue.message.toLowerCase()}`

@@ -75,6 +75,7 @@ t.test('json_parse refusals: nothing matched, no string matched, bad JSON, depth
   refuses({ a: { b: '[[[1]]]' } }, ['$.params.a.b'], { path: "$['params']['a']['b']", reason: 'the parsed value would nest deeper than 4 levels' }, 4)
   refuses(Array.from({ length: 11 }, () => 'x'), ['$.params[*]'], { reason: 'the expressions match more than 10 values', limit: 10 }, 64, 10)
   refuses(Array.from({ length: 6 }, () => '1'), ['$.params[0:3]', '$.params[3:]'], { expression: '$.params[3:]', limit: 5 }, 64, 5)
+  refuses([[[[[['1']]]]]], ['$..*..*..*..*..*..*'], { reason: 'recursion limit reached', position: Number }, 4)
 })
 
 t.test('numbers keep their exact text; prototypes cannot be reached; the report lists 20 paths at most', async (t) => {

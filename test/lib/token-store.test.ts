@@ -226,6 +226,19 @@ t.test('both stores keep the same guarantees', { skip: await skipWithoutRedis() 
     t.equal((await b.obtain('shared-failure', 60, async () => ({ token: token('later') }))).outcome, 'miss', 'past the share time, Coze is tried again')
   })
 
+  t.test('redis: a refusal of this instance, or any failure with COZE_FAILURE_SHARE_MS=0, is not shared', async (t) => {
+    const options = { secret, lockMs: 5000, pollMs: 10 }
+    const ours = createRedisTokenStore({ ...options, redis: await connect(), fallback: createMemoryTokenStore({ maxPending: 10 }) })
+    await t.rejects(ours.obtain('not-shared', 60, async () => { throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'busy' }) }), { code: 'SERVICE_UNAVAILABLE' })
+    t.equal((await ours.obtain('not-shared', 60, async () => ({ token: token('next') }))).outcome, 'miss', 'the next request tries at once')
+    const unshared = createRedisTokenStore({ ...options, failureShareMs: 0, redis: await connect(), fallback: createMemoryTokenStore({ maxPending: 10 }) })
+    await t.rejects(unshared.obtain('never-shared', 60, async () => { throw new ServiceError('UPSTREAM_TIMEOUT') }), { code: 'UPSTREAM_TIMEOUT' })
+    t.equal((await unshared.obtain('never-shared', 60, async () => ({ token: token('again') }))).outcome, 'miss')
+    // A token Coze gave already expired is the caller's, and kept nowhere.
+    t.equal((await ours.obtain('expired', 0, async () => ({ token: token('stale', -5) }))).token.access_token, 'czs_stale_0123456789')
+    t.equal((await ours.obtain('expired', 0, async () => ({ token: token('fresh') }))).outcome, 'miss')
+  })
+
   t.test('redis: a lock without an expiry is removed and reported, not waited on for good', async (t) => {
     let reported = 0
     const store = createRedisTokenStore({ redis: await connect(), secret, lockMs: 3000, pollMs: 10, fallback: createMemoryTokenStore({ maxPending: 10 }), onLockWithoutExpiry: () => { reported++ } })
