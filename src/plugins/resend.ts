@@ -21,7 +21,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   const jsonPath = createJsonPathPool({
     workers: config.JSONPATH_WORKERS,
     timeoutMs: config.JSONPATH_TIMEOUT_MS,
-    memoryMb: 64 + 16 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
+    memoryMb: 128 + 32 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
     maxQueue: 8 * config.JSONPATH_WORKERS,
     maxDepth: config.BODY_MAX_DEPTH
   })
