@@ -49,7 +49,7 @@ async function openSockets (port: number, count: number, send?: string): Promise
 
 async function service (env: Record<string, string>): Promise<{ child: Child, port: number }> {
   const port = await freePort()
-  const { child } = await startNode('dist/server.js', { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0', ...env }, (line) => (line.includes('Server listening at') ? true : undefined))
+  const { child } = await startNode('dist/server.js', { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'info', PRESSURE_MAX_EVENT_LOOP_DELAY_MS: '0', ...env }, (line) => (line.includes('Server listening at') ? true : undefined))
   return { child, port }
 }
 
@@ -57,7 +57,7 @@ const rows: string[][] = []
 
 // Silent sockets beside MAX_CONNECTIONS=50.
 {
-  const { child, port } = await service({ MAX_CONNECTIONS: '50', LOG_LEVEL: 'error' })
+  const { child, port } = await service({ MAX_CONNECTIONS: '50' })
   const silent = await openSockets(port, 60)
   await sleep(500)
   const probed = await probeFor(port, 3000)
@@ -68,7 +68,7 @@ const rows: string[][] = []
 
 // Pipelined floods: 64 KiB of GET /health per connection, never read.
 for (const connections of [50, 200]) {
-  const { child, port } = await service({ LOG_LEVEL: 'error' })
+  const { child, port } = await service({})
   for (let i = 0; i < 200; i++) await probeOnce(port)
   const pid = child.process.pid as number
   const before = rssMb(pid)
@@ -84,7 +84,7 @@ for (const connections of [50, 200]) {
 {
   const mocks = await startNode('build/bench/mocks.js', {}, (line) => jsonLine<{ feishu: number }>(line, 'feishu'))
   const { feishu } = mocks.value as { feishu: number }
-  const { child, port } = await service({ EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu}`, LOG_LEVEL: 'error' })
+  const { child, port } = await service({ EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${feishu}` })
   const location = `http://127.0.0.1:${feishu}/open-apis/x`
   const limit = 1048576
   const widest = `{"location":"${location}","params":[${Array.from({ length: Math.floor((limit - 200) / 2) }, () => '0').join(',')}],"commands":{"json_parse":["$..*"]}}`

@@ -1,4 +1,3 @@
-import { MessageChannel } from 'node:worker_threads'
 import { Piscina } from 'piscina'
 import type { JsonPathOutcome, JsonPathTask } from './json-path-worker.js'
 import { MAX_MATCHED_VALUES, type Rewritten } from './json-path.js'
@@ -40,6 +39,14 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
   })
   const maxMatches = options.maxMatches ?? MAX_MATCHED_VALUES
   let closing = false
+  // The tasks handed over and not yet started, by id: a worker says when it starts one (piscina passes it on).
+  const starting = new Map<number, () => void>()
+  let nextId = 0
+  pool.on('message', (message: { jsonPathTaskStarted?: number }) => {
+    const start = starting.get(message.jsonPathTaskStarted as number)
+    starting.delete(message.jsonPathTaskStarted as number)
+    start?.()
+  })
   // Requests handed over and not yet started by a worker: the queue, bounded here.
   let waiting = 0
 
@@ -62,21 +69,21 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
         if (!started) waiting--
         started = true
       }
-      const { port1, port2 } = new MessageChannel()
+      const id = nextId++
       const abort = new AbortController()
       let timer: NodeJS.Timeout | undefined
-      port1.once('message', () => {
+      starting.set(id, () => {
         start()
         timer = setTimeout(() => { abort.abort() }, options.timeoutMs)
       })
       const settle = (): void => {
         start()
+        starting.delete(id)
         clearTimeout(timer)
-        port1.close()
       }
       let outcome: JsonPathOutcome
       try {
-        outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, started: port2 }, { transferList: [port2], signal: abort.signal })
+        outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, id }, { signal: abort.signal })
       } catch (err) {
         settle()
         throw failureOf(err, abort.signal.aborted)

@@ -1,4 +1,4 @@
-import type { MessagePort } from 'node:worker_threads'
+import { parentPort } from 'node:worker_threads'
 import { JsonParseRefusal, rewriteParams, type Rewritten } from './json-path.js'
 
 /** One request's JSONPath work, as the pool hands it to a worker thread. */
@@ -7,16 +7,15 @@ export interface JsonPathTask {
   expressions: string[]
   maxDepth: number
   maxMatches: number
-  /** Told the moment this worker starts the task: the deadline counts from there, not from the queue. */
-  started: MessagePort
+  /** Said to the pool the moment this worker starts the task: the deadline counts from there, not from the queue. */
+  id: number
 }
 
 export type JsonPathOutcome = { rewritten: Rewritten } | { refused: Record<string, unknown> }
 
 /** The worker's entry (piscina): refusals come back as data, since an error loses its fields between threads. */
 export default function runJsonPathTask (task: JsonPathTask): JsonPathOutcome {
-  task.started.postMessage(0)
-  task.started.close()
+  parentPort?.postMessage({ jsonPathTaskStarted: task.id })
   try {
     return { rewritten: rewriteParams(task.bodyText, task.expressions, task) }
   } catch (err) {

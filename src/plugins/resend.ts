@@ -22,7 +22,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     workers: config.JSONPATH_WORKERS,
     timeoutMs: config.JSONPATH_TIMEOUT_MS,
     memoryMb: 128 + 32 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
-    maxQueue: 8 * config.JSONPATH_WORKERS,
+    maxQueue: 64 * config.JSONPATH_WORKERS,
     maxDepth: config.BODY_MAX_DEPTH
   })
   const relay = createRelay({
