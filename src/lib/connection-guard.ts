@@ -99,8 +99,8 @@ export function createGuardedServer (handler: (req: IncomingMessage, res: Server
       close(socket, 'pipelined', { limit: limits.maxUnanswered })
       return
     }
-    res.once('finish', () => { connection.unanswered-- })
-    res.once('close', () => { if (!res.writableFinished) connection.unanswered-- })
+    // An answer closes once it is sent, or once its connection is gone: one listener either way.
+    res.once('close', () => { connection.unanswered-- })
     handler(req, res)
   })
 
