@@ -14,6 +14,10 @@ export interface JsonPathPoolOptions {
   maxQueue: number
   maxDepth: number
   maxMatches?: number
+  /** How long a request may wait for a worker to start it (default: as many deadlines as may be ahead, 10 s at least). */
+  maxWaitMs?: number
+  /** Told when a worker fails outside a task (at start, say); piscina replaces it, or stops trying. */
+  onWorkerError?: (err: Error) => void
 }
 
 export interface JsonPathPool {
@@ -42,6 +46,14 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
   // The tasks handed over and not yet started, by id: a worker says when it starts one (piscina passes it on).
   const starting = new Map<number, () => void>()
   let nextId = 0
+  // An 'error' of the pool has no task to reject (piscina emits it for a worker that fails with none): without a
+  // listener it would end the process.
+  /* c8 ignore next - a safety net no test can provoke on purpose */
+  pool.on('error', (err: Error) => { options.onWorkerError?.(err) })
+  // However long the queue, a request waits at most for as many deadlines as may be ahead of it (and 10 s at least,
+  // the time a worker may take to start on a loaded machine); past that (no worker left to start it, say) it is
+  // turned away rather than left hanging.
+  const maxWaitMs = options.maxWaitMs ?? Math.max(10_000, options.timeoutMs * (Math.ceil(options.maxQueue / options.workers) + 2))
   pool.on('message', (message: { jsonPathTaskStarted?: number }) => {
     const start = starting.get(message.jsonPathTaskStarted as number)
     starting.delete(message.jsonPathTaskStarted as number)
@@ -71,9 +83,14 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
       }
       const id = nextId++
       const abort = new AbortController()
-      let timer: NodeJS.Timeout | undefined
+      let waitedTooLong = false
+      let timer = setTimeout(() => {
+        waitedTooLong = true
+        abort.abort()
+      }, maxWaitMs)
       starting.set(id, () => {
         start()
+        clearTimeout(timer)
         timer = setTimeout(() => { abort.abort() }, options.timeoutMs)
       })
       const settle = (): void => {
@@ -86,7 +103,7 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
         outcome = await pool.run({ bodyText, expressions, maxDepth: options.maxDepth, maxMatches, id }, { signal: abort.signal })
       } catch (err) {
         settle()
-        throw failureOf(err, abort.signal.aborted)
+        throw waitedTooLong ? new ServiceError('SERVICE_UNAVAILABLE', { reason: 'jsonpath_queue', waited_ms: maxWaitMs }) : failureOf(err, abort.signal.aborted)
       }
       settle()
       if ('refused' in outcome) throw commandFailed(outcome.refused)

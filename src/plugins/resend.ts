@@ -23,7 +23,9 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     timeoutMs: config.JSONPATH_TIMEOUT_MS,
     memoryMb: 128 + 32 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
     maxQueue: 64 * config.JSONPATH_WORKERS,
-    maxDepth: config.BODY_MAX_DEPTH
+    maxDepth: config.BODY_MAX_DEPTH,
+    /* c8 ignore next - see json-path-pool.ts: a safety net */
+    onWorkerError: (err) => { log.warn({ err: { message: err.message } }, 'a JSONPath worker failed outside a request') }
   })
   const relay = createRelay({
     jsonPath,
