@@ -64,8 +64,16 @@ export function guardRedis (client: Redis, options: RedisBreakerOptions = {}): R
     trial.unref()
   }
 
+  // A new connection is a new start; and while it is made, its own handshake (AUTH, SELECT, INFO) must pass.
+  client.on('ready', () => {
+    timeouts = 0
+    backoff = backoffMs
+    clearTimeout(trial)
+    setOpen(false)
+  })
+
   client.sendCommand = (command: Command, stream?: unknown) => {
-    if (open) {
+    if (open && client.status === 'ready') {
       command.reject(new RedisUnavailableError())
       return command.promise
     }
