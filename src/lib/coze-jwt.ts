@@ -32,7 +32,7 @@ async function whyUnreadable (file: string, err: NodeJS.ErrnoException): Promise
   const mode = (found.mode & 0o777).toString(8).padStart(4, '0')
   return `cannot be read (EACCES): mode ${mode}, owner uid ${found.uid} gid ${found.gid}, and this process runs as uid ${String(process.getuid?.())}. ` +
     'Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it'
-  /* c8 ignore stop */
+  /* c8 ignore stop - end of the EACCES explanation */
 }
 
 /** Reads the key from the variable or the file. Returns undefined when neither is set. */

@@ -68,7 +68,7 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
     if ((err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY') return commandFailed({ reason: `the expressions needed more than ${options.memoryMb} MB`, limit: options.memoryMb })
     /* c8 ignore start - a worker that fails otherwise (it cannot load) is a defect: 500 */
     if (!closing) return err
-    /* c8 ignore stop */
+    /* c8 ignore stop - end of the defect branch */
     return new ServiceError('SERVICE_UNAVAILABLE', { reason: 'closing' })
   }
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { ServiceError } from '../../src/lib/errors.js'
 import { createMemoryTokenStore, createRedisTokenStore, reuseMillis, type TokenStore } from '../../src/lib/token-store.js'
 import { REDIS_URL, skipWithoutRedis } from '../helper.js'
@@ -43,15 +43,10 @@ t.test('memory store in single-app mode: a reuse window, single flight, failures
   t.equal(store.slots.inFlight, 0)
 })
 
-t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
-  const prefix = `aibill-test-tokens:${randomBytes(6).toString('hex')}:`
+/** A key prefix of the test's own on the shared Redis: clients under it, and everything under it removed at the end. */
+function redisUnderPrefix (t: Test, name: string) {
+  const prefix = `aibill-test-${name}:${randomBytes(6).toString('hex')}:`
   const clients: Redis[] = []
-  const client = async (): Promise<Redis> => {
-    const redis = new Redis(REDIS_URL, { keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
-    await redis.connect()
-    clients.push(redis)
-    return redis
-  }
   const raw = new Redis(REDIS_URL)
   t.teardown(async () => {
     const keys = await raw.keys(`${prefix}*`)
@@ -59,6 +54,17 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
     await raw.quit()
     for (const redis of clients) await redis.quit()
   })
+  const connect = async (): Promise<Redis> => {
+    const redis = new Redis(REDIS_URL, { keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
+    await redis.connect()
+    clients.push(redis)
+    return redis
+  }
+  return { prefix, raw, connect }
+}
+
+t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
+  const { prefix, raw, connect: client } = redisUnderPrefix(t, 'tokens')
   const secret = randomBytes(32)
   const store = async (lockMs = 2000) => createRedisTokenStore({ redis: await client(), secret, lockMs, pollMs: 10, fallback: createMemoryTokenStore({ maxPending: 100 }) })
 
@@ -144,21 +150,7 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
 
 // One guarantee, every store: the same cases against the memory store and the Redis store.
 t.test('both stores keep the same guarantees', { skip: await skipWithoutRedis() }, async (t) => {
-  const prefix = `aibill-test-both:${randomBytes(6).toString('hex')}:`
-  const clients: Redis[] = []
-  const raw = new Redis(REDIS_URL)
-  t.teardown(async () => {
-    const keys = await raw.keys(`${prefix}*`)
-    if (keys.length > 0) await raw.del(...keys)
-    await raw.quit()
-    for (const redis of clients) await redis.quit()
-  })
-  const connect = async (): Promise<Redis> => {
-    const redis = new Redis(REDIS_URL, { keyPrefix: prefix, enableOfflineQueue: false, lazyConnect: true, maxRetriesPerRequest: 1 })
-    await redis.connect()
-    clients.push(redis)
-    return redis
-  }
+  const { prefix, raw, connect } = redisUnderPrefix(t, 'both')
   const secret = randomBytes(32)
   const stores: Record<string, (maxPending: number) => Promise<TokenStore>> = {
     memory: async (maxPending) => createMemoryTokenStore({ maxPending }),
