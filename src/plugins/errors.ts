@@ -65,7 +65,8 @@ export function toServiceError (err: FastifyError, validationReason?: string, hi
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const described = describeValidation(err.validation as ValidationIssue[], String(err.validationContext))
     const hint = hints?.[described.field]
-    if (hint !== undefined) described.reason = `${described.reason}: ${hint}`
+    // The hint says what the field takes, in place of the validator's words (a regex helps nobody here).
+    if (hint !== undefined) described.reason = `${described.field} is not valid: ${hint}`
     return new ServiceError('VALIDATION_FAILED', validationReason === undefined ? described : { ...described, reason: validationReason })
   }
   const byCode = FASTIFY_CODES[err.code]
