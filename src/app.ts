@@ -38,7 +38,7 @@ export interface AppOptions extends ConfigOptions {
 /** The whole service, in dependency order: the table of contents. No listen here: src/server.ts does that. */
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   fastify.addSchema(ErrorEnvelope)
-  await fastify.register(config, { config: opts.config, broker: opts.broker, warnings: opts.warnings })
+  await fastify.register(config, { config: opts.config, broker: opts.broker, feishuApps: opts.feishuApps, warnings: opts.warnings })
   await fastify.register(requestLog)
   await fastify.register(body)
   await fastify.register(sensible)

@@ -41,6 +41,8 @@ export interface BrokerCaller {
   sessionName?: SessionNamePattern | undefined
   scope?: ScopeCeiling | undefined
   device: boolean
+  /** The Feishu apps whose tokens its relayed requests may carry. */
+  feishuApps: ReadonlySet<string>
 }
 
 export interface Scope {

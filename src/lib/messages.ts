@@ -28,11 +28,14 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     UPSTREAM_ERROR: withStatus('上游服务返回错误'),
     UPSTREAM_RESPONSE_TOO_LARGE: '上游服务响应过大',
     TOKEN_EXCHANGE_FAILED: withStatus('Token交换失败'),
+    FEISHU_TOKEN_FAILED: withStatus('飞书 tenant_access_token 获取失败'),
     STATE_STORE_UNAVAILABLE: '状态存储暂不可用，请稍后再试',
     BAD_REQUEST: '请求无效',
     UNAUTHORIZED: 'API 密钥无效或缺失',
     FORBIDDEN: '禁止访问',
     NOT_FOUND: '请求的资源不存在',
+    CONFLICT: withReason('当前状态不允许此操作'),
+    IDEMPOTENCY_KEY_REUSED: 'Idempotency-Key 已用于另一个请求',
     METHOD_NOT_ALLOWED: '不支持该请求方法',
     REQUEST_TIMEOUT: '请求发送超时',
     HEADERS_TOO_LARGE: '请求头过大',
@@ -50,6 +53,9 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     READY_OK: '服务已就绪',
     TOKEN_OK: '令牌获取成功',
     RESEND_OK: '重发成功',
+    RESEND_QUEUED: '已加入重发队列',
+    RESEND_JOB: '重发任务',
+    RESEND_JOBS: '重发任务列表',
     AUTH_URL_OK: '授权链接生成成功',
     COMPLETE_AUTH_OK: 'OAuth授权完成成功'
   },
@@ -64,11 +70,14 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     UPSTREAM_ERROR: withStatus('The upstream service answered with an error'),
     UPSTREAM_RESPONSE_TOO_LARGE: 'The upstream response is too large',
     TOKEN_EXCHANGE_FAILED: withStatus('Token exchange failed'),
+    FEISHU_TOKEN_FAILED: withStatus('Fetching the Feishu tenant_access_token failed'),
     STATE_STORE_UNAVAILABLE: 'The state store is unavailable; try again later',
     BAD_REQUEST: 'Bad request',
     UNAUTHORIZED: 'The API key is missing or invalid',
     FORBIDDEN: 'Forbidden',
     NOT_FOUND: 'The requested resource does not exist',
+    CONFLICT: withReason('Not possible in the current state'),
+    IDEMPOTENCY_KEY_REUSED: 'This Idempotency-Key was used for another request',
     METHOD_NOT_ALLOWED: 'Method not allowed',
     REQUEST_TIMEOUT: 'The request was not received in time',
     HEADERS_TOO_LARGE: 'The request headers are too large',
@@ -86,12 +95,15 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     READY_OK: 'Service is ready',
     TOKEN_OK: 'Access token issued',
     RESEND_OK: 'Request resent',
+    RESEND_QUEUED: 'Queued for delivery',
+    RESEND_JOB: 'Delivery job',
+    RESEND_JOBS: 'Delivery jobs',
     AUTH_URL_OK: 'Authorization link created',
     COMPLETE_AUTH_OK: 'OAuth authorization completed'
   }
 }
 
-export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
+export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
 
 export function messageFor (locale: Locale, key: ErrorCode | SuccessText, details: ErrorDetails = {}): string {
   const text = CATALOG[locale][key]

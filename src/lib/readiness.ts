@@ -1,9 +1,12 @@
-/** A dependency check: resolves to `ok` or a word saying what is wrong; a throw or a hang past the timeout is `down`. */
+/**
+ * A dependency check: resolves to `ok` or a word saying what is wrong; a throw or a hang past the timeout is `down`.
+ * `off: ...` is an optional feature not configured (ready; it says what it lacks).
+ */
 export type ReadinessCheck = () => Promise<string>
 
 export interface Readiness {
   add (name: string, check: ReadinessCheck): void
-  /** Runs every check at once; ready when every one is ok (or degraded: working, with less than it should). */
+  /** Runs every check at once; ready when every one is ok, degraded (working, with less than it should) or off. */
   check (): Promise<{ ready: boolean, checks: Record<string, string> }>
 }
 
@@ -27,7 +30,7 @@ export function createReadiness (timeoutMs: number): Readiness {
     add (name, check) { checks.set(name, check) },
     async check () {
       const entries = await Promise.all([...checks].map(async ([name, check]) => [name, await run(check)] as const))
-      return { ready: entries.every(([, status]) => status === 'ok' || status === 'degraded'), checks: Object.fromEntries(entries) }
+      return { ready: entries.every(([, status]) => status === 'ok' || status === 'degraded' || status.startsWith('off')), checks: Object.fromEntries(entries) }
     }
   }
 }

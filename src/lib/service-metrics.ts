@@ -15,13 +15,19 @@ export interface ServiceMetrics {
   forcedExchange (app: string, caller: string): void
   /** A connection closed or refused to bound its cost (lib/connection-guard.ts), by reason. */
   connectionClosed (reason: string): void
+  /** A queued delivery job: accepted, delivered, failed, retried (put back), cancelled; `attempts` once it ended. */
+  resendJob (outcome: string, attempts?: number): void
+  /** A Feishu tenant_access_token fetch, by app and outcome (ok, or the error code). */
+  feishuTokenFetch (app: string, outcome: string): void
   /** A value read when Prometheus scrapes (states in memory, Redis up). */
   gauge (name: string, help: string, read: () => number): void
+  /** Values by one label, read when Prometheus scrapes. */
+  gaugeByLabel (name: string, help: string, label: string, read: () => Record<string, number>): void
 }
 
 const noop = (): void => {}
 export const disabledMetrics: ServiceMetrics = {
-  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, brokerToken: noop, keyFailover: noop, forcedExchange: noop, connectionClosed: noop, gauge: noop
+  cozeExchange: noop, tokenRequest: noop, resend: noop, oauthStateIssued: noop, oauthCompletion: noop, brokerToken: noop, keyFailover: noop, forcedExchange: noop, connectionClosed: noop, resendJob: noop, feishuTokenFetch: noop, gauge: noop, gaugeByLabel: noop
 }
 
 /**
@@ -57,6 +63,9 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
   const failovers = new Counter({ name: 'coze_key_failovers_total', help: 'Exchanges retried with an app\'s next key because Coze did not know the first', labelNames: ['app'], registers })
   const forced = new Counter({ name: 'coze_broker_forced_exchanges_total', help: 'Exchanges made although a cached token was valid, because the caller asked for more min_validity_seconds than it had left', labelNames: ['app', 'caller'], registers })
   const connectionsClosed = new Counter({ name: 'connections_closed_total', help: 'Connections closed or refused to bound their cost, by reason', labelNames: ['reason'], registers })
+  const resendJobs = new Counter({ name: 'resend_jobs_total', help: 'Queued delivery jobs by outcome: accepted, delivered, failed, retried, cancelled', labelNames: ['outcome'], registers })
+  const jobAttempts = new Histogram({ name: 'resend_job_attempts', help: 'Attempts per queued job, when it was delivered or failed', labelNames: ['outcome'], registers, buckets: [1, 2, 3, 5, 8, 13, 21] })
+  const feishuFetches = new Counter({ name: 'feishu_token_fetches_total', help: 'Feishu tenant_access_token fetches by app and outcome', labelNames: ['app', 'outcome'], registers })
   const tokenRequest = childrenOf<Counter.Internal>(tokenRequests)
   const brokerToken = childrenOf<Counter.Internal>(brokerTokens)
   return {
@@ -75,9 +84,25 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
     keyFailover (app) { failovers.inc({ app }) },
     forcedExchange (app, caller) { forced.inc({ app, caller }) },
     connectionClosed (reason) { connectionsClosed.inc({ reason }) },
+    resendJob (outcome, attempts) {
+      resendJobs.inc({ outcome })
+      if (attempts !== undefined) jobAttempts.observe({ outcome }, attempts)
+    },
+    feishuTokenFetch (app, outcome) { feishuFetches.inc({ app, outcome }) },
     gauge (name, help, read) {
       // prom-client calls collect() on each scrape; the registry keeps the gauge.
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
+    },
+    gaugeByLabel (name, help, label, read) {
+      new Gauge({
+        name,
+        help,
+        labelNames: [label],
+        registers,
+        collect () {
+          for (const [value, count] of Object.entries(read())) this.set({ [label]: value }, count)
+        }
+      })
     }
   }
 }

@@ -1,8 +1,10 @@
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto'
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import { ServiceError, type ErrorCode } from './errors.js'
+import { createSealer } from './sealed.js'
+
 export interface CozeToken {
   access_token: string
   expires_in: number
@@ -166,7 +168,8 @@ const SHARED_FAILURES = new Set<ErrorCode>(['COZE_EXCHANGE_FAILED', 'UPSTREAM_UN
 export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenStore {
   const { redis, fallback, lockMs, pollMs = 25, failureShareMs = 2000, available = () => redis.status === 'ready' } = options
   const nameKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache names', 32))
-  const sealKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache values', 32))
+  // Written with another secret, or tampered with: as good as absent.
+  const { seal, open } = createSealer(options.secret, 'aibill token cache values')
   // Identical requests in one instance share one round of Redis work.
   const local = new Map<string, Promise<Obtained>>()
   let degraded = false
@@ -174,28 +177,6 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
   const setDegraded = (value: boolean): void => {
     if (degraded !== value) options.onDegraded?.(value)
     degraded = value
-  }
-
-  function seal (id: string, value: unknown): string {
-    const iv = randomBytes(12)
-    const cipher = createCipheriv('aes-256-gcm', sealKey, iv)
-    cipher.setAAD(Buffer.from(id))
-    const body = Buffer.concat([cipher.update(JSON.stringify(value), 'utf8'), cipher.final()])
-    return Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64')
-  }
-
-  function open<T> (id: string, sealed: string | null): T | undefined {
-    if (sealed === null) return undefined
-    try {
-      const raw = Buffer.from(sealed, 'base64')
-      const decipher = createDecipheriv('aes-256-gcm', sealKey, raw.subarray(0, 12))
-      decipher.setAAD(Buffer.from(id))
-      decipher.setAuthTag(raw.subarray(12, 28))
-      return JSON.parse(Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')) as T
-    } catch {
-      // Written with another secret, or tampered with: as good as absent.
-      return undefined
-    }
   }
 
   async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<Obtained> {
@@ -207,10 +188,10 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     // The token if it serves this request; a failure another instance met in the last moments is thrown.
     const look = async (): Promise<CozeToken | undefined> => {
       const [sealedToken, sealedFailure] = await redis.mget(tokenKey, failureKey)
-      const token = open<CozeToken>(`token:${id}`, sealedToken ?? null)
+      const token = open<CozeToken>(`token:${id}`, sealedToken)
       if (token !== undefined && secondsLeft(token) >= minValiditySeconds) return token
       if (token !== undefined) forced = true
-      const failure = open<SharedFailure>(`failure:${id}`, sealedFailure ?? null)
+      const failure = open<SharedFailure>(`failure:${id}`, sealedFailure)
       if (failure !== undefined && SHARED_FAILURES.has(failure.code)) throw new ServiceError(failure.code, { ...failure.details, shared: true })
       return undefined
     }

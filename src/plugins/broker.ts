@@ -72,7 +72,8 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
       routes: new Set(caller.routes as BrokerRoute[]),
       sessionName: caller.sessionName === undefined ? undefined : wholeMatch(caller.sessionName),
       scope: caller.scope === undefined ? undefined : { permissions: new Set(caller.scope.permissions), botIds: caller.scope.botIds === undefined ? undefined : new Set(caller.scope.botIds) },
-      device: caller.device
+      device: caller.device,
+      feishuApps: new Set(caller.feishuApps)
     })),
     store,
     timeoutMs: config.COZE_TIMEOUT_MS,

@@ -47,7 +47,7 @@ async function connectRedis (url: string, keyPrefix: string, purpose: string, lo
  */
 export default fp(async function redis (fastify) {
   const { config } = fastify
-  const purposes = [config.STATE_STORE === 'redis' ? 'STATE_STORE=redis' : '', config.TOKEN_CACHE === 'redis' ? 'TOKEN_CACHE=redis' : ''].filter(Boolean)
+  const purposes = [config.STATE_STORE === 'redis' ? 'STATE_STORE=redis' : '', config.TOKEN_CACHE === 'redis' ? 'TOKEN_CACHE=redis' : '', config.RESEND_QUEUE === 'redis' ? 'RESEND_QUEUE=redis' : ''].filter(Boolean)
   if (purposes.length === 0) {
     fastify.decorate('redisAvailable', () => true)
     return

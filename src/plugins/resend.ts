@@ -1,11 +1,14 @@
 import fp from 'fastify-plugin'
-import { createJsonPathPool } from '../lib/json-path-pool.js'
-import { createRelay, type Relay } from '../lib/relay.js'
-import { parseAllowList, type Resolver } from '../lib/upstream-policy.js'
+import { createRelayService, type JobQueue, type Relay } from '../lib/relay/index.js'
+import type { Resolver } from '../lib/upstream-policy.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     relay: Relay
+    /** Queued delivery; null unless RESEND_QUEUE=redis with RESEND_QUEUE_SECRET. */
+    resendJobs: JobQueue | null
+    /** What queued delivery lacks: the variables to set; empty when it works. */
+    resendQueueMissing: string[]
   }
 }
 
@@ -14,33 +17,38 @@ export interface ResendPluginOptions {
   resolver?: Resolver
 }
 
-/** The relay of POST /resend: its allow-list, limits and counters. */
+/** The relay of POST /resend: its allow-list, limits, Feishu's tokens, counters and queue. */
 export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
-  const { config, log } = fastify
-  // A worker's heap: room for a body at its largest, parsed, and the nodes an expression walks.
-  const jsonPath = createJsonPathPool({
-    workers: config.JSONPATH_WORKERS,
-    timeoutMs: config.JSONPATH_TIMEOUT_MS,
-    memoryMb: 128 + 32 * Math.ceil(config.BODY_LIMIT_BYTES / 1048576),
-    maxQueue: 64 * config.JSONPATH_WORKERS,
-    maxDepth: config.BODY_MAX_DEPTH,
-    /* c8 ignore next - see json-path-pool.ts: a safety net */
-    onWorkerError: (err) => { log.warn({ err: { message: err.message } }, 'a JSONPath worker failed outside a request') }
-  })
-  const relay = createRelay({
-    jsonPath,
-    allowList: parseAllowList('RESEND_ALLOWED_HOSTS', config.RESEND_ALLOWED_HOSTS),
+  const { config, log, serviceMetrics } = fastify
+  const missing = [config.RESEND_QUEUE === 'redis' ? '' : 'RESEND_QUEUE=redis', (config.RESEND_QUEUE_SECRET ?? '') !== '' ? '' : 'RESEND_QUEUE_SECRET'].filter(Boolean)
+  const redisSecret = config.RESEND_QUEUE === 'redis' && missing.length === 0 ? config.RESEND_QUEUE_SECRET : config.TOKEN_CACHE === 'redis' ? config.TOKEN_CACHE_SECRET : undefined
+  const service = await createRelayService({
+    allowedHosts: config.RESEND_ALLOWED_HOSTS,
     timeoutMs: config.RESEND_TIMEOUT_MS,
     maxResponseBytes: config.RESEND_MAX_RESPONSE_BYTES,
+    bodyLimitBytes: config.BODY_LIMIT_BYTES,
     maxDepth: config.BODY_MAX_DEPTH,
+    jsonPathWorkers: config.JSONPATH_WORKERS,
+    jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
+    feishuApps: fastify.feishuApps,
+    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED },
+    redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
-    onOutcome: fastify.serviceMetrics.resend,
-    onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') }
+    onOutcome: serviceMetrics.resend,
+    onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') },
+    onJob: serviceMetrics.resendJob,
+    onFeishuFetch: serviceMetrics.feishuTokenFetch,
+    onWarning: (message) => { log.warn(message) },
+    onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') }
   })
-  log.info({ upstream: 'resend', allowed_hosts: config.RESEND_ALLOWED_HOSTS }, 'upstream configured')
-  fastify.decorate('relay', relay)
-  fastify.addHook('onClose', async () => {
-    await relay.close()
-    await jsonPath.close()
-  })
+  log.info({ upstream: 'resend', allowed_hosts: config.RESEND_ALLOWED_HOSTS, queue: service.jobs === null ? 'off' : 'redis', feishu_apps: fastify.feishuApps.map((app) => `${app.name} ${app.appId} ${app.base.origin}`) }, 'upstream configured')
+  fastify.decorate('relay', service.relay)
+  fastify.decorate('resendJobs', service.jobs)
+  fastify.decorate('resendQueueMissing', missing)
+  const { jobs } = service
+  if (jobs !== null) {
+    serviceMetrics.gaugeByLabel('resend_queue_jobs', 'Queued delivery jobs by status (queued, delivering, delivered, failed), read every 5 s', 'status', () => jobs.snapshot().counts)
+    serviceMetrics.gauge('resend_queue_oldest_age_seconds', 'Age of the oldest job not yet delivered or failed, read every 5 s', () => jobs.snapshot().oldestSeconds)
+  }
+  fastify.addHook('onClose', async () => { await service.close() })
 }, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics'] })

@@ -1,33 +1,90 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { ServiceError } from '../lib/errors.js'
 import { RawJson, stringifyWithRaw } from '../lib/exact-json.js'
+import type { JobQueue, JobView } from '../lib/relay/index.js'
 import { configurationStatus } from '../lib/readiness.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
-import { ApiKeyHeaders, ResendBody, ResendData } from '../schemas/resend.js'
+import { ApiKeyHeaders, JobData, JobListData, JobListQuery, JobParams, QueuedData, ResendBody, ResendData, ResendHeadersIn } from '../schemas/resend.js'
+
+/** Whether the caller asked for queued delivery: the body's `delivery`, or Prefer: respond-async (RFC 7240). */
+function wantsQueue (delivery: string | undefined, prefer: string | undefined): boolean {
+  if (delivery !== undefined) return delivery === 'queued'
+  return prefer !== undefined && prefer.split(',').some((preference) => preference.split(';', 1)[0]?.trim().toLowerCase() === 'respond-async')
+}
+
+/** An answer that may carry JSON whose numbers a parse would change, written as the destination wrote it. */
+function exactly (reply: FastifyReply, body: unknown): void {
+  if (body instanceof RawJson) void reply.serializer(stringifyWithRaw)
+}
 
 const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { callersMissing, config, relay } = fastify
+  const { callersMissing, config, relay, resendJobs, resendQueueMissing } = fastify
   if (!serves(config, 'resend')) return
   fastify.readiness.add('resend', async () => configurationStatus(callersMissing))
+  // Queued delivery is optional: without it /ready stays ready and says what it lacks.
+  fastify.readiness.add('resend_queue', async () => (resendJobs === null ? `off: ${resendQueueMissing.join(', ')}` : 'ok'))
+  const gate = fastify.callerGate('resend')
+  const owner = (request: FastifyRequest): string | null => request.brokerCaller?.name ?? null
+  const jobs = (): JobQueue => {
+    if (resendJobs === null) throw new ServiceError('NOT_CONFIGURED', { reason: `queued delivery needs ${resendQueueMissing.join(' and ')}`, missing: resendQueueMissing })
+    return resendJobs
+  }
+  const jobSchema = (operationId: string, summary: string) => ({ operationId, summary, security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, params: JobParams, response: { 200: Envelope(JobData), ...errorResponses } })
 
   fastify.post('/resend', {
-    preHandler: fastify.callerGate('resend'),
+    preHandler: gate,
     schema: {
       operationId: 'resend',
       security: [{ apiKey: [] }],
-      summary: 'Send a failed request again, to an allowed destination only, and return its answer.',
+      summary: 'Send a failed request again, to an allowed destination only: now (its answer), or queued (202 and a job).',
       tags: ['resend'],
-      headers: ApiKeyHeaders,
+      headers: ResendHeadersIn,
       body: ResendBody,
-      response: { 200: Envelope(ResendData), ...errorResponses }
+      response: { 200: Envelope(ResendData), 202: Envelope(QueuedData), ...errorResponses }
     }
   }, async (request, reply) => {
-    const { location, method, headers, params, commands, max_attempts: maxAttempts } = request.body
-    const { answer, trace } = await relay.send({ location, method, headers, params, bodyText: request.bodyText, commands, maxAttempts })
+    const { location, method, headers, params, commands, max_attempts: maxAttempts, delivery, auth } = request.body
+    if (auth !== undefined && request.brokerCaller !== null && !request.brokerCaller.feishuApps.has(auth.feishu_app)) {
+      throw new ServiceError('FORBIDDEN', { reason: 'feishu_app', detail: `the caller may not use the Feishu app ${auth.feishu_app} (its feishu_apps)` })
+    }
+    const relayed = { location, method, headers, params, bodyText: request.bodyText, commands, maxAttempts, auth }
+    if (wantsQueue(delivery, request.headers.prefer)) {
+      const idempotencyKey = request.headers['idempotency-key']
+      const { view, replayed } = await jobs().accept(relayed, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText ?? '' })
+      request.logFields = { job: view.id, destination: view.destination, ...(replayed ? { replayed } : {}) }
+      void reply.code(202).header('location', view.status_url).header('preference-applied', 'respond-async')
+      if (replayed) void reply.header('idempotent-replayed', 'true')
+      return reply.ok('RESEND_QUEUED', { id: view.id, status: view.status, status_url: view.status_url })
+    }
+    const { answer, trace } = await relay.send(relayed)
     request.logFields = trace
-    // An answer whose numbers a parse would change is written as the destination wrote it.
-    if (answer.body instanceof RawJson) void reply.serializer(stringifyWithRaw)
+    exactly(reply, answer.body)
     return reply.ok('RESEND_OK', answer)
+  })
+
+  fastify.get('/resend/jobs', {
+    preHandler: gate,
+    schema: { operationId: 'listResendJobs', summary: 'Queued jobs, newest first: the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, querystring: JobListQuery, response: { 200: Envelope(JobListData), ...errorResponses } }
+  }, async (request, reply) => {
+    const list = await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20))
+    if (list.some((job) => job.answer?.body instanceof RawJson)) void reply.serializer(stringifyWithRaw)
+    return reply.ok('RESEND_JOBS', { jobs: list })
+  })
+
+  const answerJob = (reply: FastifyReply, view: JobView) => {
+    exactly(reply, view.answer?.body)
+    return reply.ok('RESEND_JOB', view)
+  }
+  fastify.get('/resend/jobs/:id', { preHandler: gate, schema: jobSchema('getResendJob', 'A queued job: its status, attempts, and the destination\'s answer once delivered.') }, async (request, reply) => {
+    return answerJob(reply, await jobs().get(request.params.id, owner(request)))
+  })
+  fastify.post('/resend/jobs/:id/retry', { preHandler: gate, schema: jobSchema('retryResendJob', 'Puts a failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed.') }, async (request, reply) => {
+    return answerJob(reply, await jobs().retry(request.params.id, owner(request)))
+  })
+  fastify.delete('/resend/jobs/:id', { preHandler: gate, schema: jobSchema('cancelResendJob', 'Cancels a queued job (it is removed); 409 once it is delivering or has ended.') }, async (request, reply) => {
+    return answerJob(reply, await jobs().cancel(request.params.id, owner(request)))
   })
 }
 

@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
-import { extname } from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
-import { parseDocument } from 'yaml'
 import { wholeMatch } from '../lib/broker.js'
+import { readConfigDocument } from '../lib/config-document.js'
 import { ConfigError } from '../lib/errors.js'
 import type { Config } from './config.js'
+import { FEISHU_APP_NAME, FeishuApps } from './feishu.js'
 import { MAX_DURATION_SECONDS, TokenData } from './token.js'
 
 const NAME = '^[a-z0-9][a-z0-9-]{0,63}$'
@@ -41,12 +40,14 @@ export const BrokerCaller = Type.Object({
     permissions: Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { maxItems: 100 }),
     bot_ids: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 1000 }))
   }, { additionalProperties: false })),
-  device: Type.Optional(Type.Boolean())
+  device: Type.Optional(Type.Boolean()),
+  feishu_apps: Type.Optional(Type.Array(Type.String({ pattern: FEISHU_APP_NAME }), { maxItems: 256, description: 'The Feishu apps whose tokens the caller\'s relayed requests may carry.' }))
 }, { additionalProperties: false })
 
 export const BrokerDocument = Type.Object({
   apps: Type.Record(Type.String({ pattern: NAME }), BrokerApp, { additionalProperties: false, minProperties: 1 }),
-  callers: Type.Record(Type.String({ pattern: NAME }), BrokerCaller, { additionalProperties: false, minProperties: 1 })
+  callers: Type.Record(Type.String({ pattern: NAME }), BrokerCaller, { additionalProperties: false, minProperties: 1 }),
+  feishu_apps: Type.Optional(FeishuApps)
 }, { additionalProperties: false })
 export type BrokerDocument = Static<typeof BrokerDocument>
 
@@ -104,26 +105,7 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
   if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY')
   if (clashing.length > 0) throw new ConfigError(`${source} configures the apps and callers: remove ${clashing.join(', ')} (one way to configure)`)
 
-  let text: string
-  try {
-    text = file !== '' ? readFileSync(file, 'utf8') : inline
-  } catch (err) {
-    throw new ConfigError(`${source} cannot be read (${String((err as NodeJS.ErrnoException).code)})`)
-  }
-  let value: unknown
-  if (file !== '' && /^\.ya?ml$/i.test(extname(file))) {
-    const parsed = parseDocument(text)
-    const [error] = parsed.errors
-    if (error !== undefined) throw new ConfigError(`${source} is not valid YAML: ${error.code} at line ${String(error.linePos?.[0].line)}, column ${String(error.linePos?.[0].col)}`)
-    value = parsed.toJS({ maxAliasCount: 0 })
-  } else {
-    try {
-      value = JSON.parse(text)
-    } catch (err) {
-      // V8's message says where (position, and line and column on newer Node); it may quote a few characters.
-      throw new ConfigError(`${source} is not valid JSON: ${(err as Error).message}`)
-    }
-  }
+  const value = readConfigDocument(source, file, inline)
   const issue = checkDocument.Errors(value).First()
   if (issue !== undefined) throw new ConfigError(`${source}: ${describeDocumentIssue(issue, value)}`)
   const document = value as BrokerDocument
@@ -152,7 +134,7 @@ export interface KeySetup { kid: string, pem?: string | undefined, file?: string
 
 export interface BrokerSetup {
   apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
-  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean }>
+  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[] }>
 }
 
 /** The document with what it names looked up in the environment: key PEMs and caller keys (as digests). */
@@ -186,7 +168,8 @@ export function resolveBroker (loaded: { document: BrokerDocument, source: strin
       routes: caller.routes ?? ['token'],
       sessionName: caller.session_name,
       scope: caller.scope === undefined ? undefined : { permissions: caller.scope.permissions, botIds: caller.scope.bot_ids },
-      device: caller.device ?? false
+      device: caller.device ?? false,
+      feishuApps: caller.feishu_apps ?? []
     }))
   }
   // One key, one caller: otherwise the later caller would silently take the key, and the other's rights with it.

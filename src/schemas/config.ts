@@ -4,8 +4,11 @@ import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import { ConfigError } from '../lib/errors.js'
 import { loadBrokerDocument, resolveBroker, type BrokerSetup } from './broker.js'
+import { loadFeishuApps, type FeishuAppSetup } from './feishu.js'
 
 export { ConfigError }
+
+const DURATION = '\\d{1,9}(ms|s|m|h|d)'
 
 const url = (description: string, defaultValue: string) =>
   Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s]*)?$', default: defaultValue, description })
@@ -53,6 +56,15 @@ export const ConfigSchema = Type.Object({
   RESEND_MAX_RESPONSE_BYTES: Type.Integer({ minimum: 1024, maximum: 104857600, default: 5242880 }),
   JSONPATH_WORKERS: Type.Integer({ minimum: 1, maximum: 64, default: 1, description: 'Worker threads evaluating json_parse expressions (and re-serializing bodies with numbers a parse would change)' }),
   JSONPATH_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 60000, default: 200, description: 'All json_parse expressions of one request together; past it 400 COMMAND_FAILED and the worker is replaced' }),
+  RESEND_QUEUE: Type.Union([Type.Literal('off'), Type.Literal('redis')], { default: 'off', description: 'Queued delivery ("delivery": "queued"): off, or redis (REDIS_URL, REDIS_KEY_PREFIX)' }),
+  RESEND_QUEUE_SECRET: Type.Optional(Type.String({ description: 'base64 of 32 bytes: the AES-256-GCM key of queued jobs at rest (required for queued delivery)' })),
+  RESEND_WORKERS: Type.Integer({ minimum: 1, maximum: 256, default: 4, description: 'Queued jobs one instance delivers at once' }),
+  RESEND_JOB_LOCK_MS: Type.Integer({ minimum: 500, maximum: 600000, default: 30000, description: 'How long a delivering instance holds a job before another may take it over' }),
+  RESEND_RETRY_SCHEDULE: Type.String({ pattern: `^\\s*${DURATION}(\\s*,\\s*${DURATION})*\\s*$`, default: '5s,30s,2m,10m,30m,1h,2h,4h', description: 'Waits between a queued job\'s attempts; the last repeats until RESEND_MAX_AGE' }),
+  RESEND_MAX_AGE: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '24h', description: 'How long a queued job is tried before it fails' }),
+  RESEND_MAX_QUEUED: Type.Integer({ minimum: 1, maximum: 100000000, default: 100000, description: 'Jobs waiting at once (queued or delayed); past it queued delivery is 503' }),
+  FEISHU_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the Feishu apps document (JSON, or YAML by .yaml/.yml): the service fetches their tenant tokens' })),
+  FEISHU_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
 
   // Augment OAuth (PKCE)
   AUGMENT_AUTH_URL: url('Augment authorize endpoint', 'https://auth.augmentcode.com/authorize'),
@@ -186,6 +198,8 @@ export interface LoadedConfig {
   config: Config
   /** The apps and callers of COZE_APPS_FILE or COZE_APPS, their keys looked up; null in single-app mode. */
   broker: BrokerSetup | null
+  /** The Feishu apps whose tenant tokens the relay fetches (FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps). */
+  feishuApps: FeishuAppSetup[]
   /** Said once at start by the config plugin (a likely misspelt variable, a setting that is unsafe). */
   warnings: string[]
 }
@@ -210,9 +224,17 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   const explicitlySet = new Set(Object.entries(data).filter(([, value]) => value !== undefined && value !== '').map(([name]) => name))
   const document = loadBrokerDocument(config, explicitlySet)
   const broker = document === null ? null : resolveBroker(document, data)
+  const feishuApps = loadFeishuApps(config, document === null ? null : { apps: document.document.feishu_apps, source: document.source }, data)
+  for (const caller of broker?.callers ?? []) {
+    const unknown = caller.feishuApps.find((name) => !feishuApps.some((app) => app.name === name))
+    if (unknown !== undefined) throw new ConfigError(`${(document as { source: string }).source}: callers.${caller.name}.feishu_apps names ${unknown}, which is not a Feishu app (feishu_apps, FEISHU_APPS_FILE or FEISHU_APPS)`)
+  }
   // An origin is what api_base takes in the apps document; the single app's variable takes the endpoint itself.
   if (broker === null && new URL(config.COZE_API_URL).pathname === '/') {
     throw new ConfigError(`COZE_API_URL is an origin; it takes the token endpoint: ${new URL(config.COZE_API_URL).origin}/api/permission/oauth2/token`)
+  }
+  if (config.RESEND_QUEUE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.RESEND_QUEUE_SECRET ?? '') && (config.RESEND_QUEUE_SECRET ?? '') !== '') {
+    throw new ConfigError('RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
   }
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
@@ -232,5 +254,5 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
     warnings.push('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
   }
-  return { config, broker, warnings }
+  return { config, broker, feishuApps, warnings }
 }

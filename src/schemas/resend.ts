@@ -1,7 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { DEFAULT_METHOD, RESEND_METHODS } from '../lib/relay.js'
-import { MAX_REPORTED_PATHS } from '../lib/json-path.js'
-import { CommandsSchema } from '../lib/resend-commands.js'
+import { FEISHU_APP_NAME } from './feishu.js'
+import { CommandsSchema, DEFAULT_METHOD, JOB_STATUSES, LIST_SCAN, MAX_REPORTED_PATHS, RESEND_METHODS } from '../lib/relay/index.js'
 
 /**
  * Header names are RFC 9110 tokens; values are visible Latin-1 with spaces and tabs (no control characters).
@@ -27,7 +26,11 @@ export const ResendBody = Type.Object({
   headers: Type.Optional(ResendHeaders()),
   params: Type.Optional(Type.Unknown({ description: 'Any JSON value, sent as the JSON body (not for GET).' })),
   commands: Type.Optional(CommandsSchema),
-  max_attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Retries only after a refused or reset connection, 429 or 503.' })),
+  max_attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Retries only after a refused or reset connection, 429 or 503 (delivery "now").' })),
+  delivery: Type.Optional(Type.Union([Type.Literal('now'), Type.Literal('queued')], { description: 'now (the default): sent while the caller waits. queued: stored, answered 202, and delivered on the retry schedule (also asked by Prefer: respond-async).' })),
+  auth: Type.Optional(Type.Object({
+    feishu_app: Type.String({ pattern: FEISHU_APP_NAME, description: 'A configured Feishu app: each attempt carries its tenant_access_token, fetched and refreshed by the service.' })
+  }, { additionalProperties: false })),
   coze_api_key: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'The service key, when not sent as X-API-Key; never forwarded.' }))
 }, {
   additionalProperties: false,
@@ -63,4 +66,47 @@ export type ResendData = Static<typeof ResendData>
 
 export const ApiKeyHeaders = Type.Object({
   'x-api-key': Type.Optional(Type.String({ maxLength: 1024 }))
+})
+
+export const ResendHeadersIn = Type.Object({
+  'x-api-key': Type.Optional(Type.String({ maxLength: 1024 })),
+  prefer: Type.Optional(Type.String({ maxLength: 1024, description: 'respond-async (RFC 7240) asks for queued delivery.' })),
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7e]+$', description: 'Queued delivery: the same key and body within 24 hours give the same job; another body is 422.' }))
+})
+
+const JOB_ID = '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'
+
+export const JobParams = Type.Object({
+  id: Type.String({ pattern: JOB_ID, description: 'The job id POST /resend gave.' })
+})
+
+export const JobListQuery = Type.Object({
+  status: Type.Optional(Type.Union(JOB_STATUSES.map((status) => Type.Literal(status)))),
+  limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: 'At most this many jobs: 1 to 100 (default 20).' }))
+}, { additionalProperties: false })
+
+export const QueuedData = Type.Object({
+  id: Type.String(),
+  status: Type.String(),
+  status_url: Type.String()
+}, { examples: [{ id: '0b6f3c8e-5d0a-4f7e-9a51-2c1d7e3f9b20', status: 'queued', status_url: '/resend/jobs/0b6f3c8e-5d0a-4f7e-9a51-2c1d7e3f9b20' }] })
+
+export const JobData = Type.Object({
+  id: Type.String(),
+  status: Type.Union(['queued', 'delivering', 'delivered', 'failed', 'cancelled'].map((status) => Type.Literal(status)), { description: 'cancelled only in the answer to DELETE.' }),
+  attempts: Type.Integer(),
+  created_at: Type.String({ format: 'date-time' }),
+  next_attempt_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  destination: Type.String({ description: 'Host and path; never the query.' }),
+  last_attempt: Type.Union([Type.Object({
+    at: Type.String({ format: 'date-time' }),
+    status: Type.Optional(Type.Integer({ description: 'The destination\'s HTTP status.' })),
+    error: Type.Optional(Type.String({ description: 'Why it was not delivered: an error code, or feishu_<code>.' }))
+  }), Type.Null()]),
+  answer: Type.Optional(Type.Object({ status: Type.Integer(), body: Type.Unknown() }, { description: 'The destination\'s answer: when delivered, or when it failed the job.' })),
+  status_url: Type.String()
+})
+
+export const JobListData = Type.Object({
+  jobs: Type.Array(JobData, { description: `Newest first. Each state is read newest first, at most ${LIST_SCAN} jobs, then filtered by caller.` })
 })

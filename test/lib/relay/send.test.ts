@@ -1,8 +1,8 @@
 import t from 'tap'
-import { createJsonPathPool } from '../../src/lib/json-path-pool.js'
-import { backoffMillis, createRelay, isRetryableTransportError, outgoingHeaders, retryAfterMillis } from '../../src/lib/relay.js'
-import { parseAllowList } from '../../src/lib/upstream-policy.js'
-import { sendJson, startUpstream } from '../helper.js'
+import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
+import { backoffMillis, createRelay, isRetryableTransportError, outgoingHeaders, retryAfterMillis } from '../../../src/lib/relay/send.js'
+import { parseAllowList } from '../../../src/lib/upstream-policy.js'
+import { sendJson, startUpstream } from '../../helper.js'
 
 t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async (t) => {
   t.same(outgoingHeaders({ Authorization: 'Bearer x', Host: 'h', 'Keep-Alive': '1', 'Content-Type': 'text/plain' }, true), { authorization: 'Bearer x', 'content-type': 'text/plain', 'user-agent': 'aibill-token-service/1.0.0' })

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { createJsonPathPool, type JsonPathPoolOptions } from '../../src/lib/json-path-pool.js'
+import { createJsonPathPool, type JsonPathPoolOptions } from '../../../src/lib/relay/json-path-pool.js'
 
 // A pattern that backtracks exponentially in a JavaScript RegExp: json-p3's search() on a long "aaa…b" runs for ever.
 const SLOW = '$.params[?search(@, "(a|aa)+$")]'

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { createJsonPathPool } from '../../src/lib/json-path-pool.js'
-import { prepareBody } from '../../src/lib/resend-commands.js'
+import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
+import { prepareBody } from '../../../src/lib/relay/commands.js'
 
 t.test('prepareBody: params as they came, exact numbers through the pool, commands through the pool', async (t) => {
   const pool = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { compileJsonPath, rewriteParams, MAX_REPORTED_PATHS } from '../../src/lib/json-path.js'
+import { compileJsonPath, rewriteParams, MAX_REPORTED_PATHS } from '../../../src/lib/relay/json-path.js'
 
 interface ComplianceCase {
   name: string
@@ -14,7 +14,7 @@ interface ComplianceCase {
 }
 
 // The JSONPath Compliance Test Suite (RFC 9535), vendored with its licence in test/fixtures/jsonpath-cts.
-const { tests } = JSON.parse(await readFile(new URL('../fixtures/jsonpath-cts/cts.json', import.meta.url), 'utf8')) as { tests: ComplianceCase[] }
+const { tests } = JSON.parse(await readFile(new URL('../../fixtures/jsonpath-cts/cts.json', import.meta.url), 'utf8')) as { tests: ComplianceCase[] }
 
 t.test('RFC 9535: every valid case of the compliance suite answered right, every invalid one refused', async (t) => {
   const equal = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b)

@@ -1,0 +1,89 @@
+import { Agent } from 'undici'
+import { ServiceError } from '../errors.js'
+import type { TokenStore } from '../token-store.js'
+import { exchangeJson } from '../upstream.js'
+
+/** A Feishu app whose tenant_access_token the service fetches (FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps). */
+export interface FeishuApp {
+  name: string
+  appId: string
+  secret: string
+  /** The Open Platform's origin: https://open.feishu.cn, https://open.larksuite.com, or a stand-in. */
+  base: URL
+}
+
+/** A tenant_access_token and when it stops being valid (Unix seconds). */
+export interface FeishuToken {
+  value: string
+  expiresAt: number
+}
+
+export interface FeishuTokens {
+  has (app: string): boolean
+  /** Whether an origin is one of the apps' bases (its answers speak Feishu's body codes). */
+  isFeishuOrigin (origin: string): boolean
+  /**
+   * A token valid for three minutes more, as the official SDKs keep it. With `refused`, the token an answer
+   * refused: a newer one, fetched once for every attempt that met the same refusal, in every instance.
+   */
+  token (app: string, refused?: FeishuToken): Promise<FeishuToken>
+  close (): Promise<void>
+}
+
+export interface FeishuTokensOptions {
+  apps: FeishuApp[]
+  /** The token cache: memory, or Redis (one fetch for every instance, sealed at rest). */
+  store: TokenStore
+  timeoutMs: number
+  /** Told of every fetch: `ok` or the error code in lower case. */
+  onFetch?: (app: string, outcome: string) => void
+}
+
+// Feishu's own advice, as the SDKs follow it: refresh three minutes before the end.
+const EARLY_SECONDS = 180
+/** Answers that say the token the service attached is not (or no longer) valid: refresh once and repeat. */
+export const FEISHU_TOKEN_REFUSED = new Set([99991663, 99991664, 99991671])
+const ENDPOINT = '/open-apis/auth/v3/tenant_access_token/internal'
+
+/** Tenant tokens of the configured Feishu apps, fetched from /auth/v3/tenant_access_token/internal and cached. */
+export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens {
+  const apps = new Map(options.apps.map((app) => [app.name, app]))
+  const origins = new Set(options.apps.map((app) => app.base.origin))
+  // The bases are the operator's, not a caller's: no destination policy, but the same deadline and size bounds.
+  const agent = new Agent({ connections: 8, headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs })
+
+  async function fetchToken (app: FeishuApp): Promise<{ token: { access_token: string, expires_in: number, token_type: string } }> {
+    const answer = await exchangeJson(agent, new URL(ENDPOINT, app.base), { app_id: app.appId, app_secret: app.secret }, {
+      timeoutMs: options.timeoutMs,
+      maxResponseBytes: 65536,
+      tooLarge: () => new ServiceError('FEISHU_TOKEN_FAILED', { app: app.name, reason: 'the answer is too large' })
+    }).catch((err: unknown) => {
+      options.onFetch?.(app.name, err instanceof ServiceError ? err.code.toLowerCase() : 'internal')
+      throw err
+    })
+    const { code, msg, tenant_access_token: value, expire } = answer.body
+    if (answer.status !== 200 || code !== 0 || typeof value !== 'string' || value === '' || typeof expire !== 'number') {
+      options.onFetch?.(app.name, 'feishu_token_failed')
+      // Feishu's code and message say what is wrong (a wrong secret, a disabled app); neither holds a secret.
+      throw new ServiceError('FEISHU_TOKEN_FAILED', { app: app.name, status: answer.status, ...(typeof code === 'number' ? { feishu_code: code } : {}), ...(typeof msg === 'string' ? { feishu_msg: msg.slice(0, 200) } : {}) })
+    }
+    options.onFetch?.(app.name, 'ok')
+    return { token: { access_token: value, expires_in: Math.floor(Date.now() / 1000) + expire, token_type: 'Bearer' } }
+  }
+
+  return {
+    has: (name) => apps.has(name),
+    isFeishuOrigin: (origin) => origins.has(origin),
+    async token (name, refused) {
+      const app = apps.get(name) as FeishuApp
+      // A refused token is replaced by one that lives longer than it did: every attempt that met the same
+      // refusal takes the one new token, and none fetches again.
+      const minValidity = refused === undefined ? EARLY_SECONDS : Math.max(EARLY_SECONDS, refused.expiresAt - Math.floor(Date.now() / 1000) + 1)
+      const { token } = await options.store.obtain(`feishu ${app.appId} ${app.base.origin}`, minValidity, async () => await fetchToken(app))
+      return { value: token.access_token, expiresAt: token.expires_in }
+    },
+    async close () {
+      await agent.close()
+    }
+  }
+}

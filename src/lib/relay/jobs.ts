@@ -1,0 +1,400 @@
+import { createHmac, hkdfSync, randomUUID } from 'node:crypto'
+import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
+import { Redis } from 'ioredis'
+import { ServiceError } from '../errors.js'
+import { RawJson } from '../exact-json.js'
+import { createSealer } from '../sealed.js'
+import { FEISHU_RATE_LIMITED, feishuCode, withClientToken, type AttemptResult, type PreparedRequest, type Relay, type RelayAnswer, type RelayRequest } from './send.js'
+
+/** What a caller sees of a job. */
+export type JobStatus = 'queued' | 'delivering' | 'delivered' | 'failed'
+export const JOB_STATUSES: readonly JobStatus[] = ['queued', 'delivering', 'delivered', 'failed']
+
+export interface JobView {
+  id: string
+  /** `cancelled` only in the answer that cancelled it: the job is gone then. */
+  status: JobStatus | 'cancelled'
+  /** Attempts made so far. */
+  attempts: number
+  created_at: string
+  /** When the next attempt is due, while the job waits for one; null otherwise. */
+  next_attempt_at: string | null
+  /** Host and path (never the query, which may hold secrets). */
+  destination: string
+  last_attempt: { at: string, status?: number, error?: string } | null
+  /** The destination's answer: when delivered, and when it failed the job (a 4xx). */
+  answer?: { status: number, body: unknown }
+  status_url: string
+}
+
+/** The request as stored (sealed): what was checked and prepared at acceptance, sent as it is on every attempt. */
+interface Payload {
+  location: string
+  method: PreparedRequest['method']
+  headers: Record<string, string>
+  body: string | undefined
+  feishuApp?: string | undefined
+  /** Feishu Bitable's client_token: fixed per job, so a repeated creation is a no-op. */
+  clientToken: string
+}
+
+/** A job's progress, kept beside it in the clear: counts and times, never a header, a body or an answer. */
+interface Progress {
+  attempts: number
+  /** Where RESEND_MAX_AGE counts from: acceptance, or the last manual retry. */
+  since: number
+  next_attempt_at?: number | undefined
+  last?: { at: number, status?: number, error?: string } | undefined
+  /** The destination's answer that failed the job, sealed. */
+  answer?: string | undefined
+}
+
+interface Delivered {
+  attempts: number
+  last: { at: number, status: number }
+  /** The destination's answer, sealed. */
+  answer: string
+}
+
+/** The answer as stored: JSON with its numbers exact keeps its text. */
+interface StoredAnswer { status: number, body?: unknown, raw?: string }
+
+export interface JobQueueOptions {
+  relay: Relay
+  /** REDIS_URL: the queue opens its own connections (one to add and read, and the workers' blocking ones). */
+  redisUrl: string
+  /** REDIS_KEY_PREFIX; the queue's keys carry it in a hash tag, so that they share one Redis Cluster slot. */
+  keyPrefix: string
+  /** The shared client (with its key prefix and breaker): idempotency keys and the age index. */
+  redis: Redis
+  /** RESEND_QUEUE_SECRET: 32 bytes. */
+  secret: Buffer
+  /** RESEND_WORKERS: jobs this instance delivers at once; 0 takes none (accepts and answers only). */
+  concurrency: number
+  /** RESEND_JOB_LOCK_MS */
+  lockMs: number
+  /** RESEND_RETRY_SCHEDULE, in milliseconds: the wait after each failed attempt; the last repeats. */
+  scheduleMs: number[]
+  /** RESEND_MAX_AGE in milliseconds. */
+  maxAgeMs: number
+  /** RESEND_MAX_QUEUED */
+  maxQueued: number
+  /** Where a job's status is read (GET), with the id appended. */
+  statusPath: string
+  /** How often the counts behind the metrics and the queue bound are read. */
+  snapshotMs?: number
+  onJob?: (outcome: string, attempts?: number) => void
+  /** Said once at start: a Redis that may evict the queue's keys, or that does not say. */
+  onWarning?: (message: string) => void
+  /** A failure of the queue's own machinery (not of a delivery). */
+  onError?: (err: Error) => void
+}
+
+export interface JobQueue {
+  /** Validates and stores; with an idempotency key, the job stored before under it (`replayed`). */
+  accept (request: RelayRequest, owner: string | null, idempotency?: { key: string, fingerprint: string }): Promise<{ view: JobView, replayed: boolean }>
+  get (id: string, owner: string | null): Promise<JobView>
+  list (owner: string | null, status: JobStatus | undefined, limit: number): Promise<JobView[]>
+  retry (id: string, owner: string | null): Promise<JobView>
+  cancel (id: string, owner: string | null): Promise<JobView>
+  /** Counts by status, and the age of the oldest job not yet delivered (seconds), as last read. */
+  snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number }
+  /** Stops taking jobs; deliveries in flight finish (SIGTERM); the rest stay queued. */
+  close (): Promise<void>
+}
+
+// The destination's answers that say "later": Feishu's rate limits, its write conflicts and timeouts.
+const FEISHU_LATER = new Set([FEISHU_RATE_LIMITED, 1254290, 1254291, 1254608, 1255040])
+const DELIVERED_KEEP_SECONDS = 86_400
+const FAILED_KEEP_SECONDS = 7 * 86_400
+const IDEMPOTENCY_MS = 86_400_000
+/** Jobs a listing reads at most, per state, before it filters by caller. */
+export const LIST_SCAN = 1000
+const REDIS_DEADLINE_MS = 3000
+const OWNER_SHARED = '*'
+
+const STATES: Record<JobStatus, JobType[]> = {
+  queued: ['waiting', 'prioritized', 'delayed'],
+  delivering: ['active'],
+  delivered: ['completed'],
+  failed: ['failed']
+}
+
+function statusOf (state: string): JobStatus | undefined {
+  return JOB_STATUSES.find((status) => (STATES[status] as string[]).includes(state === 'wait' ? 'waiting' : state))
+}
+
+/** How an attempt decides the job: delivered, tried again later, or failed now. */
+export type Verdict =
+  | { kind: 'delivered', answer: RelayAnswer }
+  | { kind: 'retry', askedMs?: number | undefined, last: { status?: number, error: string }, answer?: RelayAnswer }
+  | { kind: 'failed', last: { status?: number, error: string }, answer?: RelayAnswer }
+
+/**
+ * Any failure to get an answer, 5xx, 429 and Feishu's "later" codes are tried again; a 2xx is delivered (unless a
+ * Feishu answer's code says otherwise); any other answer fails the job at once, kept for the operator.
+ */
+export function judge (result: AttemptResult, speaksFeishu: boolean): Verdict {
+  if ('failure' in result) return { kind: 'retry', last: { error: result.failure.code } }
+  const { answer } = result
+  const code = speaksFeishu ? feishuCode(answer.body) : undefined
+  if ((code !== undefined && FEISHU_LATER.has(code)) || answer.status >= 500 || answer.status === 429) {
+    return { kind: 'retry', askedMs: result.askedRetryInMs, last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
+  }
+  if (answer.status >= 200 && answer.status <= 299 && (code === undefined || code === 0)) return { kind: 'delivered', answer }
+  return { kind: 'failed', last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
+}
+
+/** The wait before attempt `attempt + 1`: the schedule's entry (the last repeats), ±20 % so retries spread out. */
+export function scheduledWait (scheduleMs: number[], attempt: number, random = Math.random()): number {
+  const base = scheduleMs[Math.min(attempt, scheduleMs.length) - 1] as number
+  return Math.round(base * (0.8 + 0.4 * random))
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** `5s`, `2m`, `1h`, `250ms`: milliseconds. */
+export function parseDuration (text: string): number {
+  const match = /^\s*(\d+)(ms|s|m|h|d)\s*$/.exec(text) as RegExpExecArray
+  return Number(match[1]) * (DURATION_UNITS[match[2] as string] as number)
+}
+
+async function deadline<T> (work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' })) }, REDIS_DEADLINE_MS)
+  })
+  return await Promise.race([work, late]).finally(() => { clearTimeout(timer) })
+}
+
+const iso = (millis: number): string => new Date(millis).toISOString()
+
+/**
+ * Queued delivery on BullMQ: the request is checked and prepared once, stored sealed under its job id, and tried
+ * by any instance on the schedule until it is delivered, fails, or outlives RESEND_MAX_AGE.
+ */
+export async function createJobQueue (options: JobQueueOptions): Promise<JobQueue> {
+  const { relay, redis } = options
+  const sealer = createSealer(options.secret, 'aibill resend jobs')
+  const idempotencyKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
+  const prefix = `{${options.keyPrefix === '' ? 'aibill' : options.keyPrefix}resend}`
+  // Adding and reading fail fast while Redis is away or silent; the workers' connections wait for it instead.
+  const client = new Redis(options.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: (times) => Math.min(times * 200, 2000) })
+  client.on('error', () => {})
+  await client.connect()
+  const queue = new Queue<{ sealed: string }, string>('resend', { connection: client, prefix })
+  queue.on('error', (err) => { options.onError?.(err) })
+  const since = 'resend-pending'
+
+  try {
+    const [, policy] = await client.config('GET', 'maxmemory-policy') as [string, string]
+    if (policy !== 'noeviction') options.onWarning?.(`Redis maxmemory-policy is ${policy}: queued jobs and their locks may be evicted; set it to noeviction`)
+  } catch {
+    options.onWarning?.('Redis does not answer CONFIG GET (ElastiCache refuses it): make sure its maxmemory-policy is noeviction, or queued jobs may be evicted')
+  }
+
+  let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0 }
+  let acceptedSinceSnapshot = 0
+  async function readSnapshot (): Promise<void> {
+    const counts = await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')
+    const oldest = await redis.zrange(since, 0, 0, 'WITHSCORES')
+    const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] ?? 0), 0)
+    snapshot = {
+      counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
+      oldestSeconds: oldest.length === 2 ? Math.max(0, (Date.now() - Number(oldest[1])) / 1000) : 0
+    }
+    acceptedSinceSnapshot = 0
+  }
+  await readSnapshot()
+  const snapshotTimer = setInterval(() => { readSnapshot().catch(() => {}) }, options.snapshotMs ?? 5000).unref()
+
+  function progressOf (job: Job): Progress {
+    const progress = job.progress as Partial<Progress> | number
+    if (typeof progress === 'object' && typeof progress.attempts === 'number') return progress as Progress
+    return { attempts: 0, since: job.timestamp }
+  }
+
+  function storedAnswer (answer: RelayAnswer): StoredAnswer {
+    return answer.body instanceof RawJson ? { status: answer.status, raw: answer.body.text } : { status: answer.status, body: answer.body }
+  }
+
+  async function deliver (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
+    const id = job.id as string
+    const payload = sealer.open<Payload>(`job:${id}`, job.data.sealed)
+    if (payload === undefined) throw new UnrecoverableError('unreadable: sealed under another RESEND_QUEUE_SECRET')
+    const progress = progressOf(job)
+    const attempt = progress.attempts + 1
+    const now = Date.now()
+    let result: AttemptResult
+    let speaksFeishu = payload.feishuApp !== undefined
+    try {
+      const { url, host, allowPrivate } = relay.check(payload.location)
+      speaksFeishu ||= relay.speaksFeishu(url.origin)
+      const prepared: PreparedRequest = { url, host, allowPrivate, method: payload.method, headers: payload.headers, body: payload.body, feishuApp: payload.feishuApp }
+      const headers: Record<string, string> = 'idempotency-key' in payload.headers ? {} : { 'idempotency-key': id }
+      result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
+    } catch (err) {
+      // The policy refused it (the allow-list changed, or the name now resolves elsewhere), or the answer is too large.
+      const error = err instanceof ServiceError ? err.code : 'INTERNAL'
+      await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last: { at: now, error } })
+      throw new UnrecoverableError(error)
+    }
+    const verdict = judge(result, speaksFeishu)
+    if (verdict.kind === 'delivered') {
+      const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status }, answer: sealer.seal(`answer:${id}`, storedAnswer(verdict.answer)) }
+      return JSON.stringify(delivered)
+    }
+    const last = { at: now, ...verdict.last }
+    if (verdict.kind === 'retry') {
+      const at = Date.now() + Math.max(scheduledWait(options.scheduleMs, attempt), verdict.askedMs ?? 0)
+      if (at <= progress.since + options.maxAgeMs) {
+        await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: at, last })
+        await job.moveToDelayed(at, token)
+        throw new DelayedError()
+      }
+    }
+    const answer = verdict.answer === undefined ? undefined : sealer.seal(`answer:${id}`, storedAnswer(verdict.answer))
+    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last, answer })
+    throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
+  }
+
+  const worker = options.concurrency === 0
+    ? undefined
+    : new Worker<{ sealed: string }, string>('resend', deliver, {
+      // Blocking reads wait for Redis instead of failing: a worker outlives an outage.
+      connection: { url: options.redisUrl, maxRetriesPerRequest: null, enableOfflineQueue: true } as never,
+      prefix,
+      concurrency: options.concurrency,
+      lockDuration: options.lockMs,
+      stalledInterval: options.lockMs,
+      // A job whose instance died mid-delivery goes back to the queue; past this many times it fails.
+      maxStalledCount: 10
+    })
+  worker?.on('error', (err) => { options.onError?.(err) })
+  worker?.on('completed', (job) => {
+    const delivered = JSON.parse(job.returnvalue) as Delivered
+    options.onJob?.('delivered', delivered.attempts)
+    redis.zrem(since, job.id as string).catch(() => {})
+  })
+  worker?.on('failed', (job) => {
+    if (job === undefined) return
+    options.onJob?.('failed', progressOf(job).attempts)
+    redis.zrem(since, job.id as string).catch(() => {})
+  })
+
+  async function find (id: string, owner: string | null): Promise<Job<{ sealed: string }, string>> {
+    const job = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string> | undefined
+    // Another caller's job is as absent as one that never was.
+    if (job === undefined || (owner !== null && job.name !== owner)) throw new ServiceError('NOT_FOUND', { resource: 'job', id })
+    return job
+  }
+
+  function viewOf (job: Job<{ sealed: string }, string>, status: JobStatus): JobView {
+    const id = job.id as string
+    const payload = sealer.open<Payload>(`job:${id}`, job.data.sealed)
+    const progress = progressOf(job)
+    const delivered = status === 'delivered' && typeof job.returnvalue === 'string' ? JSON.parse(job.returnvalue) as Delivered : undefined
+    const last = delivered?.last ?? progress.last
+    const stored = sealer.open<StoredAnswer>(`answer:${id}`, delivered?.answer ?? progress.answer)
+    let destination = '(unreadable: sealed under another RESEND_QUEUE_SECRET)'
+    if (payload !== undefined) {
+      const url = new URL(payload.location)
+      destination = `${url.host}${url.pathname}`
+    }
+    const view: JobView = {
+      id,
+      status,
+      attempts: delivered?.attempts ?? progress.attempts,
+      created_at: iso(job.timestamp),
+      next_attempt_at: status === 'queued' && progress.next_attempt_at !== undefined ? iso(progress.next_attempt_at) : null,
+      destination,
+      last_attempt: last === undefined ? null : { ...last, at: iso(last.at) },
+      status_url: `${options.statusPath}${id}`
+    }
+    if (status === 'failed' && last === undefined) view.last_attempt = { at: iso(job.finishedOn ?? job.timestamp), error: job.failedReason }
+    if (stored !== undefined) view.answer = { status: stored.status, body: stored.raw !== undefined ? new RawJson(stored.raw) : stored.body }
+    return view
+  }
+
+  async function current (job: Job<{ sealed: string }, string>): Promise<JobView> {
+    const state = await deadline(job.getState())
+    // Between two reads the job ended and was removed: the caller asks again.
+    return viewOf(job, statusOf(state) ?? 'queued')
+  }
+
+  const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
+
+  return {
+    async accept (request, owner, idempotency) {
+      const prepared = await relay.prepare(request)
+      if (snapshot.counts.queued + acceptedSinceSnapshot >= options.maxQueued) {
+        throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueued, variable: 'RESEND_MAX_QUEUED' })
+      }
+      const id = randomUUID()
+      const name = owner ?? OWNER_SHARED
+      if (idempotency !== undefined) {
+        const key = `resend-idempotency:${bound(`${name}\u0000${idempotency.key}`)}`
+        const fingerprint = bound(idempotency.fingerprint)
+        const taken = await deadline(redis.set(key, `${id} ${fingerprint}`, 'PX', IDEMPOTENCY_MS, 'NX'))
+        if (taken !== 'OK') {
+          const [earlier, earlierFingerprint] = String(await deadline(redis.get(key))).split(' ')
+          if (earlierFingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request body in the last 24 hours' })
+          const job = await deadline(queue.getJob(earlier as string)) as Job<{ sealed: string }, string> | undefined
+          // Stored under the key a moment ago by a request still being accepted: the same job, queued.
+          if (job === undefined) return { view: { id: earlier as string, status: 'queued', attempts: 0, created_at: iso(Date.now()), next_attempt_at: null, destination: `${prepared.host}${prepared.url.pathname}`, last_attempt: null, status_url: `${options.statusPath}${String(earlier)}` }, replayed: true }
+          return { view: await current(job), replayed: true }
+        }
+      }
+      const payload: Payload = { location: prepared.url.href, method: prepared.method, headers: prepared.headers, body: prepared.body, feishuApp: prepared.feishuApp, clientToken: randomUUID() }
+      const job = await deadline(queue.add(name, { sealed: sealer.seal(`job:${id}`, payload) }, {
+        jobId: id,
+        attempts: 1,
+        removeOnComplete: { age: DELIVERED_KEEP_SECONDS },
+        removeOnFail: { age: FAILED_KEEP_SECONDS }
+      }))
+      acceptedSinceSnapshot++
+      redis.zadd(since, job.timestamp, id).catch(() => {})
+      options.onJob?.('accepted')
+      return { view: viewOf(job, 'queued'), replayed: false }
+    },
+    async get (id, owner) {
+      return await current(await find(id, owner))
+    },
+    async list (owner, status, limit) {
+      const views: JobView[] = []
+      for (const wanted of status === undefined ? JOB_STATUSES : [status]) {
+        const jobs = await deadline(queue.getJobs(STATES[wanted], 0, LIST_SCAN - 1, false)) as Array<Job<{ sealed: string }, string>>
+        for (const job of jobs) if (owner === null || job.name === owner) views.push(viewOf(job, wanted))
+      }
+      return views.sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, limit)
+    },
+    async retry (id, owner) {
+      const job = await find(id, owner)
+      const state = await deadline(job.getState())
+      if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state) ?? state}: only a failed job is put back`, status: statusOf(state) ?? state })
+      await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined, answer: undefined }))
+      await deadline(job.retry('failed'))
+      redis.zadd(since, Date.now(), id).catch(() => {})
+      options.onJob?.('retried')
+      return await current(job)
+    },
+    async cancel (id, owner) {
+      const job = await find(id, owner)
+      const state = await deadline(job.getState())
+      if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state) ?? state}: only a queued job is cancelled`, status: statusOf(state) ?? state })
+      const view = viewOf(job, 'queued')
+      // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
+      await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
+      redis.zrem(since, id).catch(() => {})
+      options.onJob?.('cancelled', view.attempts)
+      return { ...view, status: 'cancelled', next_attempt_at: null }
+    },
+    snapshot: () => snapshot,
+    async close () {
+      clearInterval(snapshotTimer)
+      await worker?.close()
+      await queue.close()
+      client.disconnect()
+    }
+  }
+}

@@ -1,0 +1,108 @@
+import type { Redis } from 'ioredis'
+import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../token-store.js'
+import { parseAllowList, type Resolver } from '../upstream-policy.js'
+import { createFeishuTokens, type FeishuApp } from './feishu-tokens.js'
+import { createJobQueue, parseDuration, type JobQueue } from './jobs.js'
+import { createJsonPathPool } from './json-path-pool.js'
+import { createRelay, type Relay, type RelayTrace } from './send.js'
+
+/** Everything the relay is built from, as the configuration gives it. */
+export interface RelayServiceOptions {
+  allowedHosts: string
+  timeoutMs: number
+  maxResponseBytes: number
+  bodyLimitBytes: number
+  maxDepth: number
+  jsonPathWorkers: number
+  jsonPathTimeoutMs: number
+  feishuApps: FeishuApp[]
+  /** Queued delivery, when RESEND_QUEUE=redis and RESEND_QUEUE_SECRET are set; null leaves only "now". */
+  queue: null | {
+    redisUrl: string
+    keyPrefix: string
+    secret: Buffer
+    concurrency: number
+    lockMs: number
+    retrySchedule: string
+    maxAge: string
+    maxQueued: number
+  }
+  /** The shared Redis client, when there is one: the queue's idempotency keys, and Feishu tokens for every instance. */
+  redis?: { client: Redis, secret: Buffer, available: () => boolean } | undefined
+  resolver?: Resolver | undefined
+  onOutcome?: (outcome: string, attempts: number) => void
+  onRefusedAddress?: (trace: RelayTrace) => void
+  onJob?: (outcome: string, attempts?: number) => void
+  onFeishuFetch?: (app: string, outcome: string) => void
+  onWarning: (message: string) => void
+  onError: (err: Error) => void
+}
+
+export interface RelayService {
+  relay: Relay
+  /** Null without queued delivery. */
+  jobs: JobQueue | null
+  /** Deliveries in flight finish, then every pool and connection closes. */
+  close (): Promise<void>
+}
+
+/** The relay with its JSONPath workers, Feishu's tokens and, when configured, its queue. */
+export async function createRelayService (options: RelayServiceOptions): Promise<RelayService> {
+  // A worker's heap: room for a body at its largest, parsed, and the nodes an expression walks.
+  const jsonPath = createJsonPathPool({
+    workers: options.jsonPathWorkers,
+    timeoutMs: options.jsonPathTimeoutMs,
+    memoryMb: 128 + 32 * Math.ceil(options.bodyLimitBytes / 1048576),
+    maxQueue: 64 * options.jsonPathWorkers,
+    maxDepth: options.maxDepth,
+    /* c8 ignore next - see json-path-pool.ts: a safety net */
+    onWorkerError: (err) => { options.onWarning(`a JSONPath worker failed outside a request: ${err.message}`) }
+  })
+  const memory = createMemoryTokenStore({ maxPending: 1000 })
+  let store: TokenStore = memory
+  if (options.redis !== undefined) {
+    store = createRedisTokenStore({ redis: options.redis.client, secret: options.redis.secret, lockMs: options.timeoutMs + 1000, fallback: memory, available: options.redis.available })
+  }
+  const feishu = createFeishuTokens({ apps: options.feishuApps, store, timeoutMs: options.timeoutMs, onFetch: options.onFeishuFetch })
+  const relay = createRelay({
+    jsonPath,
+    feishu,
+    allowList: parseAllowList('RESEND_ALLOWED_HOSTS', options.allowedHosts),
+    timeoutMs: options.timeoutMs,
+    maxResponseBytes: options.maxResponseBytes,
+    maxDepth: options.maxDepth,
+    resolver: options.resolver,
+    onOutcome: options.onOutcome,
+    onRefusedAddress: options.onRefusedAddress
+  })
+  let jobs: JobQueue | null = null
+  if (options.queue !== null && options.redis !== undefined) {
+    const { queue } = options
+    jobs = await createJobQueue({
+      relay,
+      redisUrl: queue.redisUrl,
+      keyPrefix: queue.keyPrefix,
+      redis: options.redis.client,
+      secret: queue.secret,
+      concurrency: queue.concurrency,
+      lockMs: queue.lockMs,
+      scheduleMs: queue.retrySchedule.split(',').map(parseDuration),
+      maxAgeMs: parseDuration(queue.maxAge),
+      maxQueued: queue.maxQueued,
+      statusPath: '/resend/jobs/',
+      onJob: options.onJob,
+      onWarning: options.onWarning,
+      onError: options.onError
+    })
+  }
+  return {
+    relay,
+    jobs,
+    async close () {
+      await jobs?.close()
+      await relay.close()
+      await feishu.close()
+      await jsonPath.close()
+    }
+  }
+}
