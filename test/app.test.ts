@@ -25,13 +25,13 @@ t.test('GET /ready reports each dependency and each served route; anything not o
   const { app } = await build(t, { JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: 'a-caller-key-0123456789' })
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200)
-  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok' } }, message: '服务已就绪' })
+  t.same(ready.json(), { success: true, data: { status: 'ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok', resend_queue: 'off: RESEND_QUEUE=redis, RESEND_QUEUE_SECRET' } }, message: '服务已就绪' })
 
   // The Quick start's first run: it starts, and /ready says what is missing for each route it serves.
   const bare = await build(t)
   const unready = await bare.app.inject('/ready')
   t.equal(unready.statusCode, 503)
-  t.same(unready.json().data.checks, { state_store: 'ok', token: 'not_configured: EXPECTED_COZE_API_KEY, JWT_PRIVATE_KEY, COZE_APP_ID', resend: 'not_configured: EXPECTED_COZE_API_KEY' })
+  t.same(unready.json().data.checks, { state_store: 'ok', token: 'not_configured: EXPECTED_COZE_API_KEY, JWT_PRIVATE_KEY, COZE_APP_ID', resend: 'not_configured: EXPECTED_COZE_API_KEY', resend_queue: 'off: RESEND_QUEUE=redis, RESEND_QUEUE_SECRET' })
 
   // An instance that only runs the sign-in is ready without any Coze setting, and serves nothing else.
   const signIn = await build(t, { ROUTES: 'augment' })
@@ -44,7 +44,7 @@ t.test('GET /ready reports each dependency and each served route; anything not o
   app.readiness.add('broken', async () => { throw new Error('connection refused') })
   const notReady = await app.inject({ url: '/ready', headers: { 'accept-language': 'en' } })
   t.equal(notReady.statusCode, 503)
-  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok', broken: 'down' } }, message: 'The service is not ready' })
+  t.same(notReady.json(), { success: false, data: { error: 'NOT_READY', status: 'not_ready', checks: { state_store: 'ok', token: 'ok', resend: 'ok', resend_queue: 'off: RESEND_QUEUE=redis, RESEND_QUEUE_SECRET', broken: 'down' } }, message: 'The service is not ready' })
 })
 
 t.test('what Fastify itself answers is the envelope too', async (t) => {

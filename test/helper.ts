@@ -248,14 +248,14 @@ export interface RedisServer {
 }
 
 /** A redis-server of the test's own on 127.0.0.1, to stop and start at will. */
-export async function startRedisServer (t: TestContext): Promise<RedisServer> {
+export async function startRedisServer (t: TestContext, extraArgs: string[] = []): Promise<RedisServer> {
   const port = await freePort()
   let child: ChildProcess | undefined
   const url = `redis://127.0.0.1:${port}`
   const server: RedisServer = {
     url,
     async start () {
-      child = trackChild(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' }))
+      child = trackChild(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs], { stdio: 'ignore' }))
       for (let i = 0; i < 100 && !(await redisAnswers(url)); i++) await sleep(50)
     },
     async stop () {

@@ -43,13 +43,16 @@ export interface TokenStore {
   /**
    * `reuseMs`, when given, caps how long a new token is kept (single-app mode's reuse window); under a millisecond
    * nothing is cached or shared, and the exchange still counts against the bound on exchanges in flight.
+   * `refused`: a token the upstream refused; it is never handed out again, a newer one is (Feishu's tokens).
    */
-  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, reuseMs?: number): Promise<Obtained>
+  obtain (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, reuseMs?: number, refused?: string): Promise<Obtained>
   /** `ok`, or `degraded` while a shared store cannot reach Redis and each instance caches on its own. */
   status (): 'ok' | 'degraded'
 }
 
 const secondsLeft = (token: CozeToken): number => token.expires_in - Date.now() / 1000
+/** Whether a token serves a request: valid long enough, and not the one the request saw refused. */
+const serves = (token: CozeToken, minValiditySeconds: number, refused: string | undefined): boolean => secondsLeft(token) >= minValiditySeconds && token.access_token !== refused
 
 /**
  * The bound on exchanges waiting for Coze at once in one instance (COZE_MAX_PENDING_EXCHANGES), shared by both
@@ -103,16 +106,16 @@ export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: Mem
     get size () { return tokens.size },
     slots,
     status: () => 'ok',
-    async obtain (key, minValiditySeconds, exchange, reuseMs) {
+    async obtain (key, minValiditySeconds, exchange, reuseMs, refused) {
       if (reuseMs !== undefined && reuseMs < 1) return { ...await withSlot(slots, exchange), outcome: 'off' }
       const cached = tokens.get(key)
-      if (cached !== undefined && secondsLeft(cached) >= minValiditySeconds) return { token: cached, outcome: 'hit' }
+      if (cached !== undefined && serves(cached, minValiditySeconds, refused)) return { token: cached, outcome: 'hit' }
       const forced = cached !== undefined
       const joined = pending.get(key)
       if (joined !== undefined) {
         const done = await joined
         // Joined only when it satisfies this request too; otherwise an exchange of its own.
-        if (secondsLeft(done.token) >= minValiditySeconds) return { ...done, outcome: 'shared' }
+        if (serves(done.token, minValiditySeconds, refused)) return { ...done, outcome: 'shared' }
         return { ...await withSlot(slots, exchange), outcome: 'miss', forced: true }
       }
       const exchanging = withSlot(slots, exchange)
@@ -179,7 +182,7 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     degraded = value
   }
 
-  async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<Obtained> {
+  async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, refused: string | undefined): Promise<Obtained> {
     const id = createHmac('sha256', nameKey).update(key).digest('hex')
     const tokenKey = `token:${id}`
     const lockKey = `token-lock:${id}`
@@ -189,7 +192,7 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     const look = async (): Promise<CozeToken | undefined> => {
       const [sealedToken, sealedFailure] = await redis.mget(tokenKey, failureKey)
       const token = open<CozeToken>(`token:${id}`, sealedToken)
-      if (token !== undefined && secondsLeft(token) >= minValiditySeconds) return token
+      if (token !== undefined && serves(token, minValiditySeconds, refused)) return token
       if (token !== undefined) forced = true
       const failure = open<SharedFailure>(`failure:${id}`, sealedFailure)
       if (failure !== undefined && SHARED_FAILURES.has(failure.code)) throw new ServiceError(failure.code, { ...failure.details, shared: true })
@@ -239,36 +242,36 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
     throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'token_cache_busy' })
   }
 
-  async function obtainRound (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>): Promise<Obtained> {
+  async function obtainRound (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, refused: string | undefined): Promise<Obtained> {
     let exchanged = false
     const once = async (): Promise<CozeExchange> => { exchanged = true; return await exchange() }
     try {
-      const result = await obtainShared(key, minValiditySeconds, once)
+      const result = await obtainShared(key, minValiditySeconds, once, refused)
       setDegraded(false)
       return result
     } catch (err) {
       // A failure of Redis itself (not of Coze, nor a refusal of ours) falls back to this instance's cache.
       if (err instanceof ServiceError || exchanged) throw err
       setDegraded(true)
-      return await fallback.obtain(key, minValiditySeconds, exchange)
+      return await fallback.obtain(key, minValiditySeconds, exchange, undefined, refused)
     }
   }
 
   return {
     status: () => (degraded || !available() ? 'degraded' : 'ok'),
-    async obtain (key, minValiditySeconds, exchange) {
+    async obtain (key, minValiditySeconds, exchange, _reuseMs, refused) {
       if (!available()) {
         setDegraded(true)
-        return await fallback.obtain(key, minValiditySeconds, exchange)
+        return await fallback.obtain(key, minValiditySeconds, exchange, undefined, refused)
       }
       const joined = local.get(key)
       if (joined !== undefined) {
         const { outcome: _outcome, ...done } = await joined
         // Joined only when what it found satisfies this request too; otherwise a round of its own.
-        if (secondsLeft(done.token) >= minValiditySeconds) return { ...done, outcome: 'shared' }
-        return await obtainRound(key, minValiditySeconds, exchange)
+        if (serves(done.token, minValiditySeconds, refused)) return { ...done, outcome: 'shared' }
+        return await obtainRound(key, minValiditySeconds, exchange, refused)
       }
-      const running = obtainRound(key, minValiditySeconds, exchange).finally(() => { local.delete(key) })
+      const running = obtainRound(key, minValiditySeconds, exchange, refused).finally(() => { local.delete(key) })
       local.set(key, running)
       return await running
     }

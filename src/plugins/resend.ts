@@ -31,7 +31,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     jsonPathWorkers: config.JSONPATH_WORKERS,
     jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
     feishuApps: fastify.feishuApps,
-    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED },
+    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, closeGraceMs: config.SHUTDOWN_GRACE_MS },
     redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
     onOutcome: serviceMetrics.resend,

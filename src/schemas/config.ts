@@ -58,7 +58,7 @@ export const ConfigSchema = Type.Object({
   JSONPATH_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 60000, default: 200, description: 'All json_parse expressions of one request together; past it 400 COMMAND_FAILED and the worker is replaced' }),
   RESEND_QUEUE: Type.Union([Type.Literal('off'), Type.Literal('redis')], { default: 'off', description: 'Queued delivery ("delivery": "queued"): off, or redis (REDIS_URL, REDIS_KEY_PREFIX)' }),
   RESEND_QUEUE_SECRET: Type.Optional(Type.String({ description: 'base64 of 32 bytes: the AES-256-GCM key of queued jobs at rest (required for queued delivery)' })),
-  RESEND_WORKERS: Type.Integer({ minimum: 1, maximum: 256, default: 4, description: 'Queued jobs one instance delivers at once' }),
+  RESEND_WORKERS: Type.Integer({ minimum: 0, maximum: 256, default: 4, description: 'Queued jobs one instance delivers at once; 0 delivers none (it accepts and answers only)' }),
   RESEND_JOB_LOCK_MS: Type.Integer({ minimum: 500, maximum: 600000, default: 30000, description: 'How long a delivering instance holds a job before another may take it over' }),
   RESEND_RETRY_SCHEDULE: Type.String({ pattern: `^\\s*${DURATION}(\\s*,\\s*${DURATION})*\\s*$`, default: '5s,30s,2m,10m,30m,1h,2h,4h', description: 'Waits between a queued job\'s attempts; the last repeats until RESEND_MAX_AGE' }),
   RESEND_MAX_AGE: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '24h', description: 'How long a queued job is tried before it fails' }),

@@ -10,14 +10,14 @@ t.test('OpenAPI: every route with its answers, the UI at /docs; DOCS_ENABLED=fal
   const doc = res.json()
   t.equal(doc.openapi, '3.0.3')
   const expected: Record<string, string[]> = {
-    '/health': ['get'], '/ready': ['get'], '/token': ['post'], '/resend': ['post'], '/api/auth-url': ['get'], '/api/complete-auth': ['post']
+    '/health': ['get'], '/ready': ['get'], '/token': ['post'], '/resend': ['post'], '/resend/jobs': ['get'], '/resend/jobs/{id}': ['get', 'delete'], '/resend/jobs/{id}/retry': ['post'], '/api/auth-url': ['get'], '/api/complete-auth': ['post']
   }
   t.same(Object.keys(doc.paths).sort(), Object.keys(expected).sort(), 'exactly the API routes (no /metrics, no /docs)')
   for (const [path, methods] of Object.entries(expected)) {
     for (const method of methods) {
       const operation = doc.paths[path][method]
       t.ok(operation.summary, `${method} ${path} has a summary`)
-      t.same(Object.keys(operation.responses).sort(), ['200', '4XX', '5XX'], `${method} ${path} documents its answers`)
+      t.same(Object.keys(operation.responses).sort(), path === '/resend' ? ['200', '202', '4XX', '5XX'] : ['200', '4XX', '5XX'], `${method} ${path} documents its answers`)
       t.ok(operation.responses['200'].content['application/json'].schema, `${method} ${path} 200 has a schema`)
     }
   }

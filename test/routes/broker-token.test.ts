@@ -269,7 +269,7 @@ t.test('the document: YAML or JSON, validated at start, naming the source and th
   t.throws(broken((doc) => { (doc.apps as Record<string, unknown>).Bad_Name = doc.apps['bills-cn'] }), { message: 'COZE_APPS: apps: Bad_Name is not a valid name (lower-case letters, digits and -, at most 64, starting with a letter or a digit)' })
   t.throws(broken((doc) => { doc.apps['bills-cn'].keys = [{ kid: 'fp-1', private_key_fil: 'x' } as never] }), { message: 'COZE_APPS: apps.bills-cn.keys.0: private_key_fil is not a field (kid, and private_key_env or private_key_file)' })
   t.throws(broken((doc) => { doc.apps['bills-cn'].keys = ['BILLS_CN_KEY' as never] }), { message: 'COZE_APPS: apps.bills-cn.keys.0 needs kid and exactly one of private_key_env and private_key_file' }, 'a key that is not an object')
-  t.throws(broken((doc) => { (doc as Record<string, unknown>).version = 2 }), { message: 'COZE_APPS: (the document): version is not a field (apps, callers)' })
+  t.throws(broken((doc) => { (doc as Record<string, unknown>).version = 2 }), { message: 'COZE_APPS: (the document): version is not a field (apps, callers, feishu_apps)' })
   t.throws(broken((doc) => { doc.apps['bills-cn'].keys = [{ kid: 'fp-1' } as never] }), { message: 'COZE_APPS: apps.bills-cn.keys.0 needs kid and exactly one of private_key_env and private_key_file' })
   t.throws(broken((doc) => { (doc.apps['bills-cn'] as Record<string, unknown>).appid = '1' }), { message: /^COZE_APPS: apps\.bills-cn: appid is not a field \(app_id, api_base, keys, / })
   t.throws(broken((doc) => { doc.callers.shortcuts.apps = ['Bills'] }), { message: /^COZE_APPS: callers\.shortcuts\.apps\.0 is not a valid app name/ })

@@ -1,8 +1,8 @@
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { API_KEY, REDIS_URL, build, registerSecret, sendJson, skipWithoutRedis, startUpstream, type Upstream, type UpstreamHandler } from '../helper.js'
+import { API_KEY, REDIS_URL, build, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
 
 const skip = await skipWithoutRedis()
 const SECRET = randomBytes(32).toString('base64')
@@ -145,4 +145,122 @@ t.test('without RESEND_QUEUE_SECRET, queued delivery is 503 naming it and /ready
   t.equal(ready.statusCode, 200, ready.body)
   t.match(ready.json().data.checks.resend_queue, /^off: RESEND_QUEUE=redis, RESEND_QUEUE_SECRET/)
   t.equal(upstream.requests.length, 0)
+})
+
+t.test('a queued job waits as the destination asks, and fails past RESEND_MAX_AGE with its last error', { skip }, async (t) => {
+  const handler: UpstreamHandler = (request, res) => {
+    if (request.url === '/slow-down') { res.writeHead(429, { 'retry-after': '3', 'content-type': 'application/json' }); res.end('{}'); return }
+    sendJson(res, 502, { down: true })
+  }
+  const { call, upstream } = await queued(t, handler, { RESEND_RETRY_SCHEDULE: '100ms' })
+  const asked = (await call('POST', '/resend', { location: at(upstream, '/slow-down'), params: {}, delivery: 'queued' })).json().data.id
+  let waiting: Record<string, unknown> = {}
+  for (let i = 0; i < 100 && waiting.last_attempt == null; i++) {
+    await sleep(50)
+    waiting = (await call('GET', `/resend/jobs/${String(asked)}`)).json().data
+  }
+  const last = waiting.last_attempt as { at: string, status: number, error: string }
+  t.equal(waiting.status, 'queued')
+  t.ok(Date.parse(waiting.next_attempt_at as string) - Date.parse(last.at) >= 2300, 'Retry-After: 3 is waited out, not the 100 ms of the schedule')
+  t.same(last, { at: last.at, status: 429, error: 'UPSTREAM_ERROR' })
+  const cancelled = await call('DELETE', `/resend/jobs/${String(asked)}`)
+  t.equal(cancelled.statusCode, 200)
+  t.equal(cancelled.json().data.status, 'cancelled')
+  t.equal((await call('GET', `/resend/jobs/${String(asked)}`)).statusCode, 404, 'a cancelled job is gone')
+  t.equal(upstream.requests.length, 1)
+
+  const short = await queued(t, handler, { RESEND_MAX_AGE: '1s', RESEND_RETRY_SCHEDULE: '100ms' })
+  const old = (await short.call('POST', '/resend', { location: at(short.upstream, '/down'), params: {}, delivery: 'queued' })).json().data.id
+  const failed = await short.until(old, 'failed')
+  t.ok((failed.attempts as number) >= 3, `tried on the schedule (${String(failed.attempts)})`)
+  t.equal((failed.last_attempt as { status: number }).status, 502)
+  t.same(failed.answer, { status: 502, body: { down: true } })
+  const beyond = (await short.call('POST', '/resend', { location: at(short.upstream, '/slow-down'), params: {}, delivery: 'queued' })).json().data.id
+  t.equal((await short.until(beyond, 'failed')).attempts, 1, 'a wait asked beyond RESEND_MAX_AGE fails the job at once')
+})
+
+t.test('RESEND_MAX_QUEUED bounds the queue; a Redis that does not answer is a 503, never a hang', { skip }, async (t) => {
+  const { call, upstream } = await queued(t, (_request, res) => { sendJson(res, 503, {}) }, { RESEND_MAX_QUEUED: 1, RESEND_RETRY_SCHEDULE: '1h' })
+  t.equal((await call('POST', '/resend', { location: at(upstream, '/a'), params: {}, delivery: 'queued' })).statusCode, 202)
+  const full = await call('POST', '/resend', { location: at(upstream, '/b'), params: {}, delivery: 'queued' })
+  t.equal(full.statusCode, 503)
+  t.same(full.json().data, { error: 'SERVICE_UNAVAILABLE', reason: 'queue_full', limit: 1, variable: 'RESEND_MAX_QUEUED' })
+
+  const redis = await startRedisServer(t)
+  const away = await queued(t, (_request, res) => { sendJson(res, 200, {}) }, { REDIS_URL: redis.url, SHUTDOWN_GRACE_MS: 500 })
+  await redis.stop()
+  const started = Date.now()
+  const down = await away.call('POST', '/resend', { location: at(away.upstream, '/c'), params: {}, delivery: 'queued' })
+  t.equal(down.statusCode, 503)
+  t.equal(down.json().data.reason, 'queue_unavailable')
+  t.ok(Date.now() - started < 5000, 'promptly')
+  t.equal((await away.call('GET', `/resend/jobs/${randomUUID()}`)).statusCode, 503)
+})
+
+t.test('a Redis that may evict is named at start', { skip }, async (t) => {
+  const redis = await startRedisServer(t, ['--maxmemory-policy', 'allkeys-lru'])
+  const { logs } = await queued(t, (_request, res) => { sendJson(res, 200, {}) }, { REDIS_URL: redis.url })
+  t.match(logs.text, /maxmemory-policy is allkeys-lru: queued jobs and their locks may be evicted; set it to noeviction/)
+})
+
+t.test('a job sealed under another secret is unreadable: it fails, and says so', { skip }, async (t) => {
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 200, {}) })
+  const prefix = prefixFor(t)
+  const common = { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_QUEUE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: prefix }
+  const other = randomBytes(32).toString('base64')
+  registerSecret(other)
+  const accepting = await build(t, { ...common, RESEND_QUEUE_SECRET: SECRET, RESEND_WORKERS: 0 })
+  const res = await accepting.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${upstream.url}/x`, params: {}, delivery: 'queued' } })
+  const { id } = res.json().data
+  const delivering = await build(t, { ...common, RESEND_QUEUE_SECRET: other })
+  let view: Record<string, unknown> = {}
+  for (let i = 0; i < 100 && view.status !== 'failed'; i++) {
+    await sleep(50)
+    view = (await delivering.app.inject({ method: 'GET', url: `/resend/jobs/${String(id)}`, headers: { 'x-api-key': API_KEY } })).json().data
+  }
+  t.equal(view.status, 'failed')
+  t.equal(view.destination, '(unreadable: sealed under another RESEND_QUEUE_SECRET)')
+  t.match((view.last_attempt as { error: string }).error, /^unreadable/)
+  t.equal(upstream.requests.length, 0, 'nothing was sent')
+})
+
+t.test('broker mode: a caller sees and touches only its own jobs, and names only its Feishu apps', { skip }, async (t) => {
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 503, {}) })
+  const keyA = 'caller-a-key-0123456789abcdef'
+  const keyB = 'caller-b-key-0123456789abcdef'
+  registerSecret(keyA)
+  registerSecret(keyB)
+  const sha = (value: string): string => createHash('sha256').update(value).digest('hex')
+  const document = {
+    apps: { bills: { app_id: '1150000000001', api_base: 'https://api.coze.cn', keys: [{ kid: 'k1', private_key_env: 'APP_KEY' }] } },
+    callers: {
+      a: { key_sha256: sha(keyA), apps: ['bills'], routes: ['resend'], feishu_apps: ['ledger'] },
+      b: { key_sha256: sha(keyB), apps: ['bills'], routes: ['resend'] }
+    },
+    feishu_apps: { ledger: { app_id: 'cli_ledger', app_secret_env: 'LEDGER_SECRET', base: upstream.url } }
+  }
+  const { app } = await build(t, {
+    COZE_APPS: JSON.stringify(document),
+    APP_KEY: testKeys().pkcs8,
+    LEDGER_SECRET: 'ledger-secret-0123456789',
+    RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`,
+    RESEND_QUEUE: 'redis',
+    RESEND_QUEUE_SECRET: SECRET,
+    REDIS_URL,
+    REDIS_KEY_PREFIX: prefixFor(t),
+    RESEND_RETRY_SCHEDULE: '1h'
+  })
+  registerSecret('ledger-secret-0123456789')
+  const as = async (key: string, method: 'GET' | 'POST' | 'DELETE', url: string, payload?: object) => await app.inject({ method, url, headers: { 'x-api-key': key }, ...(payload === undefined ? {} : { payload }) })
+  const { id } = (await as(keyA, 'POST', '/resend', { location: `${upstream.url}/x`, params: {}, delivery: 'queued' })).json().data
+  t.equal((await as(keyA, 'GET', `/resend/jobs/${String(id)}`)).statusCode, 200)
+  for (const [method, url] of [['GET', `/resend/jobs/${String(id)}`], ['POST', `/resend/jobs/${String(id)}/retry`], ['DELETE', `/resend/jobs/${String(id)}`]] as const) {
+    const res = await as(keyB, method, url)
+    t.equal(res.statusCode, 404, `${method} ${url} by another caller`)
+  }
+  t.same((await as(keyB, 'GET', '/resend/jobs')).json().data.jobs, [])
+  t.same((await as(keyA, 'GET', '/resend/jobs?status=queued')).json().data.jobs.map((job: { id: string }) => job.id), [id])
+  const forbidden = await as(keyB, 'POST', '/resend', { location: `${upstream.url}/x`, params: {}, auth: { feishu_app: 'ledger' } })
+  t.equal(forbidden.statusCode, 403)
+  t.equal(forbidden.json().data.reason, 'feishu_app')
 })

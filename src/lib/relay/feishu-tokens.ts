@@ -76,10 +76,9 @@ export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens 
     isFeishuOrigin: (origin) => origins.has(origin),
     async token (name, refused) {
       const app = apps.get(name) as FeishuApp
-      // A refused token is replaced by one that lives longer than it did: every attempt that met the same
-      // refusal takes the one new token, and none fetches again.
-      const minValidity = refused === undefined ? EARLY_SECONDS : Math.max(EARLY_SECONDS, refused.expiresAt - Math.floor(Date.now() / 1000) + 1)
-      const { token } = await options.store.obtain(`feishu ${app.appId} ${app.base.origin}`, minValidity, async () => await fetchToken(app))
+      // A refused token is never handed out again: every attempt that met the same refusal takes the one new
+      // token, and none fetches again.
+      const { token } = await options.store.obtain(`feishu ${app.appId} ${app.base.origin}`, EARLY_SECONDS, async () => await fetchToken(app), undefined, refused?.value)
       return { value: token.access_token, expiresAt: token.expires_in }
     },
     async close () {

@@ -84,6 +84,8 @@ export interface JobQueueOptions {
   /** How often the counts behind the metrics and the queue bound are read. */
   snapshotMs?: number
   onJob?: (outcome: string, attempts?: number) => void
+  /** SHUTDOWN_GRACE_MS: how long closing waits for deliveries in flight. */
+  closeGraceMs?: number
   /** Said once at start: a Redis that may evict the queue's keys, or that does not say. */
   onWarning?: (message: string) => void
   /** A failure of the queue's own machinery (not of a delivery). */
@@ -159,12 +161,15 @@ export function parseDuration (text: string): number {
   return Number(match[1]) * (DURATION_UNITS[match[2] as string] as number)
 }
 
+const unavailable = (cause?: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause })
+
+/** Redis work of a request, within a deadline; Redis away or silent is a 503, never a hang or a 500. */
 async function deadline<T> (work: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' })) }, REDIS_DEADLINE_MS)
-  })
-  return await Promise.race([work, late]).finally(() => { clearTimeout(timer) })
+  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(unavailable()) }, REDIS_DEADLINE_MS) })
+  return await Promise.race([work, late])
+    .catch((err: unknown) => { throw err instanceof ServiceError ? err : unavailable(err) })
+    .finally(() => { clearTimeout(timer) })
 }
 
 const iso = (millis: number): string => new Date(millis).toISOString()
@@ -178,8 +183,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const sealer = createSealer(options.secret, 'aibill resend jobs')
   const idempotencyKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
   const prefix = `{${options.keyPrefix === '' ? 'aibill' : options.keyPrefix}resend}`
+  // Reconnecting goes on while Redis is away, and stops once the queue is closed.
+  let closing = false
+  const reconnect = (times: number): number | null => (closing ? null : Math.min(times * 200, 2000))
   // Adding and reading fail fast while Redis is away or silent; the workers' connections wait for it instead.
-  const client = new Redis(options.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: (times) => Math.min(times * 200, 2000) })
+  const client = new Redis(options.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: reconnect })
   client.on('error', () => {})
   await client.connect()
   const queue = new Queue<{ sealed: string }, string>('resend', { connection: client, prefix })
@@ -262,7 +270,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     ? undefined
     : new Worker<{ sealed: string }, string>('resend', deliver, {
       // Blocking reads wait for Redis instead of failing: a worker outlives an outage.
-      connection: { url: options.redisUrl, maxRetriesPerRequest: null, enableOfflineQueue: true } as never,
+      connection: { url: options.redisUrl, maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy: reconnect } as never,
       prefix,
       concurrency: options.concurrency,
       lockDuration: options.lockMs,
@@ -392,8 +400,15 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     snapshot: () => snapshot,
     async close () {
       clearInterval(snapshotTimer)
-      await worker?.close()
-      await queue.close()
+      // Deliveries in flight finish within the grace; past it (or with Redis away, when closing would wait for
+      // it) the connections are cut, and the jobs' locks lapse for another instance to take them over.
+      let timer: NodeJS.Timeout | undefined
+      const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, options.closeGraceMs ?? 10_000) })
+      await Promise.race([Promise.all([worker?.close(), queue.close()]), grace]).catch(() => {})
+      clearTimeout(timer)
+      closing = true
+      // Disconnecting waits for a Redis that is away too: it is not waited for.
+      Promise.all([worker?.disconnect(), queue.disconnect()]).catch(() => {})
       client.disconnect()
     }
   }

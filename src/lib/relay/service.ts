@@ -26,6 +26,7 @@ export interface RelayServiceOptions {
     retrySchedule: string
     maxAge: string
     maxQueued: number
+    closeGraceMs: number
   }
   /** The shared Redis client, when there is one: the queue's idempotency keys, and Feishu tokens for every instance. */
   redis?: { client: Redis, secret: Buffer, available: () => boolean } | undefined
@@ -89,6 +90,7 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       scheduleMs: queue.retrySchedule.split(',').map(parseDuration),
       maxAgeMs: parseDuration(queue.maxAge),
       maxQueued: queue.maxQueued,
+      closeGraceMs: queue.closeGraceMs,
       statusPath: '/resend/jobs/',
       onJob: options.onJob,
       onWarning: options.onWarning,
