@@ -45,15 +45,19 @@ interface Progress {
   since: number
   next_attempt_at?: number | undefined
   last?: { at: number, status?: number, error?: string } | undefined
-  /** The destination's answer that failed the job, sealed. */
-  answer?: string | undefined
 }
 
+/** A delivered job's return value: small, so that a listing reads it cheaply (the answer is kept apart). */
 interface Delivered {
   attempts: number
   last: { at: number, status: number }
-  /** The destination's answer, sealed. */
-  answer: string
+}
+
+/** A job's name, in the clear: whose it is, and where it goes (host and path, as the logs say). */
+interface JobName { owner: string, destination: string }
+const nameOf = (job: { name: string }): JobName => {
+  const [owner, destination] = JSON.parse(job.name) as [string, string]
+  return { owner, destination }
 }
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
@@ -216,14 +220,16 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   await readSnapshot()
   const snapshotTimer = setInterval(() => { readSnapshot().catch(() => {}) }, options.snapshotMs ?? 5000).unref()
 
-  function progressOf (job: Job): Progress {
+  function progressOf (job: Pick<Job, 'progress' | 'timestamp'>): Progress {
     const progress = job.progress as Partial<Progress> | number
     if (typeof progress === 'object' && typeof progress.attempts === 'number') return progress as Progress
     return { attempts: 0, since: job.timestamp }
   }
 
-  function storedAnswer (answer: RelayAnswer): StoredAnswer {
-    return answer.body instanceof RawJson ? { status: answer.status, raw: answer.body.text } : { status: answer.status, body: answer.body }
+  // The destination's answer, sealed under a key of its own, kept as long as the job.
+  async function keepAnswer (id: string, answer: RelayAnswer, seconds: number): Promise<void> {
+    const stored: StoredAnswer = answer.body instanceof RawJson ? { status: answer.status, raw: answer.body.text } : { status: answer.status, body: answer.body }
+    await redis.set(`resend-answer:${id}`, sealer.seal(`answer:${id}`, stored), 'EX', seconds).catch(() => {})
   }
 
   async function deliver (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
@@ -249,7 +255,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     }
     const verdict = judge(result, speaksFeishu)
     if (verdict.kind === 'delivered') {
-      const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status }, answer: sealer.seal(`answer:${id}`, storedAnswer(verdict.answer)) }
+      await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
+      const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status } }
       return JSON.stringify(delivered)
     }
     const last = { at: now, ...verdict.last }
@@ -261,8 +268,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
         throw new DelayedError()
       }
     }
-    const answer = verdict.answer === undefined ? undefined : sealer.seal(`answer:${id}`, storedAnswer(verdict.answer))
-    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last, answer })
+    if (verdict.answer !== undefined) await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
+    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last })
     throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
   }
 
@@ -293,33 +300,34 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function find (id: string, owner: string | null): Promise<Job<{ sealed: string }, string>> {
     const job = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string> | undefined
     // Another caller's job is as absent as one that never was.
-    if (job === undefined || (owner !== null && job.name !== owner)) throw new ServiceError('NOT_FOUND', { resource: 'job', id })
+    if (job === undefined || (owner !== null && nameOf(job).owner !== owner)) throw new ServiceError('NOT_FOUND', { resource: 'job', id })
     return job
   }
 
-  function viewOf (job: Job<{ sealed: string }, string>, status: JobStatus): JobView {
+  /** What a caller sees of a job, from its small fields only: a listing never reads a request or an answer. */
+  function viewOf (job: Pick<Job, 'id' | 'name' | 'timestamp' | 'progress' | 'returnvalue' | 'failedReason' | 'finishedOn'>, status: JobStatus): JobView {
     const id = job.id as string
-    const payload = sealer.open<Payload>(`job:${id}`, job.data.sealed)
     const progress = progressOf(job)
     const delivered = status === 'delivered' && typeof job.returnvalue === 'string' ? JSON.parse(job.returnvalue) as Delivered : undefined
     const last = delivered?.last ?? progress.last
-    const stored = sealer.open<StoredAnswer>(`answer:${id}`, delivered?.answer ?? progress.answer)
-    let destination = '(unreadable: sealed under another RESEND_QUEUE_SECRET)'
-    if (payload !== undefined) {
-      const url = new URL(payload.location)
-      destination = `${url.host}${url.pathname}`
-    }
     const view: JobView = {
       id,
       status,
       attempts: delivered?.attempts ?? progress.attempts,
       created_at: iso(job.timestamp),
       next_attempt_at: status === 'queued' && progress.next_attempt_at !== undefined ? iso(progress.next_attempt_at) : null,
-      destination,
+      destination: nameOf(job).destination,
       last_attempt: last === undefined ? null : { ...last, at: iso(last.at) },
       status_url: `${options.statusPath}${id}`
     }
     if (status === 'failed' && last === undefined) view.last_attempt = { at: iso(job.finishedOn ?? job.timestamp), error: job.failedReason }
+    return view
+  }
+
+  /** One job's view, with the destination's answer when one was kept. */
+  async function withAnswer (view: JobView): Promise<JobView> {
+    if (view.status !== 'delivered' && view.status !== 'failed') return view
+    const stored = sealer.open<StoredAnswer>(`answer:${view.id}`, await deadline(redis.get(`resend-answer:${view.id}`)))
     if (stored !== undefined) view.answer = { status: stored.status, body: stored.raw !== undefined ? new RawJson(stored.raw) : stored.body }
     return view
   }
@@ -327,7 +335,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function current (job: Job<{ sealed: string }, string>): Promise<JobView> {
     const state = await deadline(job.getState())
     // Between two reads the job ended and was removed: the caller asks again.
-    return viewOf(job, statusOf(state) ?? 'queued')
+    return await withAnswer(viewOf(job, statusOf(state) ?? 'queued'))
   }
 
   const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
@@ -340,6 +348,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       }
       const id = randomUUID()
       const name = owner ?? OWNER_SHARED
+      const destination = `${prepared.host}${prepared.url.pathname}`
       if (idempotency !== undefined) {
         const key = `resend-idempotency:${bound(`${name}\u0000${idempotency.key}`)}`
         const fingerprint = bound(idempotency.fingerprint)
@@ -349,12 +358,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
           if (earlierFingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request body in the last 24 hours' })
           const job = await deadline(queue.getJob(earlier as string)) as Job<{ sealed: string }, string> | undefined
           // Stored under the key a moment ago by a request still being accepted: the same job, queued.
-          if (job === undefined) return { view: { id: earlier as string, status: 'queued', attempts: 0, created_at: iso(Date.now()), next_attempt_at: null, destination: `${prepared.host}${prepared.url.pathname}`, last_attempt: null, status_url: `${options.statusPath}${String(earlier)}` }, replayed: true }
+          if (job === undefined) return { view: { id: earlier as string, status: 'queued', attempts: 0, created_at: iso(Date.now()), next_attempt_at: null, destination, last_attempt: null, status_url: `${options.statusPath}${String(earlier)}` }, replayed: true }
           return { view: await current(job), replayed: true }
         }
       }
       const payload: Payload = { location: prepared.url.href, method: prepared.method, headers: prepared.headers, body: prepared.body, feishuApp: prepared.feishuApp, clientToken: randomUUID() }
-      const job = await deadline(queue.add(name, { sealed: sealer.seal(`job:${id}`, payload) }, {
+      const job = await deadline(queue.add(JSON.stringify([name, destination]), { sealed: sealer.seal(`job:${id}`, payload) }, {
         jobId: id,
         attempts: 1,
         removeOnComplete: { age: DELIVERED_KEEP_SECONDS },
@@ -371,8 +380,25 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     async list (owner, status, limit) {
       const views: JobView[] = []
       for (const wanted of status === undefined ? JOB_STATUSES : [status]) {
-        const jobs = await deadline(queue.getJobs(STATES[wanted], 0, LIST_SCAN - 1, false)) as Array<Job<{ sealed: string }, string>>
-        for (const job of jobs) if (owner === null || job.name === owner) views.push(viewOf(job, wanted))
+        // Ids first, then each job's small fields in one round trip: never its request or its answer.
+        const ids = await deadline(queue.getRanges(STATES[wanted], 0, LIST_SCAN - 1, false))
+        const pipeline = client.pipeline()
+        for (const id of ids) pipeline.hmget(queue.toKey(id), 'name', 'timestamp', 'progress', 'returnvalue', 'failedReason', 'finishedOn')
+        const rows = ids.length === 0 ? [] : await deadline(pipeline.exec()) as Array<[Error | null, Array<string | null>]>
+        rows.forEach(([, fields], index) => {
+          const [name, timestamp, progress, returnvalue, failedReason, finishedOn] = fields.map((field) => field ?? null)
+          // Removed between the two reads, or another caller's.
+          if (name === null || name === undefined || (owner !== null && nameOf({ name }).owner !== owner)) return
+          views.push(viewOf({
+            id: ids[index] as string,
+            name,
+            timestamp: Number(timestamp),
+            progress: progress === null || progress === undefined ? 0 : JSON.parse(progress) as Progress,
+            returnvalue: returnvalue === null || returnvalue === undefined ? undefined : JSON.parse(returnvalue) as unknown,
+            failedReason: failedReason ?? '',
+            finishedOn: finishedOn === null || finishedOn === undefined ? undefined : Number(finishedOn)
+          }, wanted))
+        })
       }
       return views.sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, limit)
     },
@@ -380,7 +406,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const job = await find(id, owner)
       const state = await deadline(job.getState())
       if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state) ?? state}: only a failed job is put back`, status: statusOf(state) ?? state })
-      await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined, answer: undefined }))
+      await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
+      await deadline(redis.del(`resend-answer:${id}`))
       await deadline(job.retry('failed'))
       redis.zadd(since, Date.now(), id).catch(() => {})
       options.onJob?.('retried')
@@ -394,6 +421,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
       await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
       redis.zrem(since, id).catch(() => {})
+      redis.del(`resend-answer:${id}`).catch(() => {})
       options.onJob?.('cancelled', view.attempts)
       return { ...view, status: 'cancelled', next_attempt_at: null }
     },

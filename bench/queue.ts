@@ -1,0 +1,80 @@
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { measure, sequentialLatency, type Measured } from './measure.js'
+
+/**
+ * Queued delivery, measured: what accepting a job costs over validating it, how many jobs one instance accepts,
+ * and how fast the queue delivers beside the relay answering while the caller waits.
+ */
+
+export interface QueueMeasurements {
+  accept: Measured
+  validated: Measured
+  acceptThroughput: Measured
+  syncThroughput: Measured
+  /** Jobs delivered per second by one instance, RESEND_WORKERS = the bench's connections. */
+  deliveryRps: number
+  delivered: number
+}
+
+type StartService = (extra: Record<string, string>) => Promise<{ port: number, pid: number, child: { stop: () => Promise<void> } }>
+
+async function counter (port: number, line: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+  return Number(text.split('\n').find((row) => row.startsWith(`${line} `))?.split(' ')[1] ?? 0)
+}
+
+export async function measureQueue (options: { startService: StartService, location: string, apiKey: string, redisUrl: string, connections: number, fields: string }): Promise<QueueMeasurements> {
+  const { startService, location, apiKey } = options
+  const prefix = `bench-${randomBytes(4).toString('hex')}:`
+  const queueEnv = { RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: options.redisUrl, REDIS_KEY_PREFIX: prefix, RESEND_MAX_QUEUED: '100000000' }
+  const redis = new Redis(options.redisUrl)
+  try {
+    // An instance that accepts and answers only (RESEND_WORKERS=0): acceptance alone is measured.
+    const accepting = await startService({ ...queueEnv, RESEND_WORKERS: '0' })
+    const url = `http://127.0.0.1:${accepting.port}/resend`
+    const headers = { 'x-api-key': apiKey }
+    const commands = { json_parse: ['$.params.records[*].fields'] }
+    const queuedBody = JSON.stringify({ location, headers: { Authorization: 'Bearer t-bench' }, params: { records: [{ fields: options.fields }] }, commands, delivery: 'queued' })
+    // The same request, refused by its last check (the expression matches no string): everything but storing.
+    const refusedBody = JSON.stringify({ location, headers: { Authorization: 'Bearer t-bench' }, params: { records: [{ fields: JSON.parse(options.fields) as unknown }] }, commands, delivery: 'queued' })
+    const accept = await sequentialLatency('POST /resend queued: accepted (one at a time)', url, queuedBody, headers, 3000, 202)
+    const validated = await sequentialLatency('reference: the same, refused after its commands (one at a time)', url, refusedBody, headers, 3000, 400)
+    const plainQueued = JSON.stringify({ location, headers: { Authorization: 'Bearer t-bench' }, params: { records: [{ fields: JSON.parse(options.fields) as unknown }] }, delivery: 'queued' })
+    const acceptThroughput = await measure('POST /resend queued, accepted (RESEND_WORKERS=0)', { url, method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: plainQueued }, accepting.pid)
+    await accepting.child.stop()
+
+    // The relay answering while the caller waits, the same body: the ceiling of delivery.
+    const syncUrl = `http://127.0.0.1:${accepting.port}/resend`
+    const sync = await startService({})
+    const syncThroughput = await measure('POST /resend now, the same body', { url: syncUrl.replace(String(accepting.port), String(sync.port)), method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ location, headers: { Authorization: 'Bearer t-bench' }, params: { records: [{ fields: JSON.parse(options.fields) as unknown }] } }) }, sync.pid)
+    await sync.child.stop()
+
+    // Everything accepted above, delivered by one instance with as many workers as the bench has connections.
+    const waiting = Number(await redis.zcard(`${prefix}resend-pending`))
+    // Timed from the start of the process, so that nothing it delivers while starting is left out of the time.
+    const started = performance.now()
+    const delivering = await startService({ ...queueEnv, RESEND_WORKERS: String(options.connections) })
+    let delivered = 0
+    const metric = 'resend_jobs_total{outcome="delivered"}'
+    while (delivered < waiting && performance.now() - started < 600_000) {
+      await sleep(250)
+      delivered = await counter(delivering.port, metric)
+    }
+    const deliveryRps = delivered / ((performance.now() - started) / 1000)
+    process.stderr.write(`  queued delivery: ${delivered} of ${waiting} jobs, ${Math.round(deliveryRps)} jobs/s\n`)
+    await delivering.child.stop()
+    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps, delivered }
+  } finally {
+    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+        if (keys.length > 0) await redis.del(...keys)
+        cursor = next
+      } while (cursor !== '0')
+    }
+    redis.disconnect()
+  }
+}
