@@ -212,16 +212,24 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
           give()
           redis.eval(RELEASE_LOCK, 1, lockKey, holder).catch(() => {})
         }
-        const done = await exchange().catch((err: unknown) => {
+        // The holder before may have finished between this instance's last look and its lock: look once more.
+        const meanwhile = await look().catch((err: unknown) => { release(); throw err })
+        if (meanwhile !== undefined) {
           release()
+          return { token: meanwhile, outcome: 'shared' }
+        }
+        // The result is written before the lock goes (one connection keeps the order): an instance that finds
+        // the lock gone finds the result too, and does not exchange again.
+        const done = await exchange().catch((err: unknown) => {
           if (failureShareMs > 0 && err instanceof ServiceError && SHARED_FAILURES.has(err.code)) {
             redis.set(failureKey, seal(`failure:${id}`, { code: err.code, details: err.details }), 'PX', failureShareMs).catch(() => {})
           }
+          release()
           throw err
         })
-        release()
         const ttl = Math.floor(secondsLeft(done.token) * 1000)
         if (ttl > 0) redis.set(tokenKey, seal(`token:${id}`, done.token), 'PX', ttl).catch(() => {})
+        release()
         return { ...done, outcome: 'miss', forced }
       }
       // Another instance is exchanging: wait for its token or its failure, or for its lock to go (done, failed
