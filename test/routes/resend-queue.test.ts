@@ -197,10 +197,31 @@ t.test('RESEND_MAX_QUEUED bounds the queue; a Redis that does not answer is a 50
   t.equal((await away.call('GET', `/resend/jobs/${randomUUID()}`)).statusCode, 503)
 })
 
-t.test('a Redis that may evict is named at start', { skip }, async (t) => {
+t.test('a Redis that may evict is named at start; one that refuses CONFIG GET is said once', { skip }, async (t) => {
   const redis = await startRedisServer(t, ['--maxmemory-policy', 'allkeys-lru'])
   const { logs } = await queued(t, (_request, res) => { sendJson(res, 200, {}) }, { REDIS_URL: redis.url })
   t.match(logs.text, /maxmemory-policy is allkeys-lru: queued jobs and their locks may be evicted; set it to noeviction/)
+  // As ElastiCache does: CONFIG is not a command there.
+  const managed = await startRedisServer(t, ['--rename-command', 'CONFIG', ''])
+  const refused = await queued(t, (_request, res) => { sendJson(res, 200, {}) }, { REDIS_URL: managed.url })
+  t.equal(refused.logs.text.split('does not answer CONFIG GET').length, 2)
+})
+
+t.test('the destination is checked again before each attempt: one the allow-list no longer names fails the job', { skip }, async (t) => {
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 200, {}) })
+  const prefix = prefixFor(t)
+  const common = { EXPECTED_COZE_API_KEY: API_KEY, RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: SECRET, REDIS_URL, REDIS_KEY_PREFIX: prefix }
+  const before = await build(t, { ...common, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_WORKERS: 0 })
+  const { id } = (await before.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${upstream.url}/x`, params: {}, delivery: 'queued' } })).json().data
+  const after = await build(t, { ...common, RESEND_ALLOWED_HOSTS: 'open.feishu.cn' })
+  let view: Record<string, unknown> = {}
+  for (let i = 0; i < 100 && view.status !== 'failed'; i++) {
+    await sleep(50)
+    view = (await after.app.inject({ method: 'GET', url: `/resend/jobs/${String(id)}`, headers: { 'x-api-key': API_KEY } })).json().data
+  }
+  t.equal(view.status, 'failed')
+  t.equal((view.last_attempt as { error: string }).error, 'DESTINATION_NOT_ALLOWED')
+  t.equal(upstream.requests.length, 0)
 })
 
 t.test('a job sealed under another secret is unreadable: it fails, and says so', { skip }, async (t) => {

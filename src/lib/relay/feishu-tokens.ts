@@ -57,8 +57,9 @@ export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens 
       timeoutMs: options.timeoutMs,
       maxResponseBytes: 65536,
       tooLarge: () => new ServiceError('FEISHU_TOKEN_FAILED', { app: app.name, reason: 'the answer is too large' })
-    }).catch((err: unknown) => {
-      options.onFetch?.(app.name, err instanceof ServiceError ? err.code.toLowerCase() : 'internal')
+    }).catch((err: ServiceError) => {
+      // exchangeJson maps every failure to a ServiceError.
+      options.onFetch?.(app.name, err.code.toLowerCase())
       throw err
     })
     const { code, msg, tenant_access_token: value, expire } = answer.body

@@ -249,7 +249,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
     } catch (err) {
       // The policy refused it (the allow-list changed, or the name now resolves elsewhere), or the answer is too large.
-      const error = err instanceof ServiceError ? err.code : 'INTERNAL'
+      const error = (err as ServiceError).code
       await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last: { at: now, error } })
       throw new UnrecoverableError(error)
     }
