@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { LogController, type FastifyServerOptions } from 'fastify'
 import { DEFAULT_CONNECTION_LIMITS, createGuardedServer, type ConnectionLimits } from './lib/connection-guard.js'
 import type { DestinationStream } from 'pino'
-import { answerClientError, sendError } from './plugins/errors.js'
+import { answerClientError, sendError } from './lib/error-answers.js'
 import type { Config, TrustProxy } from './schemas/config.js'
 
 export interface ServerOptionsInput {

@@ -1,10 +1,8 @@
 import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
-import { brokerTokenUrl, createBroker, wholeMatch, type Broker, type BrokerApp, type BrokerRoute } from '../lib/broker.js'
-import { createSigner, importRsaPrivateKey, readPrivateKeyPem } from '../lib/coze-jwt.js'
-import { ConfigError } from '../lib/errors.js'
+import { createBroker, type Broker } from '../lib/broker.js'
+import { brokerCallers, importApps } from '../lib/broker-setup.js'
 import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../lib/token-store.js'
-import type { BrokerSetup } from '../schemas/broker.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -15,23 +13,6 @@ declare module 'fastify' {
 
 export interface BrokerPluginOptions {
   dispatcher?: Dispatcher
-}
-
-/** Imports every key once, at start; a key that does not import stops the start naming the app and the key. */
-async function importApps (setup: BrokerSetup): Promise<BrokerApp[]> {
-  return await Promise.all(setup.apps.map(async (app) => ({
-    name: app.name,
-    appId: app.appId,
-    audience: app.jwtAudience ?? app.apiBase.hostname,
-    tokenUrl: brokerTokenUrl(app),
-    defaultDuration: app.defaultDuration,
-    maxDuration: app.maxDuration,
-    keys: await Promise.all(app.keys.map(async (key, index) => {
-      const label = `apps.${app.name}.keys.${index} (${key.origin})`
-      const pem = key.pem ?? await readPrivateKeyPem({ file: key.file, fileName: `apps.${app.name}.keys.${index}.private_key_file` }).catch((err: Error) => { throw new ConfigError(err.message) })
-      return { kid: key.kid, signer: createSigner(await importRsaPrivateKey(pem as string, label)) }
-    }))
-  })))
 }
 
 /** The broker: apps and their keys, callers and what each may ask, one token cache (shared with TOKEN_CACHE=redis). */
@@ -65,16 +46,7 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
   for (const app of apps) fastify.log.info({ upstream: 'coze', app: app.name, app_id: app.appId, token_url: app.tokenUrl.href, kids: app.keys.map((key) => key.kid), audience: app.audience }, 'upstream configured')
   const instance = createBroker({
     apps,
-    callers: setup.callers.map((caller) => ({
-      name: caller.name,
-      digest: caller.digest,
-      apps: new Set(caller.apps),
-      routes: new Set(caller.routes as BrokerRoute[]),
-      sessionName: caller.sessionName === undefined ? undefined : wholeMatch(caller.sessionName),
-      scope: caller.scope === undefined ? undefined : { permissions: new Set(caller.scope.permissions), botIds: caller.scope.botIds === undefined ? undefined : new Set(caller.scope.botIds) },
-      device: caller.device,
-      feishuApps: new Set(caller.feishuApps)
-    })),
+    callers: brokerCallers(setup),
     store,
     timeoutMs: config.COZE_TIMEOUT_MS,
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,

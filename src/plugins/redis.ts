@@ -1,43 +1,12 @@
 import fastifyRedis from '@fastify/redis'
-import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
-import { Redis } from 'ioredis'
 import { guardRedis } from '../lib/redis-breaker.js'
+import { connectRedis } from '../lib/redis-connection.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** Whether Redis answers now: connected, and not counted as down by the breaker. Always true without Redis. */
     redisAvailable: () => boolean
-  }
-}
-
-const START_TIMEOUT_MS = 5000
-
-/** Connects once at start; a Redis that does not answer then stops the start with a clear message. */
-async function connectRedis (url: string, keyPrefix: string, purpose: string, log: FastifyBaseLogger): Promise<Redis> {
-  const client = new Redis(url, {
-    keyPrefix,
-    lazyConnect: true,
-    // While Redis is away, commands fail at once instead of queueing; reconnection goes on by itself.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    connectTimeout: 2000,
-    // A healthy Redis answers in about a millisecond; past this the breaker counts a failure.
-    commandTimeout: 1000,
-    retryStrategy: (times) => Math.min(times * 200, 2000)
-  })
-  // Without a listener ioredis prints every failed reconnection; the 'close' and 'ready' events say enough.
-  client.on('error', (err: NodeJS.ErrnoException) => { log.debug({ code: err.code }, 'redis error') })
-  try {
-    await Promise.race([
-      client.connect(),
-      new Promise((_resolve, reject) => setTimeout(reject, START_TIMEOUT_MS, new Error('no answer')).unref())
-    ])
-    return client
-  } catch (err) {
-    client.disconnect()
-    // The URL may hold a password: name only its host.
-    throw new Error(`${purpose}: Redis at ${new URL(url).host} (REDIS_URL) does not answer: ${(err as Error).message}`)
   }
 }
 
@@ -52,7 +21,7 @@ export default fp(async function redis (fastify) {
     fastify.decorate('redisAvailable', () => true)
     return
   }
-  const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, purposes.join(', '), fastify.log)
+  const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, purposes.join(', '), (code) => { fastify.log.debug({ code }, 'redis error') })
   let available = true
   client.on('close', () => {
     if (available) fastify.log.warn('redis connection lost; retrying')

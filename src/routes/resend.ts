@@ -49,16 +49,17 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (auth !== undefined && request.brokerCaller !== null && !request.brokerCaller.feishuApps.has(auth.feishu_app)) {
       throw new ServiceError('FORBIDDEN', { reason: 'feishu_app', detail: `the caller may not use the Feishu app ${auth.feishu_app} (its feishu_apps)` })
     }
-    const relayed = { location, method, headers, params, bodyText: request.bodyText, commands, maxAttempts, auth }
-    if (wantsQueue(delivery, request.headers.prefer)) {
+    const queue = wantsQueue(delivery, request.headers.prefer) ? jobs() : null
+    const prepared = await relay.prepare({ location, method, headers, params, bodyText: request.bodyText, commands, auth })
+    if (queue !== null) {
       const idempotencyKey = request.headers['idempotency-key']
-      const { view, replayed } = await jobs().accept(relayed, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText ?? '' })
+      const { view, replayed } = await queue.accept(prepared, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText ?? '' })
       request.logFields = { job: view.id, destination: view.destination, ...(replayed ? { replayed } : {}) }
       void reply.code(202).header('location', view.status_url).header('preference-applied', 'respond-async')
       if (replayed) void reply.header('idempotent-replayed', 'true')
       return reply.ok('RESEND_QUEUED', { id: view.id, status: view.status, status_url: view.status_url })
     }
-    const { answer, trace } = await relay.send(relayed)
+    const { answer, trace } = await relay.send(prepared, maxAttempts)
     request.logFields = trace
     exactly(reply, answer.body)
     return reply.ok('RESEND_OK', answer)

@@ -3,9 +3,9 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 import { wholeMatch } from '../lib/broker.js'
+import type { BrokerSetup } from '../lib/broker-setup.js'
 import { readConfigDocument } from '../lib/config-document.js'
 import { ConfigError } from '../lib/errors.js'
-import type { Config } from './config.js'
 import { FEISHU_APP_NAME, FeishuApps } from './feishu.js'
 import { MAX_DURATION_SECONDS, TokenData } from './token.js'
 
@@ -95,7 +95,10 @@ export const SINGLE_APP_VARIABLES = ['JWT_PRIVATE_KEY', 'JWT_PRIVATE_KEY_FILE', 
  * (inline JSON). Null when neither is set (single-app mode). An error names the source and the field; no value
  * is repeated (the document names where keys are, it holds none).
  */
-export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<string>): { document: BrokerDocument, source: string } | null {
+/** The variables that say where the document is, and the one that clashes with it. */
+export interface BrokerVariables { COZE_APPS_FILE?: string | undefined, COZE_APPS?: string | undefined, COZE_ISS_FROM_CALLER_KEY: boolean }
+
+export function loadBrokerDocument (config: BrokerVariables, explicitlySet: ReadonlySet<string>): { document: BrokerDocument, source: string } | null {
   const file = config.COZE_APPS_FILE ?? ''
   const inline = config.COZE_APPS ?? ''
   if (file === '' && inline === '') return null
@@ -127,14 +130,6 @@ export function loadBrokerDocument (config: Config, explicitlySet: ReadonlySet<s
     }
   }
   return { document, source }
-}
-
-/** A key as the document names it, with its PEM when it comes from a variable. */
-export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }
-
-export interface BrokerSetup {
-  apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
-  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[] }>
 }
 
 /** The document with what it names looked up in the environment: key PEMs and caller keys (as digests). */

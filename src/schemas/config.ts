@@ -3,7 +3,8 @@ import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import { ConfigError } from '../lib/errors.js'
-import { loadBrokerDocument, resolveBroker, type BrokerSetup } from './broker.js'
+import type { BrokerSetup } from '../lib/broker-setup.js'
+import { loadBrokerDocument, resolveBroker } from './broker.js'
 import { loadFeishuApps, type FeishuAppSetup } from './feishu.js'
 
 export { ConfigError }

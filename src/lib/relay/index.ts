@@ -5,7 +5,8 @@
  * tokens (`feishu-tokens.ts`). `service.ts` builds them together.
  */
 export { createRelayService, type RelayService, type RelayServiceOptions } from './service.js'
-export { DEFAULT_METHOD, RESEND_METHODS, type Relay, type RelayAnswer, type RelayRequest, type ResendMethod } from './send.js'
+export { DEFAULT_METHOD, RESEND_METHODS, type RelayRequest, type ResendMethod } from './request.js'
+export type { Relay, RelayAnswer } from './send.js'
 export { JOB_STATUSES, LIST_SCAN, type JobQueue, type JobStatus, type JobView } from './jobs.js'
 export { CommandsSchema } from './commands.js'
 export { MAX_MATCHED_VALUES, MAX_REPORTED_PATHS } from './json-path.js'

@@ -4,7 +4,9 @@ import { Redis } from 'ioredis'
 import { ServiceError } from '../errors.js'
 import { RawJson } from '../exact-json.js'
 import { createSealer } from '../sealed.js'
-import { FEISHU_RATE_LIMITED, feishuCode, withClientToken, type AttemptResult, type PreparedRequest, type Relay, type RelayAnswer, type RelayRequest } from './send.js'
+import { FEISHU_RATE_LIMITED, feishuCode, withClientToken } from './feishu.js'
+import type { PreparedRequest } from './request.js'
+import type { AttemptResult, Relay, RelayAnswer } from './send.js'
 
 /** What a caller sees of a job. */
 export type JobStatus = 'queued' | 'delivering' | 'delivered' | 'failed'
@@ -98,7 +100,7 @@ export interface JobQueueOptions {
 
 export interface JobQueue {
   /** Validates and stores; with an idempotency key, the job stored before under it (`replayed`). */
-  accept (request: RelayRequest, owner: string | null, idempotency?: { key: string, fingerprint: string }): Promise<{ view: JobView, replayed: boolean }>
+  accept (prepared: PreparedRequest, owner: string | null, idempotency?: { key: string, fingerprint: string }): Promise<{ view: JobView, replayed: boolean }>
   get (id: string, owner: string | null): Promise<JobView>
   list (owner: string | null, status: JobStatus | undefined, limit: number): Promise<JobView[]>
   retry (id: string, owner: string | null): Promise<JobView>
@@ -341,8 +343,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
 
   return {
-    async accept (request, owner, idempotency) {
-      const prepared = await relay.prepare(request)
+    async accept (prepared, owner, idempotency) {
       if (snapshot.counts.queued + acceptedSinceSnapshot >= options.maxQueued) {
         throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueued, variable: 'RESEND_MAX_QUEUED' })
       }

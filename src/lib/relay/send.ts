@@ -3,30 +3,13 @@ import type { Dispatcher } from 'undici'
 import { ServiceError, outcomeOf } from '../errors.js'
 import { RawJson, mayLoseNumbers } from '../exact-json.js'
 import { jsonDeeperThan } from '../json-depth.js'
-import type { JsonPathPool } from './json-path-pool.js'
-import { prepareBody, type CommandReport, type Commands } from './commands.js'
-import { FEISHU_TOKEN_REFUSED, type FeishuToken, type FeishuTokens } from './feishu-tokens.js'
-import { USER_AGENT } from '../service-info.js'
 import { ResponseTooLargeError, readBodyLimited, transportError, withDeadline } from '../upstream.js'
-import { checkDestination, createPolicyAgents, isDestinationRefusal, type PolicyEntry, type Resolver } from '../upstream-policy.js'
-
-export const RESEND_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE', 'GET'] as const
-export type ResendMethod = typeof RESEND_METHODS[number]
-export const DEFAULT_METHOD: ResendMethod = 'POST'
-
-export interface RelayRequest {
-  location: string
-  method?: ResendMethod | undefined
-  headers?: Record<string, string> | undefined
-  params?: unknown
-  /** The request body as it arrived, so that params reach the destination with their numbers exact. */
-  bodyText?: string | undefined
-  commands?: Commands | undefined
-  /** 1 (the default): no retry. */
-  maxAttempts?: number | undefined
-  /** A configured Feishu app whose tenant token is attached instead of the caller's Authorization. */
-  auth?: { feishu_app: string } | undefined
-}
+import { createPolicyAgents, isDestinationRefusal, type PolicyEntry, type Resolver } from '../upstream-policy.js'
+import type { CommandReport } from './commands.js'
+import { allowedDestination, destinationRefused } from './destination.js'
+import { FEISHU_ORIGINS, FEISHU_RATE_LIMITED, FEISHU_TOKEN_REFUSED, feishuCode, type FeishuToken, type FeishuTokens } from './feishu.js'
+import type { JsonPathPool } from './json-path-pool.js'
+import { createPreparer, type PreparedRequest, type RelayRequest } from './request.js'
 
 /** A 2xx answer of the destination; anything else is thrown as UPSTREAM_ERROR with the same fields. */
 export interface RelayAnswer {
@@ -43,12 +26,15 @@ export type RelayTrace = Record<string, unknown>
 
 export interface Relay {
   /**
-   * Applies the commands, checks the destination, sends, retries where allowed; never follows redirects. Returns
-   * the answer with its trace; a failure is a ServiceError whose `logFields` hold the trace.
+   * The first stage of every request, now or queued (request.ts): the destination policy, the auth, the
+   * commands. A refusal is counted as the request's outcome.
    */
-  send (request: RelayRequest): Promise<{ answer: RelayAnswer, trace: RelayTrace }>
-  /** The policy check and the commands, as `send` does them first: what queued delivery stores. */
   prepare (request: RelayRequest): Promise<PreparedRequest>
+  /**
+   * Sends now, retrying where allowed (up to `maxAttempts`, default 1); never follows redirects. Returns the
+   * answer with its trace; a failure is a ServiceError whose `logFields` hold the trace.
+   */
+  send (prepared: PreparedRequest, maxAttempts?: number): Promise<{ answer: RelayAnswer, trace: RelayTrace }>
   /** The policy check alone (throws its refusal): a stored request is checked again before each attempt. */
   check (location: string): { url: URL, host: string, allowPrivate: boolean }
   /** Whether answers from this origin speak Feishu's body codes: Feishu's and Lark's, and the apps' bases. */
@@ -75,14 +61,7 @@ export interface RelayOptions {
   feishu?: FeishuTokens | undefined
 }
 
-// Hop-by-hop and framing headers belong to each connection, not to the message being replayed.
-const DROPPED_HEADERS = new Set([
-  'host', 'content-length', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
-  'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect', 'http2-settings'
-])
 const RETRY_STATUSES = new Set([429, 503])
-// Feishu's older APIs say "over the rate limit" as HTTP 400 with this body code.
-export const FEISHU_RATE_LIMITED = 99991400
 const RETRY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
 const MAX_RETRY_DELAY_MS = 10_000
 // What a destination may ask a queued job to wait: a day at most (the job's age bounds it anyway).
@@ -106,17 +85,6 @@ export function backoffMillis (attempt: number): number {
   return Math.min(MAX_RETRY_DELAY_MS, 250 * 2 ** (attempt - 1) * (0.5 + Math.random()))
 }
 
-export function outgoingHeaders (headers: Record<string, string> = {}, hasBody: boolean): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const [name, value] of Object.entries(headers)) {
-    const lower = name.toLowerCase()
-    if (!DROPPED_HEADERS.has(lower)) out[lower] = value
-  }
-  if (hasBody) out['content-type'] ??= 'application/json; charset=utf-8'
-  out['user-agent'] ??= USER_AGENT
-  return out
-}
-
 /**
  * JSON answers are passed on parsed, or as their own text where a parse would change a number (an id beyond
  * 2^53); text, and JSON nested too deep to carry, as text.
@@ -134,35 +102,6 @@ function parseBody (raw: Buffer, contentType: string | string[] | undefined, max
   return text
 }
 
-// What each rule of the policy means to the caller who met it.
-const REFUSALS: Record<string, { reason: string, detail: string }> = {
-  host: { reason: 'host', detail: 'the host is not in RESEND_ALLOWED_HOSTS' },
-  scheme: { reason: 'scheme', detail: 'only https, unless RESEND_ALLOWED_HOSTS names the destination as an http:// origin' },
-  port: { reason: 'port', detail: 'the port is not allowed: RESEND_ALLOWED_HOSTS allows the scheme\'s port, or the port an entry names' },
-  address: { reason: 'address', detail: 'the host is an address that is not public: RESEND_ALLOWED_HOSTS must name that exact address to allow it' },
-  resolved: { reason: 'address', detail: 'the host resolves to an address that is not public: RESEND_ALLOWED_HOSTS must name that exact host to allow it' },
-  userinfo: { reason: 'userinfo', detail: 'a user name or password in the URL is not allowed' }
-}
-
-function destinationRefused (rule: string): ServiceError {
-  const refusal = REFUSALS[rule] as { reason: string, detail: string }
-  return new ServiceError('DESTINATION_NOT_ALLOWED', { ...refusal, variable: 'RESEND_ALLOWED_HOSTS' })
-}
-
-/** A request checked against the policy and with its commands applied: what is sent, attempt after attempt. */
-export interface PreparedRequest {
-  url: URL
-  method: ResendMethod
-  /** The destination's host, for traces and refusals. */
-  host: string
-  allowPrivate: boolean
-  headers: Record<string, string>
-  body: string | undefined
-  /** A configured Feishu app whose tenant token each attempt carries. */
-  feishuApp?: string | undefined
-  report?: CommandReport | undefined
-}
-
 /**
  * How one attempt ended: an answer of the destination (any status), or a failure to get one. `retryInMs` is what
  * the destination asked for (Retry-After, Feishu's reset header), when it asked.
@@ -171,63 +110,12 @@ export type AttemptResult =
   | { answer: RelayAnswer, askedRetryInMs?: number | undefined }
   | { failure: ServiceError, connectionFailed: boolean }
 
-/** The Feishu body code of an answer, when it is a JSON object with a numeric `code`. */
-export function feishuCode (body: unknown): number | undefined {
-  const code = (body as { code?: unknown } | null)?.code
-  return typeof body === 'object' && typeof code === 'number' ? code : undefined
-}
-
-const FEISHU_ORIGINS = new Set(['https://open.feishu.cn', 'https://open.larksuite.com'])
-
-// Feishu's Bitable record creation takes a client_token (a UUID v4) that makes a repeat of it a no-op.
-const BITABLE_CREATE = /^\/open-apis\/bitable\/v1\/apps\/[^/]+\/tables\/[^/]+\/records(\/batch_create)?\/?$/
-
-/** The URL with `client_token` added, for Bitable record creation without one; any other URL as it is. */
-export function withClientToken (url: URL, method: string, clientToken: string): URL {
-  if (method !== 'POST' || !BITABLE_CREATE.test(url.pathname) || url.searchParams.has('client_token')) return url
-  const out = new URL(url)
-  out.searchParams.set('client_token', clientToken)
-  return out
-}
-
 /** The relay behind POST /resend: only to allowed destinations, checked again at connect time. */
 export function createRelay (options: RelayOptions): Relay {
   const agents = createPolicyAgents({ timeoutMs: options.timeoutMs, resolver: options.resolver })
   const { feishu } = options
-
-  function check (location: string): Extract<ReturnType<typeof checkDestination>, { allowed: true }> {
-    const decision = checkDestination(location, options.allowList)
-    if (!decision.allowed) {
-      if (decision.reason === 'url') throw new ServiceError('VALIDATION_FAILED', { field: 'location', reason: 'location must be an absolute http(s) URL' })
-      throw destinationRefused(decision.reason)
-    }
-    return decision
-  }
-
-  async function prepare (request: RelayRequest): Promise<PreparedRequest> {
-    const method = request.method ?? DEFAULT_METHOD
-    const decision = check(request.location)
-    const feishuApp = request.auth?.feishu_app
-    if (feishuApp !== undefined) {
-      if (feishu?.has(feishuApp) !== true) throw new ServiceError('VALIDATION_FAILED', { field: 'auth.feishu_app', reason: `${feishuApp} is not a configured Feishu app (FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps)` })
-      if (Object.keys(request.headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
-        throw new ServiceError('VALIDATION_FAILED', { field: 'auth', reason: 'auth.feishu_app and an Authorization header: send one' })
-      }
-    }
-    // Commands run before anything is sent: a failed command sends nothing.
-    const prepared = await prepareBody(request, options.jsonPath)
-    const body = method !== 'GET' ? prepared.body : undefined
-    return {
-      url: decision.url,
-      method,
-      host: decision.host,
-      allowPrivate: decision.allowPrivate,
-      headers: outgoingHeaders(request.headers, body !== undefined),
-      body,
-      feishuApp,
-      report: prepared.report
-    }
-  }
+  const prepare = createPreparer(options)
+  const check = (location: string): { url: URL, host: string, allowPrivate: boolean } => allowedDestination(location, options.allowList)
 
   /**
    * One attempt, within RESEND_TIMEOUT_MS from sending to the last byte. With a Feishu app, a token the answer
@@ -286,9 +174,7 @@ export function createRelay (options: RelayOptions): Relay {
     return await once(token)
   }
 
-  async function sendNow (request: RelayRequest, trace: RelayTrace): Promise<RelayAnswer> {
-    const maxAttempts = request.maxAttempts ?? 1
-    const prepared = await prepare(request)
+  async function sendNow (prepared: PreparedRequest, maxAttempts: number, trace: RelayTrace): Promise<RelayAnswer> {
     const started = performance.now()
     trace.destination = `${prepared.host}${prepared.url.pathname}`
     trace.upstream_method = prepared.method
@@ -317,10 +203,17 @@ export function createRelay (options: RelayOptions): Relay {
   }
 
   return {
-    async send (request) {
+    async prepare (request) {
+      return await prepare(request).catch((err: unknown) => {
+        options.onOutcome?.(outcomeOf(err), 0)
+        if (err instanceof ServiceError) err.logFields = {}
+        throw err
+      })
+    },
+    async send (prepared, maxAttempts = 1) {
       const trace: RelayTrace = {}
       try {
-        const answer = await sendNow(request, trace)
+        const answer = await sendNow(prepared, maxAttempts, trace)
         options.onOutcome?.('success', answer.attempts)
         return { answer, trace }
       } catch (err) {
@@ -329,7 +222,6 @@ export function createRelay (options: RelayOptions): Relay {
         throw err
       }
     },
-    prepare,
     check,
     speaksFeishu: (origin) => FEISHU_ORIGINS.has(origin) || feishu?.isFeishuOrigin(origin) === true,
     attempt,

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis'
 import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../token-store.js'
 import { parseAllowList, type Resolver } from '../upstream-policy.js'
-import { createFeishuTokens, type FeishuApp } from './feishu-tokens.js'
+import { createFeishuTokens, type FeishuApp } from './feishu.js'
 import { createJobQueue, parseDuration, type JobQueue } from './jobs.js'
 import { createJsonPathPool } from './json-path-pool.js'
 import { createRelay, type Relay, type RelayTrace } from './send.js'

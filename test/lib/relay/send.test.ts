@@ -1,6 +1,7 @@
 import t from 'tap'
 import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
-import { backoffMillis, createRelay, isRetryableTransportError, outgoingHeaders, retryAfterMillis } from '../../../src/lib/relay/send.js'
+import { outgoingHeaders } from '../../../src/lib/relay/request.js'
+import { backoffMillis, createRelay, isRetryableTransportError, retryAfterMillis } from '../../../src/lib/relay/send.js'
 import { parseAllowList } from '../../../src/lib/upstream-policy.js'
 import { sendJson, startUpstream } from '../../helper.js'
 
@@ -40,10 +41,10 @@ t.test('the relay alone: POST and one attempt by default, the trace beside the a
     onOutcome: (outcome, attempts) => { outcomes.push([outcome, attempts]) }
   })
   t.teardown(async () => { await relay.close() })
-  const { answer, trace } = await relay.send({ location: `${upstream.url}/ok`, params: { a: 1 } })
+  const { answer, trace } = await relay.send(await relay.prepare({ location: `${upstream.url}/ok`, params: { a: 1 } }))
   t.same(answer, { status: 200, body: { method: 'POST', body: '{"a":1}' }, attempts: 1 })
   t.match(trace, { destination: '127.0.0.1/ok', upstream_method: 'POST', upstream_status: 200, attempts: 1, upstream_ms: Number })
-  const failed = await relay.send({ location: `${upstream.url}/fail` }).then(() => undefined, (err: unknown) => err)
+  const failed = await relay.send(await relay.prepare({ location: `${upstream.url}/fail` })).then(() => undefined, (err: unknown) => err)
   t.match(failed, { code: 'UPSTREAM_ERROR', details: { status: 500, attempts: 1 }, logFields: { destination: '127.0.0.1/fail', upstream_status: 500 } })
   t.same(outcomes, [['success', 1], ['upstream_error', 1]])
 })

@@ -44,6 +44,28 @@ const EARLY_SECONDS = 180
 /** Answers that say the token the service attached is not (or no longer) valid: refresh once and repeat. */
 export const FEISHU_TOKEN_REFUSED = new Set([99991663, 99991664, 99991671])
 const ENDPOINT = '/open-apis/auth/v3/tenant_access_token/internal'
+// Feishu's older APIs say "over the rate limit" as HTTP 400 with this body code.
+export const FEISHU_RATE_LIMITED = 99991400
+
+/** The Feishu body code of an answer, when it is a JSON object with a numeric `code`. */
+export function feishuCode (body: unknown): number | undefined {
+  const code = (body as { code?: unknown } | null)?.code
+  return typeof body === 'object' && typeof code === 'number' ? code : undefined
+}
+
+export const FEISHU_ORIGINS = new Set(['https://open.feishu.cn', 'https://open.larksuite.com'])
+
+// Feishu's Bitable record creation takes a client_token (a UUID v4) that makes a repeat of it a no-op.
+const BITABLE_CREATE = /^\/open-apis\/bitable\/v1\/apps\/[^/]+\/tables\/[^/]+\/records(\/batch_create)?\/?$/
+
+/** The URL with `client_token` added, for Bitable record creation without one; any other URL as it is. */
+export function withClientToken (url: URL, method: string, clientToken: string): URL {
+  if (method !== 'POST' || !BITABLE_CREATE.test(url.pathname) || url.searchParams.has('client_token')) return url
+  const out = new URL(url)
+  out.searchParams.set('client_token', clientToken)
+  return out
+}
+
 
 /** Tenant tokens of the configured Feishu apps, fetched from /auth/v3/tenant_access_token/internal and cached. */
 export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens {

@@ -1,0 +1,44 @@
+import { readdir, readFile } from 'node:fs/promises'
+import { dirname, join, relative, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+
+// The shape the house keeps: imports run one way (no cycle, type imports included), and plugins are wiring.
+const SRC = fileURLToPath(new URL('../src', import.meta.url))
+
+async function sources (dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true })
+  const nested = await Promise.all(entries.map(async (entry) => entry.isDirectory() ? await sources(join(dir, entry.name)) : entry.name.endsWith('.ts') ? [join(dir, entry.name)] : []))
+  return nested.flat()
+}
+
+const files = await sources(SRC)
+const texts = new Map(await Promise.all(files.map(async (file) => [file, await readFile(file, 'utf8')] as const)))
+const name = (file: string): string => relative(SRC, file)
+
+t.test('no import cycle anywhere in src', async (t) => {
+  const edges = new Map(files.map((file) => {
+    const targets = [...(texts.get(file) as string).matchAll(/^(?:import|export)\s[^'"]*?from\s+'(\.{1,2}\/[^']+)'/gm)]
+      .map((match) => resolve(dirname(file), (match[1] as string).replace(/\.js$/, '.ts')))
+    return [file, targets]
+  }))
+  const cycles: string[] = []
+  const state = new Map<string, 'open' | 'done'>()
+  const visit = (file: string, path: string[]): void => {
+    if (state.get(file) === 'done') return
+    if (state.get(file) === 'open') { cycles.push([...path.slice(path.indexOf(file)), file].map(name).join(' -> ')); return }
+    state.set(file, 'open')
+    for (const target of edges.get(file) ?? []) visit(target, [...path, file])
+    state.set(file, 'done')
+  }
+  for (const file of files) visit(file, [])
+  t.same(cycles, [], 'import cycles')
+  t.ok(edges.size > 40, `read ${edges.size} files`)
+})
+
+t.test('every plugin is wiring: at most 60 lines of code', async (t) => {
+  for (const file of files.filter((file) => name(file).startsWith('plugins/'))) {
+    const code = (texts.get(file) as string).split('\n').filter((line) => !/^\s*($|\/\/|\/\*|\*)/.test(line)).length
+    t.ok(code <= 60, `${name(file)}: ${code} lines of code`)
+  }
+})
