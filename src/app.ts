@@ -39,21 +39,11 @@ export interface AppOptions extends ConfigOptions {
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   fastify.addSchema(ErrorEnvelope)
   await fastify.register(config, { config: opts.config, broker: opts.broker, feishuApps: opts.feishuApps, warnings: opts.warnings })
-  await fastify.register(requestLog)
-  await fastify.register(body)
-  await fastify.register(sensible)
-  await fastify.register(readiness)
-  await fastify.register(metrics)
-  await fastify.register(connections)
-  await fastify.register(pressure)
-  await fastify.register(redis)
-  await fastify.register(stateStore)
-  // Before errors (its 404 handler is limited too) and before anything that adds routes: every route but the
-  // probes is limited.
-  await fastify.register(rateLimit)
-  await fastify.register(errors)
-  await fastify.register(cors)
-  await fastify.register(docs)
+  // The limiter comes before errors (its 404 handler is limited too) and before anything that adds routes: every
+  // route but the probes is limited.
+  for (const plugin of [requestLog, body, sensible, readiness, metrics, connections, pressure, redis, stateStore, rateLimit, errors, cors, docs]) {
+    await fastify.register(plugin)
+  }
   await fastify.register(broker, { dispatcher: opts.cozeDispatcher })
   await fastify.register(apiKeys)
   await fastify.register(signer)
@@ -61,9 +51,6 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(resend, { resolver: opts.resolver })
   await fastify.register(augment, { resolver: opts.resolver })
 
-  await fastify.register(healthRoutes)
-  await fastify.register(metricsRoutes)
-  await fastify.register(tokenRoutes)
-  await fastify.register(resendRoutes)
+  for (const routes of [healthRoutes, metricsRoutes, tokenRoutes, resendRoutes]) await fastify.register(routes)
   await fastify.register(augmentRoutes, { prefix: '/api' })
 }

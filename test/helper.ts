@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
 import { existsSync, rmSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { Redis } from 'ioredis'
 import app, { type AppOptions } from '../src/app.js'
 import { connectionLimits, serverOptions } from '../src/options.js'
 import { loadConfig, trustProxySetting, type Config } from '../src/schemas/config.js'
@@ -239,6 +240,20 @@ export function systemTool (path: string, debianPackage: string): { skip: false 
 export async function skipWithoutRedis (): Promise<false | string> {
   if (await redisAnswers()) return false
   return underCi() ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
+}
+
+/** A key prefix of the test's own on the shared Redis (the queue's hash-tagged keys included), removed at the end. */
+export function redisKeyPrefix (t: TestContext, label: string): string {
+  const prefix = `test-${label}-${randomBytes(4).toString('hex')}:`
+  t.teardown(async () => {
+    const redis = new Redis(REDIS_URL)
+    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
+      const keys = await redis.keys(pattern)
+      if (keys.length > 0) await redis.del(...keys)
+    }
+    redis.disconnect()
+  })
+  return prefix
 }
 
 export interface RedisServer {

@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { API_KEY, REDIS_URL, registerSecret, sendJson, skipWithoutRedis, startUpstream, type RecordedRequest, type Upstream } from '../helper.js'
+import { API_KEY, REDIS_URL, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startUpstream, type RecordedRequest, type Upstream } from '../helper.js'
 import { startServer, type Started } from '../fixtures/server-process.js'
 
 // Two instances on one Redis, a Feishu stand-in on loopback: what queued delivery promises, end to end.
@@ -68,18 +67,6 @@ async function startFeishu (t: Test, usesPerToken: number): Promise<FeishuStandI
   return standIn
 }
 
-function prefixFor (t: Test): string {
-  const prefix = `test-relay-${randomBytes(4).toString('hex')}:`
-  t.teardown(async () => {
-    const redis = new Redis(REDIS_URL)
-    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
-      const keys = await redis.keys(pattern)
-      if (keys.length > 0) await redis.del(...keys)
-    }
-    redis.disconnect()
-  })
-  return prefix
-}
 
 async function instance (t: Test, feishu: FeishuStandIn, prefix: string, env: Record<string, string> = {}): Promise<Started & { url: string }> {
   const started = await startServer(t, {
@@ -128,7 +115,7 @@ t.test('1,000 jobs over two instances while Feishu flaps and its tokens expire: 
   let n = 0
   // A third of the answers go wrong: 503, a reset before applying, or a reset after applying.
   feishu.behaviour = () => (['ok', 'ok', 'ok', 'ok', 'ok', 'ok', '503', 'reset', 'apply-then-reset'] as const)[n++ % 9] as 'ok'
-  const prefix = prefixFor(t)
+  const prefix = redisKeyPrefix(t, 'relay')
   const [a, b] = await Promise.all([instance(t, feishu, prefix, { RESEND_WORKERS: '8' }), instance(t, feishu, prefix, { RESEND_WORKERS: '8' })])
   const ids: string[] = []
   for (let batch = 0; batch < 1000; batch += 50) {
@@ -160,7 +147,7 @@ t.test('1,000 jobs over two instances while Feishu flaps and its tokens expire: 
 t.test('kill -9 of the delivering instance: the other delivers after the lock expires, once', { skip }, async (t) => {
   const feishu = await startFeishu(t, 1_000_000)
   feishu.behaviour = () => 'slow'
-  const prefix = prefixFor(t)
+  const prefix = redisKeyPrefix(t, 'relay')
   const a = await instance(t, feishu, prefix, { RESEND_WORKERS: '1' })
   const { data } = await call(a.url, 'POST', '/resend', record(feishu, 'only'))
   t.ok(await waitFor(() => feishu.upstream.requests.some((request) => request.url.includes('batch_create')), 10_000), 'the first instance is delivering')
@@ -180,7 +167,7 @@ t.test('kill -9 of the delivering instance: the other delivers after the lock ex
 t.test('SIGTERM: the delivery in flight finishes, the rest stays queued for another instance', { skip }, async (t) => {
   const feishu = await startFeishu(t, 1_000_000)
   feishu.behaviour = () => 'slow'
-  const prefix = prefixFor(t)
+  const prefix = redisKeyPrefix(t, 'relay')
   const a = await instance(t, feishu, prefix, { RESEND_WORKERS: '1' })
   const first = (await call(a.url, 'POST', '/resend', record(feishu, 'first'))).data.id as string
   t.ok(await waitFor(() => feishu.upstream.requests.length >= 2, 10_000), 'delivering the first')

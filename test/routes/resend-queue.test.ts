@@ -1,26 +1,13 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { API_KEY, REDIS_URL, build, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
+import { API_KEY, REDIS_URL, build, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
 
 const skip = await skipWithoutRedis()
 const SECRET = randomBytes(32).toString('base64')
 registerSecret(SECRET)
 
 /** A key prefix of the test's own, its keys removed at the end. */
-function prefixFor (t: Test): string {
-  const prefix = `test-queue-${randomBytes(4).toString('hex')}:`
-  t.teardown(async () => {
-    const redis = new Redis(REDIS_URL)
-    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
-      const keys = await redis.keys(pattern)
-      if (keys.length > 0) await redis.del(...keys)
-    }
-    redis.disconnect()
-  })
-  return prefix
-}
 
 async function queued (t: Test, handler: UpstreamHandler, config: Record<string, unknown> = {}) {
   const upstream = await startUpstream(t, handler)
@@ -30,7 +17,7 @@ async function queued (t: Test, handler: UpstreamHandler, config: Record<string,
     RESEND_QUEUE: 'redis',
     RESEND_QUEUE_SECRET: SECRET,
     REDIS_URL,
-    REDIS_KEY_PREFIX: prefixFor(t),
+    REDIS_KEY_PREFIX: redisKeyPrefix(t, 'queue'),
     RESEND_RETRY_SCHEDULE: '50ms',
     ...config
   })
@@ -210,7 +197,7 @@ t.test('a Redis that may evict is named at start; one that refuses CONFIG GET is
 
 t.test('the destination is checked again before each attempt: one the allow-list no longer names fails the job', { skip }, async (t) => {
   const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 200, {}) })
-  const prefix = prefixFor(t)
+  const prefix = redisKeyPrefix(t, 'queue')
   const common = { EXPECTED_COZE_API_KEY: API_KEY, RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: SECRET, REDIS_URL, REDIS_KEY_PREFIX: prefix }
   const before = await build(t, { ...common, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_WORKERS: 0 })
   const { id } = (await before.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${upstream.url}/x`, params: {}, delivery: 'queued' } })).json().data
@@ -227,7 +214,7 @@ t.test('the destination is checked again before each attempt: one the allow-list
 
 t.test('a job sealed under another secret is unreadable: it fails, and says so', { skip }, async (t) => {
   const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 200, {}) })
-  const prefix = prefixFor(t)
+  const prefix = redisKeyPrefix(t, 'queue')
   const common = { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_QUEUE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: prefix }
   const other = randomBytes(32).toString('base64')
   registerSecret(other)
@@ -269,7 +256,7 @@ t.test('broker mode: a caller sees and touches only its own jobs, and names only
     RESEND_QUEUE: 'redis',
     RESEND_QUEUE_SECRET: SECRET,
     REDIS_URL,
-    REDIS_KEY_PREFIX: prefixFor(t),
+    REDIS_KEY_PREFIX: redisKeyPrefix(t, 'queue'),
     RESEND_RETRY_SCHEDULE: '1h'
   })
   registerSecret('ledger-secret-0123456789')
