@@ -141,7 +141,7 @@ export interface Built {
 }
 
 /** The app as production builds it, with configuration passed as data and the environment ignored. */
-export async function build (t: TestContext, config: Partial<Record<keyof Config, unknown>> & Record<string, unknown> = {}, options: Omit<AppOptions, 'config' | 'warnings' | 'broker'> = {}): Promise<Built> {
+export async function build (t: TestContext, config: Partial<Record<keyof Config, unknown>> & Record<string, unknown> = {}, options: Omit<AppOptions, 'config' | 'warnings' | 'broker' | 'feishuApps'> = {}): Promise<Built> {
   registerPem(config.JWT_PRIVATE_KEY)
   for (const key of String(config.EXPECTED_COZE_API_KEY ?? '').split(',')) registerSecret(key.trim())
   const logs = new LogCapture()

@@ -19,7 +19,7 @@ export interface ConfigOptions {
   /** The apps and callers, in broker mode (COZE_APPS_FILE or COZE_APPS); null otherwise. */
   broker: BrokerSetup | null
   /** FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps of the apps document, their secrets read. */
-  feishuApps?: FeishuAppSetup[]
+  feishuApps: FeishuAppSetup[]
   /** Said once, at start. */
   warnings: string[]
 }
@@ -28,7 +28,7 @@ export interface ConfigOptions {
 export default fp<ConfigOptions>(async function config (fastify, opts) {
   fastify.decorate('config', opts.config)
   fastify.decorate('brokerSetup', opts.broker)
-  fastify.decorate('feishuApps', opts.feishuApps ?? [])
+  fastify.decorate('feishuApps', opts.feishuApps)
   fastify.log.level = opts.config.LOG_LEVEL
   for (const warning of opts.warnings) fastify.log.warn(warning)
 }, { name: 'config', fastify: '5.x' })

@@ -24,7 +24,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   if (!serves(config, 'resend')) return
   fastify.readiness.add('resend', async () => configurationStatus(callersMissing))
   // Queued delivery is optional: without it /ready stays ready and says what it lacks.
-  fastify.readiness.add('resend_queue', async () => (resendJobs === null ? `off: ${resendQueueMissing.join(', ')}` : 'ok'))
+  fastify.readiness.add('resend_queue', async () => (resendJobs === null ? `off: ${resendQueueMissing.join(', ')}` : resendJobs.status()))
   const gate = fastify.callerGate('resend')
   const owner = (request: FastifyRequest): string | null => request.brokerCaller?.name ?? null
   const jobs = (): JobQueue => {
@@ -53,7 +53,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const prepared = await relay.prepare({ location, method, headers, params, bodyText: request.bodyText, commands, auth })
     if (queue !== null) {
       const idempotencyKey = request.headers['idempotency-key']
-      const { view, replayed } = await queue.accept(prepared, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText ?? '' })
+      const { view, replayed } = await queue.accept(prepared, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText as string })
       request.logFields = { job: view.id, destination: view.destination, ...(replayed ? { replayed } : {}) }
       void reply.code(202).header('location', view.status_url).header('preference-applied', 'respond-async')
       if (replayed) void reply.header('idempotent-replayed', 'true')
@@ -69,9 +69,8 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     preHandler: gate,
     schema: { operationId: 'listResendJobs', summary: 'Queued jobs, newest first: the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, querystring: JobListQuery, response: { 200: Envelope(JobListData), ...errorResponses } }
   }, async (request, reply) => {
-    const list = await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20))
-    if (list.some((job) => job.answer?.body instanceof RawJson)) void reply.serializer(stringifyWithRaw)
-    return reply.ok('RESEND_JOBS', { jobs: list })
+    // Summaries: a listing carries no answer (GET /resend/jobs/{id} does).
+    return reply.ok('RESEND_JOBS', { jobs: await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20)) })
   })
 
   const answerJob = (reply: FastifyReply, view: JobView) => {

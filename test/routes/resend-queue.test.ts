@@ -62,13 +62,20 @@ t.test('queued delivery: 202 with a job, delivered through 503s and resets, once
   t.ok(upstream.requests.every((request) => request.headers['idempotency-key'] === id), 'every attempt carries the job id as Idempotency-Key')
   t.ok(upstream.requests.every((request) => request.body === '{"a":1}'))
   t.notOk(logs.text.includes(SECRET))
+  const listed = (await call('GET', '/resend/jobs?status=delivered')).json().data.jobs
+  t.same(listed.map((job: { id: string, attempts: number, answer?: unknown }) => [job.id, job.attempts, job.answer]), [[id, 4, undefined]], 'a listing is summaries: no answer')
+  t.equal((await call('GET', '/ready')).json().data.checks.resend_queue, 'ok')
+  t.match((await call('GET', '/metrics')).body, /resend_jobs_total\{outcome="delivered"\} 1/)
 })
 
 t.test('Prefer: respond-async queues; Idempotency-Key gives the same job, or 422 with another body', { skip }, async (t) => {
-  const { call, upstream } = await queued(t, (_request, res) => { sendJson(res, 200, { ok: true }) })
+  const { call, until, upstream } = await queued(t, (_request, res) => { sendJson(res, 200, { ok: true }) })
   const body = { location: at(upstream, '/x'), params: { n: 1 } }
   const first = await call('POST', '/resend', body, { prefer: 'respond-async, wait=5', 'idempotency-key': 'order-1' })
   t.equal(first.statusCode, 202)
+  const own = await call('POST', '/resend', { ...body, headers: { 'Idempotency-Key': 'the-callers-own' }, delivery: 'queued' })
+  await until(own.json().data.id, 'delivered')
+  t.ok(upstream.requests.some((request) => request.headers['idempotency-key'] === 'the-callers-own'), 'a caller\'s own Idempotency-Key is sent as it is')
   const again = await call('POST', '/resend', body, { prefer: 'respond-async', 'idempotency-key': 'order-1' })
   t.equal(again.statusCode, 202)
   t.equal(again.json().data.id, first.json().data.id)
@@ -183,6 +190,12 @@ t.test('RESEND_MAX_QUEUED bounds the queue; a Redis that does not answer is a 50
   t.equal(down.json().data.reason, 'queue_unavailable')
   t.ok(Date.now() - started < 5000, 'promptly')
   t.equal((await away.call('GET', `/resend/jobs/${randomUUID()}`)).statusCode, 503)
+  let queueCheck = ''
+  for (let i = 0; i < 50 && queueCheck !== 'degraded'; i++) {
+    await sleep(50)
+    queueCheck = (await away.call('GET', '/ready')).json().data.checks.resend_queue
+  }
+  t.equal(queueCheck, 'degraded', '/ready says so (degraded: ready for delivery now)')
 })
 
 t.test('a Redis that may evict is named at start; one that refuses CONFIG GET is said once', { skip }, async (t) => {
@@ -221,6 +234,9 @@ t.test('a job sealed under another secret is unreadable: it fails, and says so',
   const accepting = await build(t, { ...common, RESEND_QUEUE_SECRET: SECRET, RESEND_WORKERS: 0 })
   const res = await accepting.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${upstream.url}/x`, params: {}, delivery: 'queued' } })
   const { id } = res.json().data
+  const waiting = (await accepting.app.inject({ method: 'GET', url: '/resend/jobs', headers: { 'x-api-key': API_KEY } })).json().data.jobs
+  t.same(waiting.map((job: { id: string, status: string, attempts: number, last_attempt: unknown }) => [job.id, job.status, job.attempts, job.last_attempt]), [[id, 'queued', 0, null]], 'RESEND_WORKERS=0 accepts and delivers nothing')
+  t.match((await accepting.app.inject('/metrics')).body, /resend_queue_jobs\{status="queued"\} \d/)
   const delivering = await build(t, { ...common, RESEND_QUEUE_SECRET: other })
   let view: Record<string, unknown> = {}
   for (let i = 0; i < 100 && view.status !== 'failed'; i++) {

@@ -73,6 +73,8 @@ export interface JobQueueOptions {
   keyPrefix: string
   /** The shared client (with its key prefix and breaker): idempotency keys and the age index. */
   redis: Redis
+  /** Whether that client answers now (connected, breaker closed). */
+  available: () => boolean
   /** RESEND_QUEUE_SECRET: 32 bytes. */
   secret: Buffer
   /** RESEND_WORKERS: jobs this instance delivers at once; 0 takes none (accepts and answers only). */
@@ -91,7 +93,7 @@ export interface JobQueueOptions {
   snapshotMs?: number
   onJob?: (outcome: string, attempts?: number) => void
   /** SHUTDOWN_GRACE_MS: how long closing waits for deliveries in flight. */
-  closeGraceMs?: number
+  closeGraceMs: number
   /** Said once at start: a Redis that may evict the queue's keys, or that does not say. */
   onWarning?: (message: string) => void
   /** A failure of the queue's own machinery (not of a delivery). */
@@ -105,6 +107,8 @@ export interface JobQueue {
   list (owner: string | null, status: JobStatus | undefined, limit: number): Promise<JobView[]>
   retry (id: string, owner: string | null): Promise<JobView>
   cancel (id: string, owner: string | null): Promise<JobView>
+  /** `ok`, or `degraded` while Redis does not answer (queued delivery answers 503; delivery now goes on). */
+  status (): 'ok' | 'degraded'
   /** Counts by status, and the age of the oldest job not yet delivered (seconds), as last read. */
   snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number }
   /** Stops taking jobs; deliveries in flight finish (SIGTERM); the rest stay queued. */
@@ -128,9 +132,10 @@ const STATES: Record<JobStatus, JobType[]> = {
   failed: ['failed']
 }
 
-function statusOf (state: string): JobStatus | undefined {
-  return JOB_STATUSES.find((status) => (STATES[status] as string[]).includes(state === 'wait' ? 'waiting' : state))
-}
+const STATUS_OF: Record<string, JobStatus> = Object.fromEntries(JOB_STATUSES.flatMap((status) => STATES[status].map((state) => [state, status])))
+
+/* c8 ignore next - a job removed between two reads is 'unknown': it was queued a moment ago, or is gone */
+const statusOf = (state: string): JobStatus => STATUS_OF[state] ?? 'queued'
 
 /** How an attempt decides the job: delivered, tried again later, or failed now. */
 export type Verdict =
@@ -167,14 +172,14 @@ export function parseDuration (text: string): number {
   return Number(match[1]) * (DURATION_UNITS[match[2] as string] as number)
 }
 
-const unavailable = (cause?: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause })
+const unavailable = (cause: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause })
 
 /** Redis work of a request, within a deadline; Redis away or silent is a 503, never a hang or a 500. */
 async function deadline<T> (work: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(unavailable()) }, REDIS_DEADLINE_MS) })
+  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`no answer within ${REDIS_DEADLINE_MS} ms`)) }, REDIS_DEADLINE_MS) })
   return await Promise.race([work, late])
-    .catch((err: unknown) => { throw err instanceof ServiceError ? err : unavailable(err) })
+    .catch((err: unknown) => { throw unavailable(err) })
     .finally(() => { clearTimeout(timer) })
 }
 
@@ -188,7 +193,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const { relay, redis } = options
   const sealer = createSealer(options.secret, 'aibill resend jobs')
   const idempotencyKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
-  const prefix = `{${options.keyPrefix === '' ? 'aibill' : options.keyPrefix}resend}`
+  const prefix = `{${options.keyPrefix}resend}`
   // Reconnecting goes on while Redis is away, and stops once the queue is closed.
   let closing = false
   const reconnect = (times: number): number | null => (closing ? null : Math.min(times * 200, 2000))
@@ -212,7 +217,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function readSnapshot (): Promise<void> {
     const counts = await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')
     const oldest = await redis.zrange(since, 0, 0, 'WITHSCORES')
-    const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] ?? 0), 0)
+    const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] as number), 0)
     snapshot = {
       counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
       oldestSeconds: oldest.length === 2 ? Math.max(0, (Date.now() - Number(oldest[1])) / 1000) : 0
@@ -294,9 +299,10 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     redis.zrem(since, job.id as string).catch(() => {})
   })
   worker?.on('failed', (job) => {
-    if (job === undefined) return
-    options.onJob?.('failed', progressOf(job).attempts)
-    redis.zrem(since, job.id as string).catch(() => {})
+    // (BullMQ's type allows no job; a worker's own failures come as 'error'.)
+    const failed = job as Job
+    options.onJob?.('failed', progressOf(failed).attempts)
+    redis.zrem(since, failed.id as string).catch(() => {})
   })
 
   async function find (id: string, owner: string | null): Promise<Job<{ sealed: string }, string>> {
@@ -322,7 +328,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       last_attempt: last === undefined ? null : { ...last, at: iso(last.at) },
       status_url: `${options.statusPath}${id}`
     }
-    if (status === 'failed' && last === undefined) view.last_attempt = { at: iso(job.finishedOn ?? job.timestamp), error: job.failedReason }
+    // Failed before any attempt (unreadable, or taken over too many times): BullMQ's reason.
+    if (status === 'failed' && last === undefined) view.last_attempt = { at: iso(job.finishedOn as number), error: job.failedReason }
     return view
   }
 
@@ -337,7 +344,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function current (job: Job<{ sealed: string }, string>): Promise<JobView> {
     const state = await deadline(job.getState())
     // Between two reads the job ended and was removed: the caller asks again.
-    return await withAnswer(viewOf(job, statusOf(state) ?? 'queued'))
+    return await withAnswer(viewOf(job, statusOf(state)))
   }
 
   const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
@@ -359,6 +366,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
           if (earlierFingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request body in the last 24 hours' })
           const job = await deadline(queue.getJob(earlier as string)) as Job<{ sealed: string }, string> | undefined
           // Stored under the key a moment ago by a request still being accepted: the same job, queued.
+          /* c8 ignore next - the window between a key's SET and its job's add */
           if (job === undefined) return { view: { id: earlier as string, status: 'queued', attempts: 0, created_at: iso(Date.now()), next_attempt_at: null, destination, last_attempt: null, status_url: `${options.statusPath}${String(earlier)}` }, replayed: true }
           return { view: await current(job), replayed: true }
         }
@@ -387,17 +395,17 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
         for (const id of ids) pipeline.hmget(queue.toKey(id), 'name', 'timestamp', 'progress', 'returnvalue', 'failedReason', 'finishedOn')
         const rows = ids.length === 0 ? [] : await deadline(pipeline.exec()) as Array<[Error | null, Array<string | null>]>
         rows.forEach(([, fields], index) => {
-          const [name, timestamp, progress, returnvalue, failedReason, finishedOn] = fields.map((field) => field ?? null)
+          const [name, timestamp, progress, returnvalue, failedReason, finishedOn] = fields as [string | null, string, string | null, string | null, string | null, string | null]
           // Removed between the two reads, or another caller's.
-          if (name === null || name === undefined || (owner !== null && nameOf({ name }).owner !== owner)) return
+          if (name === null || (owner !== null && nameOf({ name }).owner !== owner)) return
           views.push(viewOf({
             id: ids[index] as string,
             name,
             timestamp: Number(timestamp),
-            progress: progress === null || progress === undefined ? 0 : JSON.parse(progress) as Progress,
-            returnvalue: returnvalue === null || returnvalue === undefined ? undefined : JSON.parse(returnvalue) as unknown,
-            failedReason: failedReason ?? '',
-            finishedOn: finishedOn === null || finishedOn === undefined ? undefined : Number(finishedOn)
+            progress: progress === null ? 0 : JSON.parse(progress) as Progress,
+            returnvalue: returnvalue === null ? undefined : JSON.parse(returnvalue) as unknown,
+            failedReason: String(failedReason),
+            finishedOn: Number(finishedOn)
           }, wanted))
         })
       }
@@ -406,7 +414,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     async retry (id, owner) {
       const job = await find(id, owner)
       const state = await deadline(job.getState())
-      if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state) ?? state}: only a failed job is put back`, status: statusOf(state) ?? state })
+      if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a failed job is put back`, status: statusOf(state) })
       await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
       await deadline(redis.del(`resend-answer:${id}`))
       await deadline(job.retry('failed'))
@@ -417,7 +425,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     async cancel (id, owner) {
       const job = await find(id, owner)
       const state = await deadline(job.getState())
-      if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state) ?? state}: only a queued job is cancelled`, status: statusOf(state) ?? state })
+      if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a queued job is cancelled`, status: statusOf(state) })
       const view = viewOf(job, 'queued')
       // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
       await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
@@ -427,12 +435,13 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       return { ...view, status: 'cancelled', next_attempt_at: null }
     },
     snapshot: () => snapshot,
+    status: () => (options.available() ? 'ok' : 'degraded'),
     async close () {
       clearInterval(snapshotTimer)
       // Deliveries in flight finish within the grace; past it (or with Redis away, when closing would wait for
       // it) the connections are cut, and the jobs' locks lapse for another instance to take them over.
       let timer: NodeJS.Timeout | undefined
-      const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, options.closeGraceMs ?? 10_000) })
+      const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, options.closeGraceMs) })
       await Promise.race([Promise.all([worker?.close(), queue.close()]), grace]).catch(() => {})
       clearTimeout(timer)
       closing = true

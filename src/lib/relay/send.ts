@@ -164,7 +164,7 @@ export function createRelay (options: RelayOptions): Relay {
       return { failure: err as ServiceError, connectionFailed: false }
     }
     const first = await once(token)
-    if (token === undefined || !('answer' in first) || !FEISHU_TOKEN_REFUSED.has(feishuCode(first.answer.body) ?? 0)) return first
+    if (token === undefined || !('answer' in first) || !FEISHU_TOKEN_REFUSED.has(feishuCode(first.answer.body) as number)) return first
     try {
       token = await tokenFor(token)
     } catch (err) {
@@ -175,30 +175,23 @@ export function createRelay (options: RelayOptions): Relay {
   }
 
   async function sendNow (prepared: PreparedRequest, maxAttempts: number, trace: RelayTrace): Promise<RelayAnswer> {
-    const started = performance.now()
-    trace.destination = `${prepared.host}${prepared.url.pathname}`
-    trace.upstream_method = prepared.method
-    try {
-      for (let attemptNo = 1; ; attemptNo++) {
-        const last = attemptNo >= maxAttempts
-        const result = await attempt(prepared, attemptNo, {}, trace)
-        if ('failure' in result) {
-          if (last || !result.connectionFailed) throw result.failure
-          await sleep(backoffMillis(attemptNo))
-          continue
-        }
-        const { answer } = result
-        const rateLimited = RETRY_STATUSES.has(answer.status) || (answer.status === 400 && feishuCode(answer.body) === FEISHU_RATE_LIMITED)
-        if (!last && rateLimited) {
-          await sleep(Math.min(result.askedRetryInMs ?? backoffMillis(attemptNo), MAX_RETRY_DELAY_MS))
-          continue
-        }
-        trace.upstream_status = answer.status
-        if (answer.status < 200 || answer.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...answer })
-        return answer
+    for (let attemptNo = 1; ; attemptNo++) {
+      const last = attemptNo >= maxAttempts
+      const result = await attempt(prepared, attemptNo, {}, trace)
+      if ('failure' in result) {
+        if (last || !result.connectionFailed) throw result.failure
+        await sleep(backoffMillis(attemptNo))
+        continue
       }
-    } finally {
-      trace.upstream_ms = Math.round(performance.now() - started)
+      const { answer } = result
+      const rateLimited = RETRY_STATUSES.has(answer.status) || (answer.status === 400 && feishuCode(answer.body) === FEISHU_RATE_LIMITED)
+      if (!last && rateLimited) {
+        await sleep(Math.min(result.askedRetryInMs ?? backoffMillis(attemptNo), MAX_RETRY_DELAY_MS))
+        continue
+      }
+      trace.upstream_status = answer.status
+      if (answer.status < 200 || answer.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...answer })
+      return answer
     }
   }
 
@@ -211,13 +204,17 @@ export function createRelay (options: RelayOptions): Relay {
       })
     },
     async send (prepared, maxAttempts = 1) {
-      const trace: RelayTrace = {}
+      const trace: RelayTrace = { destination: `${prepared.host}${prepared.url.pathname}`, upstream_method: prepared.method }
+      const started = performance.now()
       try {
         const answer = await sendNow(prepared, maxAttempts, trace)
+        trace.upstream_ms = Math.round(performance.now() - started)
         options.onOutcome?.('success', answer.attempts)
         return { answer, trace }
       } catch (err) {
-        options.onOutcome?.(outcomeOf(err), typeof trace.attempts === 'number' ? trace.attempts : 0)
+        trace.upstream_ms = Math.round(performance.now() - started)
+        // Every path to here made an attempt: its number is in the trace.
+        options.onOutcome?.(outcomeOf(err), trace.attempts as number)
         if (err instanceof ServiceError) err.logFields = trace
         throw err
       }

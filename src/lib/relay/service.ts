@@ -84,6 +84,7 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       redisUrl: queue.redisUrl,
       keyPrefix: queue.keyPrefix,
       redis: options.redis.client,
+      available: options.redis.available,
       secret: queue.secret,
       concurrency: queue.concurrency,
       lockMs: queue.lockMs,

@@ -6,7 +6,7 @@ import { judge, parseDuration, scheduledWait } from '../../../src/lib/relay/jobs
 import { withClientToken } from '../../../src/lib/relay/feishu.js'
 import { ServiceError } from '../../../src/lib/errors.js'
 import { loadConfig } from '../../../src/schemas/config.js'
-import { API_KEY, build, registerSecret, sendJson, startUpstream } from '../../helper.js'
+import { API_KEY, build, registerSecret, sendJson, startUpstream, testKeys } from '../../helper.js'
 
 const SECRET = 'feishu-unit-secret-0123456789'
 registerSecret(SECRET)
@@ -66,6 +66,17 @@ t.test('a token Feishu will not give is 502 FEISHU_TOKEN_FAILED with its code; a
   const empty = await send({ location, params: {}, auth: { feishu_app: 'bills' } })
   t.same(empty.json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 200, feishu_code: 0 })
 
+  const plain = await feishu(t, () => [500, 'down'])
+  t.same((await plain.send({ location: `${plain.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })).json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 500 })
+
+  // A token that stops working, and a Feishu that then gives none: the refresh's refusal is the answer.
+  const fading = await feishu(t, (count) => (count === 1 ? [200, { code: 0, tenant_access_token: 't-unit-1', expire: 7200 }] : [200, { code: 99991663, msg: 'no' }]))
+  t.equal((await fading.send({ location: `${fading.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })).statusCode, 200)
+  await fetch(`${fading.upstream.url}/open-apis/auth/v3/tenant_access_token/internal`, { method: 'POST', body: '{}' })
+  const faded = await fading.send({ location: `${fading.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })
+  t.equal(faded.statusCode, 502)
+  t.equal(faded.json().data.feishu_code, 99991663)
+
   const huge = await feishu(t, () => [200, { code: 0, pad: 'x'.repeat(70000) }])
   t.equal((await huge.send({ location: `${huge.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })).json().data.reason, 'the answer is too large')
 })
@@ -86,6 +97,17 @@ t.test('the Feishu apps document: three sources, one at a time; secrets from a v
   t.same(load({}).feishuApps, [])
   t.throws(() => load({ FEISHU_APPS_FILE: yamlFile, FEISHU_APPS: '{}' }), { message: 'FEISHU_APPS_FILE and FEISHU_APPS are both set: use one' })
   t.throws(() => load({ FEISHU_APPS: '{"Bad Name":{}}' }), { message: /^FEISHU_APPS: / })
+  t.throws(() => load({ FEISHU_APPS: '[]' }), { message: /^FEISHU_APPS: \(the document\) / })
+  const document = (feishuApps: unknown, callerApps: string[]) => JSON.stringify({
+    apps: { bills: { app_id: '1', api_base: 'https://api.coze.cn', keys: [{ kid: 'k', private_key_env: 'APP_KEY' }] } },
+    callers: { a: { key_sha256: 'a'.repeat(64), apps: ['bills'], feishu_apps: callerApps } },
+    ...(feishuApps === undefined ? {} : { feishu_apps: feishuApps })
+  })
+  const broker = { EXPECTED_COZE_API_KEY: undefined, APP_KEY: testKeys().pkcs8 }
+  t.throws(() => load({ ...broker, COZE_APPS: document(undefined, ['ledger']) }), { message: 'COZE_APPS: callers.a.feishu_apps names ledger, which is not a Feishu app (feishu_apps, FEISHU_APPS_FILE or FEISHU_APPS)' })
+  t.throws(() => load({ ...broker, COZE_APPS: document({ ledger: { app_id: 'x', app_secret_env: 'LEDGER' } }, []), FEISHU_APPS: '{}' }), { message: 'COZE_APPS has feishu_apps and FEISHU_APPS is set: use one' })
+  t.same(load({ ...broker, COZE_APPS: document({ ledger: { app_id: 'x', app_secret_env: 'LEDGER' } }, ['ledger']), LEDGER: 'l' }).feishuApps.map((app) => app.name), ['ledger'])
+  t.throws(() => load({ RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: 'short' }), { message: 'RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)' })
   t.throws(() => load({ FEISHU_APPS: '{"a":{"app_id":"x"}}' }), { message: 'FEISHU_APPS: a needs exactly one of app_secret_env and app_secret_file' })
   t.throws(() => load({ FEISHU_APPS: '{"a":{"app_id":"x","app_secret_env":"NOPE"}}' }), { message: 'FEISHU_APPS: a.app_secret_env names NOPE, which is not set' })
   t.throws(() => load({ FEISHU_APPS: `{"a":{"app_id":"x","app_secret_file":"${join(dir, 'missing')}"}}` }), { message: /a\.app_secret_file \(.*missing\) cannot be read \(ENOENT\)/ })
