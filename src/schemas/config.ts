@@ -234,7 +234,9 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (broker === null && new URL(config.COZE_API_URL).pathname === '/') {
     throw new ConfigError(`COZE_API_URL is an origin; it takes the token endpoint: ${new URL(config.COZE_API_URL).origin}/api/permission/oauth2/token`)
   }
-  if (config.RESEND_QUEUE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.RESEND_QUEUE_SECRET ?? '') && (config.RESEND_QUEUE_SECRET ?? '') !== '') {
+  // Without a secret queued delivery is off and says so (503 NOT_CONFIGURED, /ready); a wrong one stops the start.
+  const queueSecret = String(config.RESEND_QUEUE_SECRET)
+  if (config.RESEND_QUEUE === 'redis' && config.RESEND_QUEUE_SECRET !== undefined && queueSecret !== '' && !/^[A-Za-z0-9+/]{43}=$/.test(queueSecret)) {
     throw new ConfigError('RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
   }
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {

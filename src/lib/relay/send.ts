@@ -110,6 +110,18 @@ export type AttemptResult =
   | { answer: RelayAnswer, askedRetryInMs?: number | undefined }
   | { failure: ServiceError, connectionFailed: boolean }
 
+/**
+ * How long to wait before sending now again, or undefined to stop: only after a refused or reset connection, a
+ * 429 or 503, or Feishu's rate limit, and while attempts remain.
+ */
+function retryWait (result: AttemptResult, attemptNo: number, maxAttempts: number): number | undefined {
+  if (attemptNo >= maxAttempts) return undefined
+  if ('failure' in result) return result.connectionFailed ? backoffMillis(attemptNo) : undefined
+  const { answer } = result
+  const rateLimited = RETRY_STATUSES.has(answer.status) || (answer.status === 400 && feishuCode(answer.body) === FEISHU_RATE_LIMITED)
+  return rateLimited ? Math.min(result.askedRetryInMs ?? backoffMillis(attemptNo), MAX_RETRY_DELAY_MS) : undefined
+}
+
 /** The relay behind POST /resend: only to allowed destinations, checked again at connect time. */
 export function createRelay (options: RelayOptions): Relay {
   const agents = createPolicyAgents({ timeoutMs: options.timeoutMs, resolver: options.resolver })
@@ -175,24 +187,18 @@ export function createRelay (options: RelayOptions): Relay {
   }
 
   async function sendNow (prepared: PreparedRequest, maxAttempts: number, trace: RelayTrace): Promise<RelayAnswer> {
-    for (let attemptNo = 1; ; attemptNo++) {
-      const last = attemptNo >= maxAttempts
-      const result = await attempt(prepared, attemptNo, {}, trace)
-      if ('failure' in result) {
-        if (last || !result.connectionFailed) throw result.failure
-        await sleep(backoffMillis(attemptNo))
-        continue
-      }
-      const { answer } = result
-      const rateLimited = RETRY_STATUSES.has(answer.status) || (answer.status === 400 && feishuCode(answer.body) === FEISHU_RATE_LIMITED)
-      if (!last && rateLimited) {
-        await sleep(Math.min(result.askedRetryInMs ?? backoffMillis(attemptNo), MAX_RETRY_DELAY_MS))
-        continue
-      }
-      trace.upstream_status = answer.status
-      if (answer.status < 200 || answer.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...answer })
-      return answer
+    let attemptNo = 1
+    let result = await attempt(prepared, attemptNo, {}, trace)
+    for (let wait = retryWait(result, attemptNo, maxAttempts); wait !== undefined; wait = retryWait(result, attemptNo, maxAttempts)) {
+      await sleep(wait)
+      attemptNo++
+      result = await attempt(prepared, attemptNo, {}, trace)
     }
+    if ('failure' in result) throw result.failure
+    const { answer } = result
+    trace.upstream_status = answer.status
+    if (answer.status < 200 || answer.status > 299) throw new ServiceError('UPSTREAM_ERROR', { ...answer })
+    return answer
   }
 
   return {
