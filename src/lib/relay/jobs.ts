@@ -178,6 +178,8 @@ const unavailable = (cause: unknown): ServiceError => new ServiceError('SERVICE_
 async function deadline<T> (work: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`no answer within ${REDIS_DEADLINE_MS} ms`)) }, REDIS_DEADLINE_MS) })
+  // Past the deadline the work may still fail: that failure is nobody's (an unhandled rejection would end the process).
+  work.catch(() => {})
   return await Promise.race([work, late])
     .catch((err: unknown) => { throw unavailable(err) })
     .finally(() => { clearTimeout(timer) })
