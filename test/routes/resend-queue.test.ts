@@ -1,6 +1,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
+import { startPausableProxy } from '../fixtures/pausable-proxy.js'
 import { API_KEY, REDIS_URL, build, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
 
 const skip = await skipWithoutRedis()
@@ -196,6 +197,23 @@ t.test('RESEND_MAX_QUEUED bounds the queue; a Redis that does not answer is a 50
     queueCheck = (await away.call('GET', '/ready')).json().data.checks.resend_queue
   }
   t.equal(queueCheck, 'degraded', '/ready says so (degraded: ready for delivery now)')
+})
+
+t.test('a Redis that stops answering without closing: queued delivery is a 503 within the deadline, never a hang', { skip }, async (t) => {
+  const { hostname, port } = new URL(REDIS_URL)
+  const proxy = await startPausableProxy(t, { host: hostname, port: Number(port || 6379) })
+  const silent = await queued(t, (_request, res) => { sendJson(res, 200, {}) }, { REDIS_URL: `redis://127.0.0.1:${proxy.port}`, SHUTDOWN_GRACE_MS: 500 })
+  const { id } = (await silent.call('POST', '/resend', { location: at(silent.upstream, '/a'), params: {}, delivery: 'queued' })).json().data
+  proxy.pause()
+  t.teardown(() => { proxy.resume() })
+  for (const [method, url, payload] of [['POST', '/resend', { location: at(silent.upstream, '/b'), params: {}, delivery: 'queued' }], ['GET', `/resend/jobs/${String(id)}`, undefined], ['GET', '/resend/jobs', undefined]] as const) {
+    const started = Date.now()
+    const res = await silent.call(method, url, payload)
+    t.equal(res.statusCode, 503, `${method} ${url}`)
+    t.ok(Date.now() - started < 4500, `answered in ${Date.now() - started} ms`)
+  }
+  const now = await silent.call('POST', '/resend', { location: at(silent.upstream, '/c'), params: {} })
+  t.equal(now.statusCode, 200, 'delivery now goes on')
 })
 
 t.test('a Redis that may evict is named at start; one that refuses CONFIG GET is said once', { skip }, async (t) => {
