@@ -1,5 +1,6 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { startPausableProxy } from '../fixtures/pausable-proxy.js'
 import { API_KEY, REDIS_URL, build, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
@@ -214,6 +215,24 @@ t.test('a Redis that stops answering without closing: queued delivery is a 503 w
   }
   const now = await silent.call('POST', '/resend', { location: at(silent.upstream, '/c'), params: {} })
   t.equal(now.statusCode, 200, 'delivery now goes on')
+})
+
+t.test('the oldest age never counts a job that ended: a left-over entry is removed', { skip }, async (t) => {
+  const prefix = redisKeyPrefix(t, 'oldest')
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => { redis.disconnect() })
+  // As if a job ended while Redis did not take the removal of its entry.
+  await redis.zadd(`${prefix}resend-pending`, Date.now() - 3_600_000, randomUUID())
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 503, {}) })
+  const { app } = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: SECRET, REDIS_URL, REDIS_KEY_PREFIX: prefix, RESEND_WORKERS: 0 })
+  t.match((await app.inject('/metrics')).body, /\nresend_queue_oldest_age_seconds 0\n/)
+  t.equal(await redis.zcard(`${prefix}resend-pending`), 0, 'the entry is gone')
+  await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${upstream.url}/x`, params: {}, delivery: 'queued' } })
+  t.equal(await redis.zcard(`${prefix}resend-pending`), 1, 'a job waiting is counted')
+  await sleep(20)
+  const next = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`, RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: SECRET, REDIS_URL, REDIS_KEY_PREFIX: prefix, RESEND_WORKERS: 0 })
+  const age = Number(/\nresend_queue_oldest_age_seconds (\S+)\n/.exec((await next.app.inject('/metrics')).body)?.[1])
+  t.ok(age > 0 && age < 60, `its age is read (${age} s)`)
 })
 
 t.test('a Redis that may evict is named at start; one that refuses CONFIG GET is said once', { skip }, async (t) => {

@@ -216,13 +216,24 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
 
   let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0 }
   let acceptedSinceSnapshot = 0
+  // The oldest job not yet ended. Its entry is removed when the job ends, without waiting: one that outlived its
+  // job (Redis did not take the removal) is removed here, so that the age never counts an ended job.
+  async function oldestAge (): Promise<number> {
+    const [id, score] = await redis.zrange(since, 0, 0, 'WITHSCORES')
+    if (id === undefined) return 0
+    const state = await queue.getJobState(id)
+    if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return Math.max(0, (Date.now() - Number(score)) / 1000)
+    await redis.zrem(since, id)
+    return await oldestAge()
+  }
+
   async function readSnapshot (): Promise<void> {
     const counts = await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')
-    const oldest = await redis.zrange(since, 0, 0, 'WITHSCORES')
+    const oldestSeconds = await oldestAge()
     const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] as number), 0)
     snapshot = {
       counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
-      oldestSeconds: oldest.length === 2 ? Math.max(0, (Date.now() - Number(oldest[1])) / 1000) : 0
+      oldestSeconds
     }
     acceptedSinceSnapshot = 0
   }
