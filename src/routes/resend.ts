@@ -31,6 +31,8 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     if (resendJobs === null) throw new ServiceError('NOT_CONFIGURED', { reason: `queued delivery needs ${resendQueueMissing.join(' and ')}`, missing: resendQueueMissing })
     return resendJobs
   }
+  // What a job id and a limit are, in place of the validator's patterns.
+  const hints = { validationHints: { id: 'it takes the job id POST /resend gave (a UUID)', limit: 'it takes a whole number from 1 to 100' } }
   const jobSchema = (operationId: string, summary: string) => ({ operationId, summary, security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, params: JobParams, response: { 200: Envelope(JobData), ...errorResponses } })
 
   fastify.post('/resend', {
@@ -67,6 +69,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.get('/resend/jobs', {
     preHandler: gate,
+    config: hints,
     schema: { operationId: 'listResendJobs', summary: 'Queued jobs, newest first: the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, querystring: JobListQuery, response: { 200: Envelope(JobListData), ...errorResponses } }
   }, async (request, reply) => {
     // Summaries: a listing carries no answer (GET /resend/jobs/{id} does).
@@ -77,13 +80,13 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     exactly(reply, view.answer?.body)
     return reply.ok('RESEND_JOB', view)
   }
-  fastify.get('/resend/jobs/:id', { preHandler: gate, schema: jobSchema('getResendJob', 'A queued job: its status, attempts, and the destination\'s answer once delivered.') }, async (request, reply) => {
+  fastify.get('/resend/jobs/:id', { preHandler: gate, config: hints, schema: jobSchema('getResendJob', 'A queued job: its status, attempts, and the destination\'s answer once delivered.') }, async (request, reply) => {
     return answerJob(reply, await jobs().get(request.params.id, owner(request)))
   })
-  fastify.post('/resend/jobs/:id/retry', { preHandler: gate, schema: jobSchema('retryResendJob', 'Puts a failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed.') }, async (request, reply) => {
+  fastify.post('/resend/jobs/:id/retry', { preHandler: gate, config: hints, schema: jobSchema('retryResendJob', 'Puts a failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed.') }, async (request, reply) => {
     return answerJob(reply, await jobs().retry(request.params.id, owner(request)))
   })
-  fastify.delete('/resend/jobs/:id', { preHandler: gate, schema: jobSchema('cancelResendJob', 'Cancels a queued job (it is removed); 409 once it is delivering or has ended.') }, async (request, reply) => {
+  fastify.delete('/resend/jobs/:id', { preHandler: gate, config: hints, schema: jobSchema('cancelResendJob', 'Cancels a queued job (it is removed); 409 once it is delivering or has ended.') }, async (request, reply) => {
     return answerJob(reply, await jobs().cancel(request.params.id, owner(request)))
   })
 }
