@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
-import { freePort, jsonLine, rssMb, startNode, type Child } from './processes.js'
+import { type Child, freePort, jsonLine, rssMb, startNode } from './processes.js'
 
 /**
  * npm run bench:attacks: the hostile callers of docs/reliability.md against the built server, each while a prober

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import autocannon from 'autocannon'
 import { SignJWT } from 'jose'
 import { Pool } from 'undici'
-import { importRsaPrivateKey } from '../src/lib/coze-jwt.js'
+import { importRsaPrivateKey } from '../src/lib/coze/jwt.js'
 import { cpuMs, mainThreadCpuMs, rssMb } from './processes.js'
 
 /** How the bench measures: throughput beside a ceiling, one-at-a-time latency, the RS256 signing limit. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { measure, sequentialLatency, type Measured } from './measure.js'
+import { measure, type Measured, sequentialLatency } from './measure.js'
 
 /**
  * Queued delivery, measured: what accepting a job costs over validating it, how many jobs one instance accepts,

@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
-import { freePort, jsonLine, rssMb, startNode, type Child } from './processes.js'
+import { type Child, freePort, jsonLine, rssMb, startNode } from './processes.js'
 
 /**
  * npm run soak: at least 200,000 mixed requests against the built server (health, token with reuse, resend,

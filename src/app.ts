@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import sensible from '@fastify/sensible'
 import type { Dispatcher } from 'undici'
-import type { Resolver } from './lib/upstream-policy.js'
+import type { Resolver } from './lib/http/index.js'
 import apiKeys from './plugins/api-keys.js'
 import augment from './plugins/augment.js'
 import body from './plugins/body.js'

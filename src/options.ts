@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { LogController, type FastifyServerOptions } from 'fastify'
-import { DEFAULT_CONNECTION_LIMITS, createGuardedServer, type ConnectionLimits } from './lib/connection-guard.js'
+import { answerClientError, type ConnectionLimits, createGuardedServer, DEFAULT_CONNECTION_LIMITS, sendError } from './lib/http/index.js'
 import type { DestinationStream } from 'pino'
-import { answerClientError, sendError } from './lib/error-answers.js'
 import type { Config, TrustProxy } from './schemas/config.js'
 
 export interface ServerOptionsInput {
@@ -54,7 +53,7 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
     trustProxy,
-    // Connections are bounded before Fastify sees them (lib/connection-guard.ts); the timeouts Fastify would set
+    // Connections are bounded before Fastify sees them (lib/http/connection-guard.ts); the timeouts Fastify would set
     // on a server of its own are set here.
     serverFactory: (handler) => {
       const server = createGuardedServer(handler, connections, { requestTimeout: REQUEST_TIMEOUT_MS })

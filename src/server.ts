@@ -3,7 +3,7 @@ import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
 import { connectionLimits, serverOptions } from './options.js'
-import { loadConfig, trustProxySetting, type LoadedConfig } from './schemas/config.js'
+import { loadConfig, type LoadedConfig, trustProxySetting } from './schemas/config.js'
 
 let loaded: LoadedConfig
 try {

@@ -6,10 +6,10 @@ import fp from 'fastify-plugin'
 import t from 'tap'
 import app from '../src/app.js'
 import { serverOptions } from '../src/options.js'
-import { toServiceError } from '../src/lib/error-answers.js'
+import { toServiceError } from '../src/lib/http/error-answers.js'
 import errors from '../src/plugins/errors.js'
 import { ConfigSchema, didYouMean, loadConfig } from '../src/schemas/config.js'
-import { build, tempDir, testKeys, LogCapture } from './helper.js'
+import { build, LogCapture, tempDir, testKeys } from './helper.js'
 
 t.test('GET /health: cheap, the envelope, zh-CN by default and English on request', async (t) => {
   const { app } = await build(t)

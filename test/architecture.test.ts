@@ -42,3 +42,22 @@ t.test('every plugin is wiring: at most 60 lines of code', async (t) => {
     t.ok(code <= 60, `${name(file)}: ${code} lines of code`)
   }
 })
+
+// Each import of a file in src, as [importer, imported], both relative to src.
+const imports = files.flatMap((file) => [...(texts.get(file) as string).matchAll(/^(?:import|export)\s[^'"]*?from\s+'(\.{1,2}\/[^']+)'/gm)]
+  .map((match) => [name(file), name(resolve(dirname(file), (match[1] as string).replace(/\.js$/, '.ts')))] as const))
+
+t.test('lib imports nothing above it: no schemas, plugins or routes', async (t) => {
+  const upward = imports.filter(([from, to]) => from.startsWith('lib/') && !to.startsWith('lib/'))
+  t.same(upward, [], 'imports from lib into the layers that use it')
+  t.ok(imports.some(([from]) => from.startsWith('lib/')), 'lib has imports to check')
+})
+
+t.test('a system of lib is reached from outside through its index.ts', async (t) => {
+  const system = (path: string): string | undefined => /^lib\/([^/]+)\//.exec(path)?.[1]
+  const around = imports.filter(([from, to]) => system(to) !== undefined && system(from) !== system(to) && !to.endsWith('/index.ts'))
+  t.same(around, [], 'imports past a system\'s face')
+  const systems = new Set(files.map((file) => system(name(file))).filter((found) => found !== undefined))
+  t.same([...systems].sort(), ['augment', 'coze', 'http', 'ops', 'redis', 'relay'], 'the systems of lib')
+  t.same(files.filter((file) => /^lib\/[^/]+\.ts$/.test(name(file))).map(name), [], 'no file of lib outside a system')
+})

@@ -13,7 +13,7 @@ import fp from 'fastify-plugin'
 import { Redis } from 'ioredis'
 import app, { type AppOptions } from '../src/app.js'
 import { connectionLimits, serverOptions } from '../src/options.js'
-import { loadConfig, trustProxySetting, type Config } from '../src/schemas/config.js'
+import { type Config, loadConfig, trustProxySetting } from '../src/schemas/config.js'
 import { freePort } from './fixtures/ports.js'
 
 export { freePort }

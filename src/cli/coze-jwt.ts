@@ -3,12 +3,10 @@ import { realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import { PrivateKeyError, createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem } from '../lib/coze-jwt.js'
-import { isServiceError } from '../lib/errors.js'
+import { brokerTokenUrl, createCozeClient, createSigner, importRsaPrivateKey, keyLabel, PrivateKeyError, readPrivateKeyPem } from '../lib/coze/index.js'
+import { isServiceError } from '../lib/http/index.js'
 import { ConfigSchema, loadConfig } from '../schemas/config.js'
 import { MAX_DURATION_SECONDS } from '../schemas/token.js'
-import { brokerTokenUrl } from '../lib/broker.js'
-import { createCozeClient } from '../lib/coze-client.js'
 
 const DEFAULT_URL = ConfigSchema.properties.COZE_API_URL.default as string
 

@@ -1,8 +1,7 @@
 import type { FastifyRequest, preHandlerHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { createApiKeyVerifier, type ApiKeyVerifier } from '../lib/api-keys.js'
-import type { BrokerCaller, BrokerRoute } from '../lib/broker.js'
-import { ServiceError } from '../lib/errors.js'
+import { type ApiKeyVerifier, createApiKeyVerifier, ServiceError } from '../lib/http/index.js'
+import type { BrokerCaller, BrokerRoute } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

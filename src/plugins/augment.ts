@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
-import { createAugmentSignIn, type AugmentSignIn } from '../lib/augment-sign-in.js'
-import { parseAllowList, type Resolver } from '../lib/upstream-policy.js'
+import { type AugmentSignIn, createAugmentSignIn } from '../lib/augment/index.js'
+import { parseAllowList, type Resolver } from '../lib/http/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -6,8 +6,7 @@ declare module 'fastify' {
     bodyText: string | undefined
   }
 }
-import { ServiceError } from '../lib/errors.js'
-import { jsonDeeperThan } from '../lib/json-depth.js'
+import { jsonDeeperThan, ServiceError } from '../lib/http/index.js'
 
 /**
  * What a request body may be: JSON only (anything else is 415), at most BODY_LIMIT_BYTES, nested at most

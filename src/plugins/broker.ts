@@ -1,8 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
-import { createBroker, type Broker } from '../lib/broker.js'
-import { brokerCallers, importApps } from '../lib/broker-setup.js'
-import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../lib/token-store.js'
+import { type Broker, brokerCallers, createBroker, createMemoryTokenStore, createRedisTokenStore, importApps, type TokenStore } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { BrokerSetup } from '../lib/broker-setup.js'
+import type { BrokerSetup } from '../lib/coze/index.js'
 import type { Config } from '../schemas/config.js'
 import type { FeishuAppSetup } from '../schemas/feishu.js'
 

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import fp from 'fastify-plugin'
-import { GUARD_EVENT, type GuardReason } from '../lib/connection-guard.js'
+import { GUARD_EVENT, type GuardReason } from '../lib/http/index.js'
 
 // Answers larger than this are handed to the socket in chunks, so that a client reading slowly shows progress to
 // the write timeout (which sees a whole write as one step).
@@ -17,7 +17,7 @@ function inChunks (payload: Buffer): Readable {
 }
 
 /**
- * The connection guard's reports (lib/connection-guard.ts bounds the connections themselves): counted by reason,
+ * The connection guard's reports (lib/http/connection-guard.ts bounds the connections themselves): counted by reason,
  * and logged at most once a second per reason so that a flood cannot flood the logs. While the server closes,
  * every answer closes its connection.
  */

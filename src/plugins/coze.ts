@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
-import { createCozeClient, type CozeClient } from '../lib/coze-client.js'
+import { type CozeClient, createCozeClient } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,7 +1,7 @@
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import fp from 'fastify-plugin'
-import { SERVICE_LICENSE, SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
+import { SERVICE_LICENSE, SERVICE_NAME, SERVICE_VERSION } from '../lib/http/index.js'
 
 /** The OpenAPI 3 document, built from the routes' TypeBox schemas; the UI at /docs, the JSON at /docs/json. */
 export default fp(async function docs (fastify) {

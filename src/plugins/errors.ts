@@ -1,9 +1,6 @@
 import type { FastifyReply, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { sendError } from '../lib/error-answers.js'
-import { ServiceError } from '../lib/errors.js'
-import type { SuccessText } from '../lib/messages.js'
-import { errorEnvelope, successEnvelope } from '../schemas/envelope.js'
+import { errorEnvelope, sendError, ServiceError, successEnvelope, type SuccessText } from '../lib/http/index.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {

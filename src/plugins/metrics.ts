@@ -1,7 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
-import { createMetricsServer, createPrometheus, type Prometheus } from '../lib/prometheus.js'
-import { createServiceMetrics, disabledMetrics, type ServiceMetrics } from '../lib/service-metrics.js'
+import { createMetricsServer, createPrometheus, createServiceMetrics, disabledMetrics, type Prometheus, type ServiceMetrics } from '../lib/ops/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,6 +1,6 @@
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import fp from 'fastify-plugin'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError } from '../lib/http/index.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {

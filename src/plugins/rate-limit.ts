@@ -1,6 +1,6 @@
 import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError } from '../lib/http/index.js'
 
 /**
  * Per client IP (TRUST_PROXY decides whether X-Forwarded-For is believed). With STATE_STORE=redis the counters

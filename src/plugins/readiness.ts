@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createReadiness, type Readiness } from '../lib/readiness.js'
+import { createReadiness, type Readiness } from '../lib/ops/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,7 +1,6 @@
 import fastifyRedis from '@fastify/redis'
 import fp from 'fastify-plugin'
-import { guardRedis } from '../lib/redis-breaker.js'
-import { connectRedis } from '../lib/redis-connection.js'
+import { connectRedis, guardRedis } from '../lib/redis/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

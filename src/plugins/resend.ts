@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import { createRelayService, type JobQueue, type Relay } from '../lib/relay/index.js'
-import type { Resolver } from '../lib/upstream-policy.js'
+import type { Resolver } from '../lib/http/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

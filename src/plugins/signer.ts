@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem, type Signer } from '../lib/coze-jwt.js'
+import { createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem, type Signer } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

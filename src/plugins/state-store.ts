@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createMemoryStateStore, createRedisStateStore, type StateStore } from '../lib/state-store.js'
+import { createMemoryStateStore, createRedisStateStore, type StateStore } from '../lib/augment/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

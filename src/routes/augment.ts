@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError } from '../lib/http/index.js'
 import { logRef } from '../plugins/request-log.js'
 import { serves } from '../schemas/config.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'

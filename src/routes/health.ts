@@ -1,7 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
+import { SERVICE_NAME, SERVICE_VERSION, ServiceError } from '../lib/http/index.js'
 import { NEVER_SHED } from '../plugins/pressure.js'
-import { SERVICE_NAME, SERVICE_VERSION } from '../lib/service-info.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 import { HealthData, ReadyData } from '../schemas/health.js'
 

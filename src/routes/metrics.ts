@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ServiceError } from '../lib/errors.js'
+import { ServiceError } from '../lib/http/index.js'
 import { NEVER_SHED } from '../plugins/pressure.js'
 
 /** GET /metrics on the API port, unless METRICS_PORT gives the scrape a listener of its own. */

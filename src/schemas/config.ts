@@ -2,10 +2,10 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
-import { ConfigError } from '../lib/errors.js'
-import type { BrokerSetup } from '../lib/broker-setup.js'
+import { ConfigError } from '../lib/http/index.js'
+import type { BrokerSetup } from '../lib/coze/index.js'
 import { loadBrokerDocument, resolveBroker } from './broker.js'
-import { loadFeishuApps, type FeishuAppSetup } from './feishu.js'
+import { type FeishuAppSetup, loadFeishuApps } from './feishu.js'
 
 export { ConfigError }
 

@@ -1,6 +1,5 @@
 import { Type, type TSchema } from '@sinclair/typebox'
-import { ERROR_STATUS, type ErrorCode, type ServiceError } from '../lib/errors.js'
-import { messageFor, pickLocale, type SuccessText } from '../lib/messages.js'
+import { ERROR_STATUS, type ErrorCode } from '../lib/http/index.js'
 
 /** The one shape of every answer: `{ success, data, message }`. */
 export const Envelope = <T extends TSchema>(data: T) =>
@@ -23,18 +22,4 @@ export const ErrorEnvelope = Type.Object({
 export const errorResponses = {
   '4xx': Type.Ref(ErrorEnvelope),
   '5xx': Type.Ref(ErrorEnvelope)
-}
-
-/** A success answer: the data, and the message of `text` in the caller's language. */
-export function successEnvelope<T> (acceptLanguage: string | string[] | undefined, text: SuccessText, data: T): { success: true, data: T, message: string } {
-  return { success: true, data, message: messageFor(pickLocale(acceptLanguage), text) }
-}
-
-/** An error answer: the code, its details, and its message in the caller's language. */
-export function errorEnvelope (error: ServiceError, acceptLanguage: string | string[] | undefined) {
-  return {
-    success: false as const,
-    data: Object.assign({}, error.details, { error: error.code }),
-    message: messageFor(pickLocale(acceptLanguage), error.code, error.details)
-  }
 }

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs'
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { readConfigDocument } from '../lib/config-document.js'
-import { ConfigError } from '../lib/errors.js'
+import { readConfigDocument } from '../lib/ops/index.js'
+import { ConfigError } from '../lib/http/index.js'
 
 export const FEISHU_APP_NAME = '^[a-z0-9][a-z0-9-]{0,63}$'
 export const DEFAULT_FEISHU_BASE = 'https://open.feishu.cn'

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { createConfig, lintFromString } from '@redocly/openapi-core'
 import t from 'tap'
-import { ERROR_STATUS } from '../../src/lib/errors.js'
+import { ERROR_STATUS } from '../../src/lib/http/errors.js'
 import { build, stopChild, systemTool, tempDir, trackChild } from '../helper.js'
 
 t.test('the OpenAPI document passes Redocly\'s recommended rules with no error and no warning', async (t) => {

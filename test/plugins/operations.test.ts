@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { API_KEY, KID, REDIS_URL, build, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
+import { API_KEY, build, KID, REDIS_URL, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
 
 t.test('OpenAPI: every route with its answers, the UI at /docs; DOCS_ENABLED=false removes both', async (t) => {
   const { app } = await build(t)

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
-import { API_KEY, KID, build, sendJson, startUpstream, testKeys } from '../helper.js'
+import { API_KEY, build, KID, sendJson, startUpstream, testKeys } from '../helper.js'
 
 const TIMEOUT_MS = 400
 const unhandled: unknown[] = []

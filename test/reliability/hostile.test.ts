@@ -7,15 +7,15 @@ import t, { type Test } from 'tap'
 import { Agent, request } from 'undici'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
-import { ServiceError } from '../../src/lib/errors.js'
+import { ServiceError } from '../../src/lib/http/errors.js'
 import { MAX_MATCHED_VALUES } from '../../src/lib/relay/index.js'
 import { serverOptions } from '../../src/options.js'
-import { answerClientError } from '../../src/lib/error-answers.js'
+import { answerClientError } from '../../src/lib/http/error-answers.js'
 import errors from '../../src/plugins/errors.js'
 import { ResendHeaders } from '../../src/schemas/resend.js'
 import { privateResolver } from '../fixtures/ssrf.js'
 import { startServer } from '../fixtures/server-process.js'
-import { API_KEY, KID, LogCapture, build, sendJson, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, KID, LogCapture, sendJson, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
 
 // Attacks a hostile or careless caller can make, each once found to hurt the service; each must stay bounded.
 

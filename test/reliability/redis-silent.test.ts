@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { startPausableProxy } from '../fixtures/pausable-proxy.js'
-import { REDIS_URL, build, registerSecret, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
+import { build, REDIS_URL, registerSecret, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
 
 // A Redis that stops answering without closing its connection (a frozen process, a stalled network path) used to
 // cost every request its command timeout, for good: 2 s a /token, 4 s with the rate limiter in Redis too.

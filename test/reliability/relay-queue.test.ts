@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
-import { API_KEY, REDIS_URL, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startUpstream, type RecordedRequest, type Upstream } from '../helper.js'
-import { startServer, type Started } from '../fixtures/server-process.js'
+import { API_KEY, type RecordedRequest, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startUpstream, type Upstream } from '../helper.js'
+import { type Started, startServer } from '../fixtures/server-process.js'
 
 // Two instances on one Redis, a Feishu stand-in on loopback: what queued delivery promises, end to end.
 const skip = await skipWithoutRedis()

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { privateResolver, SSRF_TRICKS } from '../fixtures/ssrf.js'
-import { API_KEY, KID, REDIS_URL, build, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, KID, REDIS_URL, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
 
 const CODE = '_000baec407c57c4bf9a1b2c3d4e5f6a7b8'
 const tokenAnswer: UpstreamHandler = (_req, res) => { sendJson(res, 200, { access_token: 'augment-access-token-xyz', token_type: 'Bearer', expires_in: 3600 }) }

@@ -9,7 +9,7 @@ import { Agent } from 'undici'
 import t, { type Test } from 'tap'
 import { stringify as toYaml } from 'yaml'
 import { loadConfig } from '../../src/schemas/config.js'
-import { REDIS_URL, build, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, tempDir, type RecordedRequest } from '../helper.js'
+import { build, type RecordedRequest, REDIS_URL, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, tempDir } from '../helper.js'
 
 // Three key pairs: bills-cn signs with fp-1 (which Coze is told to refuse in the failover test) and fp-2.
 function pair (): { pem: string, publicKey: KeyObject } {

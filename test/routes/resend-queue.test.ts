@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { startPausableProxy } from '../fixtures/pausable-proxy.js'
-import { API_KEY, REDIS_URL, build, registerSecret, sendJson, redisKeyPrefix, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
 
 const skip = await skipWithoutRedis()
 const SECRET = randomBytes(32).toString('base64')

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { decodeProtectedHeader, jwtVerify } from 'jose'
 import t, { type Test } from 'tap'
-import { API_KEY, KID, build, sendJson, startUpstream, tempDir, testKeys, type RecordedRequest, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, KID, type RecordedRequest, sendJson, startUpstream, tempDir, testKeys, type UpstreamHandler } from '../helper.js'
 
 const TOKEN_PATH = '/api/permission/oauth2/token'
 const { pkcs8, pkcs1, publicKey } = testKeys()

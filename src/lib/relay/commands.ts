@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { mayLoseNumbers } from '../exact-json.js'
+import { mayLoseNumbers } from '../http/index.js'
 import type { JsonPathPool } from './json-path-pool.js'
 import type { JsonParseReport } from './json-path.js'
 

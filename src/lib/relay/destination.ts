@@ -1,5 +1,4 @@
-import { ServiceError } from '../errors.js'
-import { checkDestination, type PolicyEntry } from '../upstream-policy.js'
+import { checkDestination, type PolicyEntry, ServiceError } from '../http/index.js'
 
 /** The destination policy (RESEND_ALLOWED_HOSTS), as a caller meets it: allowed, or refused saying why. */
 

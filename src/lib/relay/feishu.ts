@@ -1,7 +1,6 @@
 import { Agent } from 'undici'
-import { ServiceError } from '../errors.js'
-import type { TokenStore } from '../token-store.js'
-import { exchangeJson } from '../upstream.js'
+import { exchangeJson, ServiceError } from '../http/index.js'
+import type { TokenStore } from '../coze/index.js'
 
 /** A Feishu app whose tenant_access_token the service fetches (FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps). */
 export interface FeishuApp {

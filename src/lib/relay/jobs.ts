@@ -1,33 +1,14 @@
 import { createHmac, hkdfSync, randomUUID } from 'node:crypto'
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
 import { Redis } from 'ioredis'
-import { ServiceError } from '../errors.js'
-import { RawJson } from '../exact-json.js'
-import { createSealer } from '../sealed.js'
-import { FEISHU_RATE_LIMITED, feishuCode, withClientToken } from './feishu.js'
+import { RawJson, ServiceError } from '../http/index.js'
+import { createSealer } from '../redis/index.js'
+import { withClientToken } from './feishu.js'
+import { judge, scheduledWait } from './verdict.js'
+import { JOB_STATUSES, STATES, iso, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
 import type { PreparedRequest } from './request.js'
 import type { AttemptResult, Relay, RelayAnswer } from './send.js'
 
-/** What a caller sees of a job. */
-export type JobStatus = 'queued' | 'delivering' | 'delivered' | 'failed'
-export const JOB_STATUSES: readonly JobStatus[] = ['queued', 'delivering', 'delivered', 'failed']
-
-export interface JobView {
-  id: string
-  /** `cancelled` only in the answer that cancelled it: the job is gone then. */
-  status: JobStatus | 'cancelled'
-  /** Attempts made so far. */
-  attempts: number
-  created_at: string
-  /** When the next attempt is due, while the job waits for one; null otherwise. */
-  next_attempt_at: string | null
-  /** Host and path (never the query, which may hold secrets). */
-  destination: string
-  last_attempt: { at: string, status?: number, error?: string } | null
-  /** The destination's answer: when delivered, and when it failed the job (a 4xx). */
-  answer?: { status: number, body: unknown }
-  status_url: string
-}
 
 /** The request as stored (sealed): what was checked and prepared at acceptance, sent as it is on every attempt. */
 interface Payload {
@@ -40,27 +21,8 @@ interface Payload {
   clientToken: string
 }
 
-/** A job's progress, kept beside it in the clear: counts and times, never a header, a body or an answer. */
-interface Progress {
-  attempts: number
-  /** Where RESEND_MAX_AGE counts from: acceptance, or the last manual retry. */
-  since: number
-  next_attempt_at?: number | undefined
-  last?: { at: number, status?: number, error?: string } | undefined
-}
 
-/** A delivered job's return value: small, so that a listing reads it cheaply (the answer is kept apart). */
-interface Delivered {
-  attempts: number
-  last: { at: number, status: number }
-}
 
-/** A job's name, in the clear: whose it is, and where it goes (host and path, as the logs say). */
-interface JobName { owner: string, destination: string }
-const nameOf = (job: { name: string }): JobName => {
-  const [owner, destination] = JSON.parse(job.name) as [string, string]
-  return { owner, destination }
-}
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
 interface StoredAnswer { status: number, body?: unknown, raw?: string }
@@ -115,8 +77,6 @@ export interface JobQueue {
   close (): Promise<void>
 }
 
-// The destination's answers that say "later": Feishu's rate limits, its write conflicts and timeouts.
-const FEISHU_LATER = new Set([FEISHU_RATE_LIMITED, 1254290, 1254291, 1254608, 1255040])
 const DELIVERED_KEEP_SECONDS = 86_400
 const FAILED_KEEP_SECONDS = 7 * 86_400
 const IDEMPOTENCY_MS = 86_400_000
@@ -125,52 +85,7 @@ export const LIST_SCAN = 1000
 const REDIS_DEADLINE_MS = 3000
 const OWNER_SHARED = '*'
 
-const STATES: Record<JobStatus, JobType[]> = {
-  queued: ['waiting', 'prioritized', 'delayed'],
-  delivering: ['active'],
-  delivered: ['completed'],
-  failed: ['failed']
-}
 
-const STATUS_OF: Record<string, JobStatus> = Object.fromEntries(JOB_STATUSES.flatMap((status) => STATES[status].map((state) => [state, status])))
-
-/* c8 ignore next - a job removed between two reads is 'unknown': it was queued a moment ago, or is gone */
-const statusOf = (state: string): JobStatus => STATUS_OF[state] ?? 'queued'
-
-/** How an attempt decides the job: delivered, tried again later, or failed now. */
-export type Verdict =
-  | { kind: 'delivered', answer: RelayAnswer }
-  | { kind: 'retry', askedMs?: number | undefined, last: { status?: number, error: string }, answer?: RelayAnswer }
-  | { kind: 'failed', last: { status?: number, error: string }, answer?: RelayAnswer }
-
-/**
- * Any failure to get an answer, 5xx, 429 and Feishu's "later" codes are tried again; a 2xx is delivered (unless a
- * Feishu answer's code says otherwise); any other answer fails the job at once, kept for the operator.
- */
-export function judge (result: AttemptResult, speaksFeishu: boolean): Verdict {
-  if ('failure' in result) return { kind: 'retry', last: { error: result.failure.code } }
-  const { answer } = result
-  const code = speaksFeishu ? feishuCode(answer.body) : undefined
-  if ((code !== undefined && FEISHU_LATER.has(code)) || answer.status >= 500 || answer.status === 429) {
-    return { kind: 'retry', askedMs: result.askedRetryInMs, last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
-  }
-  if (answer.status >= 200 && answer.status <= 299 && (code === undefined || code === 0)) return { kind: 'delivered', answer }
-  return { kind: 'failed', last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
-}
-
-/** The wait before attempt `attempt + 1`: the schedule's entry (the last repeats), ±20 % so retries spread out. */
-export function scheduledWait (scheduleMs: number[], attempt: number, random = Math.random()): number {
-  const base = scheduleMs[Math.min(attempt, scheduleMs.length) - 1] as number
-  return Math.round(base * (0.8 + 0.4 * random))
-}
-
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
-
-/** `5s`, `2m`, `1h`, `250ms`: milliseconds. */
-export function parseDuration (text: string): number {
-  const match = /^\s*(\d+)(ms|s|m|h|d)\s*$/.exec(text) as RegExpExecArray
-  return Number(match[1]) * (DURATION_UNITS[match[2] as string] as number)
-}
 
 const unavailable = (cause: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause })
 
@@ -185,7 +100,6 @@ async function deadline<T> (work: Promise<T>): Promise<T> {
     .finally(() => { clearTimeout(timer) })
 }
 
-const iso = (millis: number): string => new Date(millis).toISOString()
 
 /**
  * Queued delivery on BullMQ: the request is checked and prepared once, stored sealed under its job id, and tried
@@ -240,11 +154,6 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   await readSnapshot()
   const snapshotTimer = setInterval(() => { readSnapshot().catch(() => {}) }, options.snapshotMs ?? 5000).unref()
 
-  function progressOf (job: Pick<Job, 'progress' | 'timestamp'>): Progress {
-    const progress = job.progress as Partial<Progress> | number
-    if (typeof progress === 'object' && typeof progress.attempts === 'number') return progress as Progress
-    return { attempts: 0, since: job.timestamp }
-  }
 
   // The destination's answer, sealed under a key of its own, kept as long as the job.
   async function keepAnswer (id: string, answer: RelayAnswer, seconds: number): Promise<void> {
@@ -325,26 +234,6 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     return job
   }
 
-  /** What a caller sees of a job, from its small fields only: a listing never reads a request or an answer. */
-  function viewOf (job: Pick<Job, 'id' | 'name' | 'timestamp' | 'progress' | 'returnvalue' | 'failedReason' | 'finishedOn'>, status: JobStatus): JobView {
-    const id = job.id as string
-    const progress = progressOf(job)
-    const delivered = status === 'delivered' && typeof job.returnvalue === 'string' ? JSON.parse(job.returnvalue) as Delivered : undefined
-    const last = delivered?.last ?? progress.last
-    const view: JobView = {
-      id,
-      status,
-      attempts: delivered?.attempts ?? progress.attempts,
-      created_at: iso(job.timestamp),
-      next_attempt_at: status === 'queued' && progress.next_attempt_at !== undefined ? iso(progress.next_attempt_at) : null,
-      destination: nameOf(job).destination,
-      last_attempt: last === undefined ? null : { ...last, at: iso(last.at) },
-      status_url: `${options.statusPath}${id}`
-    }
-    // Failed before any attempt (unreadable, or taken over too many times): BullMQ's reason.
-    if (status === 'failed' && last === undefined) view.last_attempt = { at: iso(job.finishedOn as number), error: job.failedReason }
-    return view
-  }
 
   /** One job's view, with the destination's answer when one was kept. */
   async function withAnswer (view: JobView): Promise<JobView> {
@@ -361,7 +250,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     if ((status === 'delivered' || status === 'failed') && job.finishedOn === undefined) {
       job = await deadline(queue.getJob(job.id as string)) as Job<{ sealed: string }, string>
     }
-    return await withAnswer(viewOf(job, status))
+    return await withAnswer(viewOf(job, status, options.statusPath))
   }
 
   const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
@@ -398,7 +287,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       acceptedSinceSnapshot++
       redis.zadd(since, job.timestamp, id).catch(() => {})
       options.onJob?.('accepted')
-      return { view: viewOf(job, 'queued'), replayed: false }
+      return { view: viewOf(job, 'queued', options.statusPath), replayed: false }
     },
     async get (id, owner) {
       return await current(await find(id, owner))
@@ -423,7 +312,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
             returnvalue: returnvalue === null ? undefined : JSON.parse(returnvalue) as unknown,
             failedReason: String(failedReason),
             finishedOn: Number(finishedOn)
-          }, wanted))
+          }, wanted, options.statusPath))
         })
       }
       return views.sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, limit)
@@ -443,7 +332,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const job = await find(id, owner)
       const state = await deadline(job.getState())
       if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a queued job is cancelled`, status: statusOf(state) })
-      const view = viewOf(job, 'queued')
+      const view = viewOf(job, 'queued', options.statusPath)
       // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
       await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
       redis.zrem(since, id).catch(() => {})

@@ -1,7 +1,7 @@
 import { Piscina } from 'piscina'
 import type { JsonPathOutcome, JsonPathTask } from './json-path-worker.js'
 import { MAX_MATCHED_VALUES, type Rewritten } from './json-path.js'
-import { ServiceError } from '../errors.js'
+import { ServiceError } from '../http/index.js'
 
 export interface JsonPathPoolOptions {
   /** JSONPATH_WORKERS: threads evaluating at once. */

@@ -1,6 +1,5 @@
 import { JSONPathEnvironment, JSONPathError, type JSONPathNode, type JSONPathQuery, type JSONValue } from 'json-p3'
-import { DEFAULT_MAX_JSON_DEPTH, jsonDeeperThan } from '../json-depth.js'
-import { mayLoseNumbers, parseExact, stringifyExact } from '../exact-json.js'
+import { DEFAULT_MAX_JSON_DEPTH, jsonDeeperThan, mayLoseNumbers, parseExact, stringifyExact } from '../http/index.js'
 
 /** What all the expressions of one request may match together. */
 export const MAX_MATCHED_VALUES = 10_000

@@ -1,8 +1,9 @@
 import type { Redis } from 'ioredis'
-import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../token-store.js'
-import { parseAllowList, type Resolver } from '../upstream-policy.js'
+import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../coze/index.js'
+import { parseAllowList, type Resolver } from '../http/index.js'
 import { createFeishuTokens, type FeishuApp } from './feishu.js'
-import { createJobQueue, parseDuration, type JobQueue } from './jobs.js'
+import { createJobQueue, type JobQueue } from './jobs.js'
+import { parseDuration } from './verdict.js'
 import { createJsonPathPool } from './json-path-pool.js'
 import { createRelay, type Relay, type RelayTrace } from './send.js'
 

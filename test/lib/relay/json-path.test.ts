@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { compileJsonPath, rewriteParams, MAX_REPORTED_PATHS } from '../../../src/lib/relay/json-path.js'
+import { compileJsonPath, MAX_REPORTED_PATHS, rewriteParams } from '../../../src/lib/relay/json-path.js'
 
 interface ComplianceCase {
   name: string

@@ -2,7 +2,7 @@ import t from 'tap'
 import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
 import { outgoingHeaders } from '../../../src/lib/relay/request.js'
 import { backoffMillis, createRelay, isRetryableTransportError, retryAfterMillis } from '../../../src/lib/relay/send.js'
-import { parseAllowList } from '../../../src/lib/upstream-policy.js'
+import { parseAllowList } from '../../../src/lib/http/upstream-policy.js'
 import { sendJson, startUpstream } from '../../helper.js'
 
 t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async (t) => {

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import promClient, { Histogram, Registry } from 'prom-client'
-import { createApiKeyVerifier } from './api-keys.js'
-import { childrenOf } from './service-metrics.js'
+import { createApiKeyVerifier } from '../http/index.js'
+import { childrenOf } from './metrics.js'
 
 export interface Prometheus {
   registry: Registry

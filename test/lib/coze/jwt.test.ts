@@ -1,13 +1,11 @@
 import { generateKeyPairSync } from 'node:crypto'
-import { spawnSync } from 'node:child_process'
-import { chmod, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
 import t from 'tap'
-import { PrivateKeyError, createSigner, importRsaPrivateKey, keyLabel, readPrivateKeyPem } from '../../src/lib/coze-jwt.js'
-import { loadConfig } from '../../src/schemas/config.js'
-import { tempDir, testKeys } from '../helper.js'
+import { createSigner, importRsaPrivateKey, keyLabel, PrivateKeyError, readPrivateKeyPem } from '../../../src/lib/coze/jwt.js'
+import { loadConfig } from '../../../src/schemas/config.js'
+import { tempDir, testKeys } from '../../helper.js'
 
 t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that never quote the key', async (t) => {
   const { pkcs8, pkcs1 } = testKeys()
@@ -28,7 +26,7 @@ t.test('private keys: PKCS#8, PKCS#1, escaped newlines; clear refusals that neve
   t.notOk(err.message.includes(pkcs8.split('\n')[2] ?? '-'), 'the message does not quote the key')
 })
 
-t.test('a key file names its variable and its path; one this process may not read says why, with the uid and the mode', async (t) => {
+t.test('a key file names its variable and its path; one this process may not read says why, with the uid and the mode', { skip: process.geteuid?.() === 0 ? false : 'acting as uid 1000 needs root' }, async (t) => {
   const dir = await tempDir(t, 'aibill-key-file-')
   const publicFile = join(dir, 'public.pem')
   await writeFile(publicFile, generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }).toString())
@@ -36,15 +34,26 @@ t.test('a key file names its variable and its path; one this process may not rea
   await t.rejects(importRsaPrivateKey(await readPrivateKeyPem(source) as string, keyLabel(source)), { message: `JWT_PRIVATE_KEY_FILE (${publicFile}) is a public key or a certificate: give the private key of the pair (Coze keeps the public key and shows its fingerprint as the kid)` })
   t.equal(keyLabel({ pem: 'x', file: publicFile }), 'JWT_PRIVATE_KEY', 'the variable wins, and is named')
 
-  // As the image does: a key owned by root with mode 0600, read by uid 1000. (Root reads anything: a child is run as 1000.)
+  // As the image does: a key owned by root with mode 0600, read by uid 1000. Root reads anything, so the read is
+  // made with the effective uid set to 1000 for its duration (in this process: a child would need a Node and a
+  // checkout that uid can reach, which a checkout in a mode 0700 folder or under /root is not).
   const privateFile = join(dir, 'key.pem')
   await writeFile(privateFile, testKeys().pkcs8, { mode: 0o600 })
   await chmod(dir, 0o755)
-  // (A Node kept under /root, as CI's second one is, is out of uid 1000's reach: then the system's.)
-  const node = [process.execPath, '/usr/bin/node', '/usr/local/bin/node'].find((path) => spawnSync(path, ['-e', '0'], { uid: 1000, gid: 1000 }).status === 0)
-  if (node === undefined) return t.fail('no node binary that uid 1000 may run')
-  const child = spawnSync(node, [...process.execArgv, fileURLToPath(new URL('../fixtures/read-key.ts', import.meta.url)), privateFile], { uid: 1000, gid: 1000, encoding: 'utf8' })
-  t.equal(child.stdout.trim(), `JWT_PRIVATE_KEY_FILE (${privateFile}) cannot be read (EACCES): mode 0600, owner uid 0 gid 0, and this process runs as uid 1000. Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it`, child.stderr)
+  const hidden = join(dir, 'hidden')
+  await mkdir(hidden, { mode: 0o700 })
+  await writeFile(join(hidden, 'key.pem'), testKeys().pkcs8, { mode: 0o600 })
+  const asUid1000 = async (file: string): Promise<string> => {
+    process.seteuid?.(1000)
+    try {
+      return await readPrivateKeyPem({ file }).then(() => 'read', (err: Error) => err.message)
+    } finally {
+      process.seteuid?.(0)
+    }
+  }
+  t.equal(await asUid1000(privateFile), `JWT_PRIVATE_KEY_FILE (${privateFile}) cannot be read (EACCES): mode 0600, owner uid 0 gid 0, and this process runs as uid 1000. Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it`)
+  t.equal(await asUid1000(join(hidden, 'key.pem')), `JWT_PRIVATE_KEY_FILE (${join(hidden, 'key.pem')}) cannot be read (EACCES)`, 'a folder it may not enter: no mode to tell')
+  t.equal(process.geteuid?.(), 0, 'the test runs as root again')
 })
 
 t.test('a key that is not a usable private key says what it is and what to do', async (t) => {

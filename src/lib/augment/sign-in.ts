@@ -1,9 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { ServiceError, outcomeOf } from './errors.js'
+import { checkDestination, createPolicyAgents, exchangeJson, outcomeOf, type PolicyEntry, type Resolver, ServiceError } from '../http/index.js'
 import { buildAuthorizeUrl, createOAuthState, createPkcePair } from './pkce.js'
 import type { StateStore } from './state-store.js'
-import { exchangeJson } from './upstream.js'
-import { checkDestination, createPolicyAgents, type PolicyEntry, type Resolver } from './upstream-policy.js'
 
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 

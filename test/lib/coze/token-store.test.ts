@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { ServiceError } from '../../src/lib/errors.js'
-import { createMemoryTokenStore, createRedisTokenStore, reuseMillis, type TokenStore } from '../../src/lib/token-store.js'
-import { REDIS_URL, skipWithoutRedis } from '../helper.js'
+import { ServiceError } from '../../../src/lib/http/errors.js'
+import { createMemoryTokenStore, createRedisTokenStore, reuseMillis, type TokenStore } from '../../../src/lib/coze/token-store.js'
+import { REDIS_URL, skipWithoutRedis } from '../../helper.js'
 
 const token = (name: string, secondsLeft = 900) => ({ access_token: `czs_${name}_0123456789`, expires_in: Math.floor(Date.now() / 1000) + secondsLeft, token_type: 'Bearer' })
 

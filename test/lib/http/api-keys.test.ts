@@ -1,5 +1,5 @@
 import t from 'tap'
-import { createApiKeyVerifier } from '../../src/lib/api-keys.js'
+import { createApiKeyVerifier } from '../../../src/lib/http/api-keys.js'
 
 t.test('api keys: constant-time match against every configured key, nothing open', async (t) => {
   const none = createApiKeyVerifier(undefined)

@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { RedisUnavailableError, guardRedis } from '../../src/lib/redis-breaker.js'
-import { startPausableProxy } from '../fixtures/pausable-proxy.js'
-import { REDIS_URL, skipWithoutRedis } from '../helper.js'
+import { guardRedis, RedisUnavailableError } from '../../../src/lib/redis/breaker.js'
+import { startPausableProxy } from '../../fixtures/pausable-proxy.js'
+import { REDIS_URL, skipWithoutRedis } from '../../helper.js'
 
 t.test('the breaker: timeouts in a row open it, commands then fail at once, one PING closes it', { skip: await skipWithoutRedis() }, async (t) => {
   const { hostname, port } = new URL(REDIS_URL)

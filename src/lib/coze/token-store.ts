@@ -2,8 +2,8 @@ import { createHmac, hkdfSync, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
-import { ServiceError, type ErrorCode } from './errors.js'
-import { createSealer } from './sealed.js'
+import { type ErrorCode, ServiceError } from '../http/index.js'
+import { createSealer } from '../redis/index.js'
 
 export interface CozeToken {
   access_token: string

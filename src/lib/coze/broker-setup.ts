@@ -1,6 +1,6 @@
-import { brokerTokenUrl, wholeMatch, type BrokerApp, type BrokerCaller, type BrokerRoute } from './broker.js'
-import { createSigner, importRsaPrivateKey, readPrivateKeyPem } from './coze-jwt.js'
-import { ConfigError } from './errors.js'
+import { type BrokerApp, type BrokerCaller, type BrokerRoute, brokerTokenUrl, wholeMatch } from './broker.js'
+import { createSigner, importRsaPrivateKey, readPrivateKeyPem } from './jwt.js'
+import { ConfigError } from '../http/index.js'
 
 /** A key as the document names it, with its PEM when it comes from a variable. */
 export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }

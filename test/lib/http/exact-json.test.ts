@@ -1,5 +1,5 @@
 import t from 'tap'
-import { RawJson, mayLoseNumbers, parseExact, stringifyExact, stringifyWithRaw } from '../../src/lib/exact-json.js'
+import { mayLoseNumbers, parseExact, RawJson, stringifyExact, stringifyWithRaw } from '../../../src/lib/http/exact-json.js'
 
 t.test('mayLoseNumbers: 16 significant digits or a three-digit exponent; ordinary JSON is not', async (t) => {
   for (const text of ['{"id":12345678901234567891}', '[1234567890.123456]', '{"f":1e400}', '[1E-308]', '{"s":"0000000000000000"}']) t.ok(mayLoseNumbers(text), text)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { challengeFor, createOAuthState, createPkcePair, randomBase64url } from '../../src/lib/pkce.js'
+import { challengeFor, createOAuthState, createPkcePair, randomBase64url } from '../../../src/lib/augment/pkce.js'
 
 t.test('PKCE: a 32-byte verifier, its S256 challenge, a 16-byte state, never twice the same', async (t) => {
   const seen = new Set<string>()

@@ -1,9 +1,8 @@
 import { RE2JS } from 're2js'
 import type { Dispatcher } from 'undici'
-import { matchKeyDigest } from './api-keys.js'
-import { JWT_BEARER_GRANT, cozePool, isUnknownKid, postCozeExchange } from './coze-client.js'
-import type { Signer } from './coze-jwt.js'
-import { ServiceError, outcomeOf } from './errors.js'
+import { matchKeyDigest, outcomeOf, ServiceError } from '../http/index.js'
+import { cozePool, isUnknownKid, JWT_BEARER_GRANT, postCozeExchange } from './client.js'
+import type { Signer } from './jwt.js'
 import type { CozeToken, StoreOutcome, TokenStore } from './token-store.js'
 
 export type BrokerRoute = 'token' | 'resend' | 'augment'

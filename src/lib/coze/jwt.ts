@@ -26,13 +26,11 @@ export function keyLabel (source: PrivateKeySource): string {
 /** Why a key file cannot be read: for a permission refusal, its mode and owner and who this process is. */
 async function whyUnreadable (file: string, err: NodeJS.ErrnoException): Promise<string> {
   if (err.code !== 'EACCES') return `cannot be read (${String(err.code)})`
-  /* c8 ignore start - tested by a child run as uid 1000 (root reads anything), whose coverage is not collected */
   const found = await stat(file).catch(() => undefined)
   if (found === undefined) return 'cannot be read (EACCES)'
   const mode = (found.mode & 0o777).toString(8).padStart(4, '0')
-  return `cannot be read (EACCES): mode ${mode}, owner uid ${found.uid} gid ${found.gid}, and this process runs as uid ${String(process.getuid?.())}. ` +
+  return `cannot be read (EACCES): mode ${mode}, owner uid ${found.uid} gid ${found.gid}, and this process runs as uid ${String(process.geteuid?.())}. ` +
     'Make it readable by that uid (in the image: uid 1000), e.g. chown 1000 on the file, or chmod 0444 where only the container sees it'
-  /* c8 ignore stop - end of the EACCES explanation */
 }
 
 /** Reads the key from the variable or the file. Returns undefined when neither is set. */

@@ -1,9 +1,9 @@
 import { STATUS_CODES as HTTP_REASONS } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { ServiceError, isServiceError, type ErrorCode } from './errors.js'
+import { type ErrorCode, isServiceError, ServiceError } from './errors.js'
+import { errorEnvelope } from './envelope.js'
 import { stringifyWithRaw } from './exact-json.js'
-import { errorEnvelope } from '../schemas/envelope.js'
 
 /**
  * How anything that goes wrong becomes the envelope: Fastify's errors and validation failures mapped to the

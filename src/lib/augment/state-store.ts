@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
-import { ServiceError } from './errors.js'
+import { ServiceError } from '../http/index.js'
 
 export interface OAuthStateRecord {
   verifier: string

@@ -1,8 +1,7 @@
 import { Pool, type Dispatcher } from 'undici'
-import type { Signer } from './coze-jwt.js'
-import { ServiceError, outcomeOf } from './errors.js'
-import { createMemoryTokenStore, reuseMillis, type CozeExchange, type StoreOutcome } from './token-store.js'
-import { exchangeJson } from './upstream.js'
+import type { Signer } from './jwt.js'
+import { exchangeJson, outcomeOf, ServiceError } from '../http/index.js'
+import { type CozeExchange, createMemoryTokenStore, reuseMillis, type StoreOutcome } from './token-store.js'
 
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 // Coze's answers are a few hundred bytes; anything near this is not a token answer.

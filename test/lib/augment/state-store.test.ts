@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { createMemoryStateStore, createRedisStateStore, type StateStore } from '../../src/lib/state-store.js'
-import { REDIS_URL, skipWithoutRedis } from '../helper.js'
+import { createMemoryStateStore, createRedisStateStore, type StateStore } from '../../../src/lib/augment/state-store.js'
+import { REDIS_URL, skipWithoutRedis } from '../../helper.js'
 
 type StoreFactory = (t: Test, options: { maxEntries: number, validityMs: number, graceMs: number }) => Promise<StateStore>
 

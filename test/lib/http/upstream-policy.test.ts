@@ -1,7 +1,7 @@
 import t from 'tap'
 import {
   DestinationRefusedError, checkDestination, createPolicyLookup, isDestinationRefusal, isPublicAddress, parseAllowList, systemResolver
-} from '../../src/lib/upstream-policy.js'
+} from '../../../src/lib/http/upstream-policy.js'
 
 t.test('allow-list entries: host, *.suffix, host:port, explicit origins, *', async (t) => {
   t.same(parseAllowList('V', ' open.feishu.cn , *.Larksuite.com,,api.example.com:8443, http://127.0.0.1:9000 ,https://[::1]:8443,*'), [

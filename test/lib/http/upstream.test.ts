@@ -1,5 +1,5 @@
 import t from 'tap'
-import { isTimeout, jsonObject, readBodyLimited, transportError } from '../../src/lib/upstream.js'
+import { isTimeout, jsonObject, readBodyLimited, transportError } from '../../../src/lib/http/upstream.js'
 
 t.test('upstream helpers: bounded reads and timeout classification', async (t) => {
   async function * chunks (...parts: string[]) { for (const part of parts) yield Buffer.from(part) }

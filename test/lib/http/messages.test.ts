@@ -1,7 +1,7 @@
 import t from 'tap'
-import { ServiceError, outcomeOf } from '../../src/lib/errors.js'
-import { messageFor, pickLocale } from '../../src/lib/messages.js'
-import { trustProxySetting } from '../../src/schemas/config.js'
+import { outcomeOf, ServiceError } from '../../../src/lib/http/errors.js'
+import { messageFor, pickLocale } from '../../../src/lib/http/messages.js'
+import { trustProxySetting } from '../../../src/schemas/config.js'
 
 t.test('messages: one catalog, two languages', async (t) => {
   t.equal(pickLocale(undefined), 'zh-CN')

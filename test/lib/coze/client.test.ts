@@ -1,7 +1,7 @@
 import t from 'tap'
-import { createCozeClient, isUnknownKid } from '../../src/lib/coze-client.js'
-import { ServiceError } from '../../src/lib/errors.js'
-import { createReadiness } from '../../src/lib/readiness.js'
+import { createCozeClient, isUnknownKid } from '../../../src/lib/coze/client.js'
+import { ServiceError } from '../../../src/lib/http/errors.js'
+import { createReadiness } from '../../../src/lib/ops/readiness.js'
 
 t.test('coze client without a signer answers NOT_CONFIGURED; readiness checks time out', async (t) => {
   const client = createCozeClient({ url: 'http://127.0.0.1:9/token', timeoutMs: 1000, signer: null, issuer: { appId: 'i' }, audience: 'a', jwtTtlSeconds: 60, reuseSeconds: 0 })

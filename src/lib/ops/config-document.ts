@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import { parseDocument } from 'yaml'
-import { ConfigError } from './errors.js'
+import { ConfigError } from '../http/index.js'
 
 /**
  * A configuration document from a file (JSON, or YAML by its extension) or from a variable's inline JSON. An

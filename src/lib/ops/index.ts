@@ -1,0 +1,8 @@
+/**
+ * What the operator sees: the service's counters (`metrics.ts`), the Prometheus registry and scrape
+ * (`prometheus.ts`), the checks behind GET /ready (`readiness.ts`), and the reader of the configuration documents.
+ */
+export { readConfigDocument } from './config-document.js'
+export { createServiceMetrics, disabledMetrics, type ServiceMetrics } from './metrics.js'
+export { createMetricsServer, createPrometheus, type Prometheus } from './prometheus.js'
+export { configurationStatus, createReadiness, type Readiness } from './readiness.js'

@@ -1,0 +1,7 @@
+/**
+ * Redis as the service uses it: one connection made at start (`connection.ts`), a breaker that makes a silent
+ * Redis fail fast for every user at once (`breaker.ts`), and values sealed at rest (`sealed.ts`).
+ */
+export { guardRedis } from './breaker.js'
+export { connectRedis } from './connection.js'
+export { createSealer } from './sealed.js'
