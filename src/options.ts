@@ -77,12 +77,13 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
 }
 
 /** The bounds on connections that the configuration sets. */
-export function connectionLimits (config: Pick<Config, 'MAX_CONNECTIONS' | 'MAX_CONNECTIONS_PER_IP' | 'HEADERS_TIMEOUT_MS' | 'WRITE_TIMEOUT_MS'>): ConnectionLimits {
+export function connectionLimits (config: Pick<Config, 'MAX_CONNECTIONS' | 'MAX_CONNECTIONS_PER_IP' | 'HEADERS_TIMEOUT_MS' | 'WRITE_TIMEOUT_MS' | 'BODY_LIMIT_BYTES'>): ConnectionLimits {
   return {
     ...DEFAULT_CONNECTION_LIMITS,
     maxConnections: config.MAX_CONNECTIONS,
     maxConnectionsPerAddress: config.MAX_CONNECTIONS_PER_IP,
     headersTimeoutMs: config.HEADERS_TIMEOUT_MS,
-    writeTimeoutMs: config.WRITE_TIMEOUT_MS
+    writeTimeoutMs: config.WRITE_TIMEOUT_MS,
+    bodyLimitBytes: config.BODY_LIMIT_BYTES
   }
 }

@@ -71,7 +71,8 @@ t.test('what Fastify itself answers is the envelope too', async (t) => {
     [post('public_key=x', 'application/x-www-form-urlencoded'), 415, 'UNSUPPORTED_MEDIA_TYPE'],
     [post('hello', 'text/plain'), 415, 'UNSUPPORTED_MEDIA_TYPE'],
     [post(JSON.stringify({ public_key: 'x'.repeat(2048) })), 413, 'PAYLOAD_TOO_LARGE'],
-    [post('[1, 2, 3]'), 400, 'VALIDATION_FAILED'],
+    // The caller's key is checked before the body's shape: here none is configured.
+    [post('[1, 2, 3]'), 503, 'NOT_CONFIGURED'],
     [app.inject({ method: 'GET', url: '/%c0' }), 400, 'BAD_REQUEST']
   ]
   for (const [pending, status, code] of cases) {
@@ -159,10 +160,10 @@ t.test('server options: pretty logs only on a terminal, and never in tests', asy
   t.notOk('transport' in (serverOptions().logger as object))
 })
 
-t.test('a route may replace the reason of a validation failure', async (t) => {
+t.test('a route may replace the details of a validation failure', async (t) => {
   const issue = { instancePath: '', keyword: 'required', params: { missingProperty: 'code' }, message: 'x' }
   const err = Object.assign(new Error('invalid'), { validation: [issue], validationContext: 'body', code: 'FST_ERR_VALIDATION' }) as unknown as FastifyError
-  t.match(toServiceError(err, 'code, state are required'), { code: 'VALIDATION_FAILED', details: { field: 'code', reason: 'code, state are required' } })
+  t.same(toServiceError(err, { field: 'body', reason: 'code, state are required' }).details, { field: 'body', reason: 'code, state are required' })
   t.match(toServiceError(err), { details: { field: 'code', reason: 'code is required' } })
 })
 
@@ -194,4 +195,19 @@ t.test('the README and docs/configuration.md name every variable of the configur
     const missing = Object.keys(ConfigSchema.properties).filter((name) => !new RegExp(`\`${name}\``).test(text))
     t.same(missing, [], `${file} names every variable`)
   }
+})
+
+t.test('an empty variable is an unset one, every variable: a .env with all of them present and empty starts on the defaults', async (t) => {
+  const dir = await tempDir(t, 'aibill-empty-env-')
+  const names = Object.keys(ConfigSchema.properties)
+  await writeFile(join(dir, '.env'), names.map((name) => `${name}=`).join('\n'))
+  const { config, broker, feishuApps } = loadConfig({ env: {}, dotenvPath: join(dir, '.env') })
+  const defaults = loadConfig({ env: false }).config
+  t.same(config, defaults, 'every value the default')
+  t.same([broker, feishuApps], [null, []])
+  // The newcomer's case: COZE_API_URL= left from the quick start, and an empty variable in the environment
+  // leaves .env's value in place.
+  await writeFile(join(dir, '.env'), 'COZE_API_URL=\nCOZE_APP_ID=1150000000001\nPORT=9100\n')
+  const mixed = loadConfig({ env: { PORT: '', COZE_APP_ID: '' }, dotenvPath: join(dir, '.env') }).config
+  t.same([mixed.COZE_API_URL, mixed.COZE_APP_ID, mixed.PORT], ['https://api.coze.cn/api/permission/oauth2/token', '1150000000001', 9100])
 })

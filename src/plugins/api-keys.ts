@@ -1,7 +1,7 @@
-import type { FastifyRequest, preHandlerHookHandler } from 'fastify'
+import type { FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { type ApiKeyVerifier, createApiKeyVerifier, ServiceError } from '../lib/http/index.js'
-import type { BrokerCaller, BrokerRoute } from '../lib/coze/index.js'
+import type { Broker, BrokerCaller, BrokerRoute } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -9,10 +9,12 @@ declare module 'fastify' {
     /** What the key-protected routes still need to tell callers apart (EXPECTED_COZE_API_KEY); empty when set. */
     callersMissing: string[]
     /**
-     * The preHandler of a group of routes. Single-app mode: a key of EXPECTED_COZE_API_KEY opens token and resend,
-     * and the sign-in needs none (undefined). Broker mode: a caller's key opens exactly the caller's routes.
+     * The hooks of a group of routes, before any validation: a key in a header is checked on arrival (onRequest),
+     * one in the body once it is parsed (preValidation), so that no caller without a valid key learns the shape of
+     * the API. Single-app mode: a key of EXPECTED_COZE_API_KEY opens token and resend, and the sign-in needs none
+     * (no hooks). Broker mode: a caller's key opens exactly the caller's routes.
      */
-    callerGate (route: BrokerRoute): preHandlerHookHandler | undefined
+    callerGate (route: BrokerRoute): CallerGate
   }
   interface FastifyRequest {
     /** Single-app mode: the key presented and its place in EXPECTED_COZE_API_KEY, once the gate passed. */
@@ -22,11 +24,22 @@ declare module 'fastify' {
   }
 }
 
-/** X-API-Key, else `Authorization: Bearer`, else the body's coze_api_key (kept for callers of the original services). */
-function presentedKey (request: FastifyRequest): string {
+/** The hooks a route spreads into its options (none for a route that takes no key). */
+export interface CallerGate {
+  onRequest?: onRequestHookHandler[]
+  preValidation?: preValidationHookHandler[]
+}
+
+/** X-API-Key, else `Authorization: Bearer` (undefined when neither is sent). */
+function headerKey (request: FastifyRequest): string | undefined {
   const { headers } = request
-  const header = headers['x-api-key'] ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
-  const presented = header ?? (request.body as { coze_api_key?: unknown } | undefined)?.coze_api_key
+  const key = headers['x-api-key'] ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
+  return Array.isArray(key) ? '' : key
+}
+
+/** The body's coze_api_key (kept for callers of the original services), once the body is parsed. */
+function bodyKey (request: FastifyRequest): string {
+  const presented = (request.body as { coze_api_key?: unknown } | undefined)?.coze_api_key
   return typeof presented === 'string' ? presented : ''
 }
 
@@ -40,27 +53,38 @@ export default fp(async function apiKeys (fastify) {
   fastify.decorateRequest('brokerCaller', null)
   if (broker === null && !verifier.configured) fastify.log.warn('no EXPECTED_COZE_API_KEY: /token and /resend answer 503 NOT_CONFIGURED')
 
-  const sharedKey: preHandlerHookHandler = function sharedKey (request, _reply, done) {
-    if (!verifier.configured) { done(new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })); return }
-    const key = presentedKey(request)
+  // Decides one request: undefined when it may go on, else the refusal.
+  const sharedKey = (request: FastifyRequest, key: string): ServiceError | undefined => {
+    if (!verifier.configured) return new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
     const index = verifier.match(key)
-    if (index < 0) { done(new ServiceError('UNAUTHORIZED')); return }
+    if (index < 0) return new ServiceError('UNAUTHORIZED')
     request.caller = { key, index }
-    done()
+    return undefined
   }
-  fastify.decorate('callerGate', (route: BrokerRoute): preHandlerHookHandler | undefined => {
-    if (broker === null) return route === 'augment' ? undefined : sharedKey
-    return function brokerCaller (request, _reply, done) {
-      const caller = broker.authenticate(presentedKey(request))
-      if (caller === null) { done(new ServiceError('UNAUTHORIZED')); return }
-      try {
-        broker.authorizeRoute(caller, route)
-      } catch (err) {
-        done(err as ServiceError)
-        return
-      }
-      request.brokerCaller = caller
-      done()
+  const brokerCaller = (route: BrokerRoute) => (request: FastifyRequest, key: string): ServiceError | undefined => {
+    const caller = (broker as Broker).authenticate(key)
+    if (caller === null) return new ServiceError('UNAUTHORIZED')
+    try {
+      (broker as Broker).authorizeRoute(caller, route)
+    } catch (err) {
+      return err as ServiceError
+    }
+    request.brokerCaller = caller
+    return undefined
+  }
+  const decided = (request: FastifyRequest): boolean => request.caller !== null || request.brokerCaller !== null
+  fastify.decorate('callerGate', (route: BrokerRoute): CallerGate => {
+    if (broker === null && route === 'augment') return {}
+    const decide = broker === null ? sharedKey : brokerCaller(route)
+    return {
+      // A key in a header is decided before the body is read; without one, the body's key once it is parsed.
+      onRequest: [function callerKeyHeader (request, _reply, done) {
+        const key = headerKey(request)
+        done(key === undefined ? undefined : decide(request, key))
+      }],
+      preValidation: [function callerKeyBody (request, _reply, done) {
+        done(decided(request) ? undefined : decide(request, bodyKey(request)))
+      }]
     }
   })
 }, { name: 'api-keys', fastify: '5.x', dependencies: ['config', 'broker'] })

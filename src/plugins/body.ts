@@ -5,6 +5,10 @@ declare module 'fastify' {
     /** The JSON body as it arrived: the relay sends params from it, so numbers a parse would change stay exact. */
     bodyText: string | undefined
   }
+  interface FastifyContextConfig {
+    /** A route that takes no body: an empty one with Content-Type: application/json is no body (as curl sends). */
+    bodiless?: boolean
+  }
 }
 import { jsonDeeperThan, ServiceError } from '../lib/http/index.js'
 
@@ -22,6 +26,10 @@ export default fp(async function body (fastify) {
   fastify.removeContentTypeParser('application/json')
   fastify.decorateRequest('bodyText', undefined)
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, text, done) => {
+    if (text === '' && request.routeOptions.config.bodiless === true) {
+      done(null, undefined)
+      return
+    }
     if (jsonDeeperThan(text as string, BODY_MAX_DEPTH)) {
       done(new ServiceError('VALIDATION_FAILED', { field: 'body', reason: `the body nests deeper than ${BODY_MAX_DEPTH} levels`, limit: BODY_MAX_DEPTH }), undefined)
       return

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { Dispatcher } from 'undici'
 import { type Broker, brokerCallers, createBroker, createMemoryTokenStore, createRedisTokenStore, importApps, type TokenStore } from '../lib/coze/index.js'
+import { redisReadiness } from '../lib/redis/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -38,7 +39,8 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
     })
   }
   serviceMetrics.gauge('token_cache_degraded', 'Whether the shared token cache has fallen back to this instance\'s memory (1) or not (0)', () => (store.status() === 'degraded' ? 1 : 0))
-  fastify.readiness.add('token_cache', async () => store.status())
+  // With Redis: a real round trip; while it fails each instance caches on its own (degraded, still ready).
+  fastify.readiness.add('token_cache', async () => (config.TOKEN_CACHE === 'redis' ? await redisReadiness(fastify.redis, 'token-cache:probe', 'degraded') : 'ok'))
 
   const apps = await importApps(setup)
   for (const app of apps) fastify.log.info({ upstream: 'coze', app: app.name, app_id: app.appId, token_url: app.tokenUrl.href, kids: app.keys.map((key) => key.kid), audience: app.audience }, 'upstream configured')

@@ -4,8 +4,8 @@ import { errorEnvelope, sendError, ServiceError, successEnvelope, type SuccessTe
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** Replaces the generated reason of a schema validation failure on this route. */
-    validationReason?: string
+    /** Replaces the details (field, reason) of a schema validation failure on this route. */
+    validationDetails?: Record<string, unknown>
     /** Said after the reason when validation fails on the field named (a hint at the usual mistake). */
     validationHints?: Record<string, string>
   }

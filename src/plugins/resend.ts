@@ -21,6 +21,9 @@ export interface ResendPluginOptions {
 export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   const { config, log, serviceMetrics } = fastify
   const missing = [config.RESEND_QUEUE === 'redis' ? '' : 'RESEND_QUEUE=redis', (config.RESEND_QUEUE_SECRET ?? '') !== '' ? '' : 'RESEND_QUEUE_SECRET'].filter(Boolean)
+  // A broker caller holds its max_queued_bytes, a quarter of the bound by default; single-app mode, the bound.
+  const shares = new Map((fastify.brokerSetup?.callers ?? []).map((caller) => [caller.name, caller.maxQueuedBytes ?? Math.floor(config.RESEND_MAX_QUEUED_BYTES / 4)]))
+  const ownerMaxBytes = (owner: string): number => shares.get(owner) ?? config.RESEND_MAX_QUEUED_BYTES
   const redisSecret = config.RESEND_QUEUE === 'redis' && missing.length === 0 ? config.RESEND_QUEUE_SECRET : config.TOKEN_CACHE === 'redis' ? config.TOKEN_CACHE_SECRET : undefined
   const service = await createRelayService({
     allowedHosts: config.RESEND_ALLOWED_HOSTS,
@@ -31,15 +34,20 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     jsonPathWorkers: config.JSONPATH_WORKERS,
     jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
     feishuApps: fastify.feishuApps,
-    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, closeGraceMs: config.SHUTDOWN_GRACE_MS },
+    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS },
     redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
     onOutcome: serviceMetrics.resend,
     onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') },
     onJob: serviceMetrics.resendJob,
     onFeishuFetch: serviceMetrics.feishuTokenFetch,
+    onFeishuSettingsRefused: (app, code, msg) => { log.error({ feishu_app: app, feishu_code: code, feishu_msg: msg }, 'Feishu refuses the app\'s id or secret: fix its settings (queued jobs that need its token fail at once)') },
     onWarning: (message) => { log.warn(message) },
-    onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') }
+    onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') },
+    onWritesRefused: (refused) => {
+      if (refused) log.error('resend queue: Redis refuses writes (maxmemory reached): queued delivery answers 503 until it has room')
+      else log.info('resend queue: Redis takes writes again')
+    }
   })
   log.info({ upstream: 'resend', allowed_hosts: config.RESEND_ALLOWED_HOSTS, queue: service.jobs === null ? 'off' : 'redis', feishu_apps: fastify.feishuApps.map((app) => `${app.name} ${app.appId} ${app.base.origin}`) }, 'upstream configured')
   fastify.decorate('relay', service.relay)
@@ -49,6 +57,8 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   if (jobs !== null) {
     serviceMetrics.gaugeByLabel('resend_queue_jobs', 'Queued delivery jobs by status (queued, delivering, delivered, failed), read every 5 s', 'status', () => jobs.snapshot().counts)
     serviceMetrics.gauge('resend_queue_oldest_age_seconds', 'Age of the oldest job not yet delivered or failed, read every 5 s', () => jobs.snapshot().oldestSeconds)
+    serviceMetrics.gauge('resend_queue_bytes', 'Bytes queued delivery keeps in Redis (requests and kept answers), read every 5 s; bounded by RESEND_MAX_QUEUED_BYTES', () => jobs.snapshot().bytes)
+    serviceMetrics.gauge('redis_writes_refused', 'Whether Redis refused the queue\'s last write for memory (maxmemory): 1, or 0', () => (jobs.writesRefused ? 1 : 0))
   }
   fastify.addHook('onClose', async () => { await service.close() })
 }, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics'] })

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
-import { createMemoryStateStore, createRedisStateStore, type StateStore } from '../lib/augment/index.js'
+import { STATE_KEY_PREFIX as KEY_PREFIX, createMemoryStateStore, createRedisStateStore, type StateStore } from '../lib/augment/index.js'
+import { redisReadiness } from '../lib/redis/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -20,6 +21,7 @@ export default fp(async function stateStore (fastify) {
     store = memory
   }
   fastify.decorate('stateStore', store)
-  fastify.readiness.add('state_store', async () => (await store.isAvailable() ? 'ok' : 'down'))
+  // A real round trip in Redis: a PING answers where no key can be kept (full, or a cluster node that owns none).
+  fastify.readiness.add('state_store', async () => (config.STATE_STORE === 'redis' ? await redisReadiness(fastify.redis, `${KEY_PREFIX}probe`, 'down') : 'ok'))
   fastify.addHook('onClose', async () => { await store.close() })
 }, { name: 'state-store', fastify: '5.x', dependencies: ['config', 'readiness', 'metrics', 'redis'] })

@@ -5,7 +5,8 @@ import { serves } from '../schemas/config.js'
 import { AuthUrlData, AuthUrlQuery, CompleteAuthBody, CompleteAuthData } from '../schemas/augment.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
 
-const REQUIRED_FIELDS = 'code, state, tenant_url 都是必需的'
+// The original service's words (zh: `无效的请求数据: code, state, tenant_url 都是必需的`), from the catalogue.
+const REQUIRED_FIELDS = { field: 'body', required: ['code', 'state', 'tenant_url'], reason: 'code, state and tenant_url are all required' }
 
 
 /** Registered under the /api prefix (the only routes plugins/cors.ts opens to browsers). */
@@ -15,10 +16,9 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
 
   // Broker mode: a caller key whose routes include augment; single-app mode: no key (the page is a browser's).
   const gate = fastify.callerGate('augment')
-  const guarded = gate === undefined ? {} : { preHandler: gate }
 
   fastify.get('/auth-url', {
-    ...guarded,
+    ...gate,
     // Each call stores a state: its own limit, never looser than the global one.
     config: { rateLimit: { max: Math.min(config.RATE_LIMIT_AUTH_URL_MAX, config.RATE_LIMIT_MAX), timeWindow: config.RATE_LIMIT_WINDOW } },
     schema: {
@@ -36,8 +36,8 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.post('/complete-auth', {
-    ...guarded,
-    config: { validationReason: REQUIRED_FIELDS },
+    ...gate,
+    config: { validationDetails: REQUIRED_FIELDS },
     onRequest: fastify.noStore,
     schema: {
       operationId: 'completeAuth',
@@ -52,7 +52,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const code = request.body.code.replace(/\s+/g, '')
     const state = request.body.state.replace(/\s+/g, '')
     const tenantUrl = request.body.tenant_url.trim()
-    if (code === '' || state === '' || tenantUrl === '') throw new ServiceError('VALIDATION_FAILED', { reason: REQUIRED_FIELDS })
+    if (code === '' || state === '' || tenantUrl === '') throw new ServiceError('VALIDATION_FAILED', REQUIRED_FIELDS)
     const done = await augment.complete({ code, state, tenantUrl })
     request.logFields = { state_ref: logRef(state), tenant: done.tenant.url.host, token_id: done.id }
     return reply.ok('COMPLETE_AUTH_OK', { status: 'success' as const, token: done.token, tenant_url: tenantUrl, token_info: { id: done.id, created_at: done.createdAt } })

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { RawJson, ServiceError, stringifyWithRaw } from '../lib/http/index.js'
-import type { JobQueue, JobView } from '../lib/relay/index.js'
+import { canonicalRequest, type JobQueue, type JobView } from '../lib/relay/index.js'
 import { configurationStatus } from '../lib/ops/index.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
@@ -13,9 +13,12 @@ function wantsQueue (delivery: string | undefined, prefer: string | undefined): 
   return prefer !== undefined && prefer.split(',').some((preference) => preference.split(';', 1)[0]?.trim().toLowerCase() === 'respond-async')
 }
 
-/** An answer that may carry JSON whose numbers a parse would change, written as the destination wrote it. */
+/**
+ * An answer that may carry JSON whose numbers a parse would change, written as the destination wrote it. (A
+ * serializer of a reply's own leaves the Content-Type to it.)
+ */
 function exactly (reply: FastifyReply, body: unknown): void {
-  if (body instanceof RawJson) void reply.serializer(stringifyWithRaw)
+  if (body instanceof RawJson) void reply.serializer(stringifyWithRaw).type('application/json; charset=utf-8')
 }
 
 const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -23,7 +26,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   if (!serves(config, 'resend')) return
   fastify.readiness.add('resend', async () => configurationStatus(callersMissing))
   // Queued delivery is optional: without it /ready stays ready and says what it lacks.
-  fastify.readiness.add('resend_queue', async () => (resendJobs === null ? `off: ${resendQueueMissing.join(', ')}` : resendJobs.status()))
+  fastify.readiness.add('resend_queue', async () => (resendJobs === null ? `off: ${resendQueueMissing.join(', ')}` : await resendJobs.probe()))
   const gate = fastify.callerGate('resend')
   const owner = (request: FastifyRequest): string | null => request.brokerCaller?.name ?? null
   const jobs = (): JobQueue => {
@@ -32,10 +35,12 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }
   // What a job id and a limit are, in place of the validator's patterns.
   const hints = { validationHints: { id: 'it takes the job id POST /resend gave (a UUID)', limit: 'it takes a whole number from 1 to 100' } }
+  // The job routes take no body: curl and many clients send an empty one with Content-Type: application/json.
+  const jobRoute = { ...hints, bodiless: true }
   const jobSchema = (operationId: string, summary: string) => ({ operationId, summary, security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, params: JobParams, response: { 200: Envelope(JobData), ...errorResponses } })
 
   fastify.post('/resend', {
-    preHandler: gate,
+    ...gate,
     schema: {
       operationId: 'resend',
       security: [{ apiKey: [] }],
@@ -54,11 +59,11 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const prepared = await relay.prepare({ location, method, headers, params, bodyText: request.bodyText, commands, auth })
     if (queue !== null) {
       const idempotencyKey = request.headers['idempotency-key']
-      const { view, replayed } = await queue.accept(prepared, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, fingerprint: request.bodyText as string })
+      const { view, replayed } = await queue.accept(prepared, owner(request), idempotencyKey === undefined ? undefined : { key: idempotencyKey, request: canonicalRequest(request.body, request.bodyText as string) })
       request.logFields = { job: view.id, destination: view.destination, ...(replayed ? { replayed } : {}) }
       void reply.code(202).header('location', view.status_url).header('preference-applied', 'respond-async')
       if (replayed) void reply.header('idempotent-replayed', 'true')
-      return reply.ok('RESEND_QUEUED', { id: view.id, status: view.status, status_url: view.status_url })
+      return reply.ok(replayed ? 'RESEND_REPLAYED' : 'RESEND_QUEUED', { id: view.id, status: view.status, status_url: view.status_url })
     }
     const { answer, trace } = await relay.send(prepared, maxAttempts)
     request.logFields = trace
@@ -67,25 +72,25 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.get('/resend/jobs', {
-    preHandler: gate,
+    ...gate,
     config: hints,
     schema: { operationId: 'listResendJobs', summary: 'Queued jobs, newest first: the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, querystring: JobListQuery, response: { 200: Envelope(JobListData), ...errorResponses } }
   }, async (request, reply) => {
     // Summaries: a listing carries no answer (GET /resend/jobs/{id} does).
-    return reply.ok('RESEND_JOBS', { jobs: await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20)) })
+    return reply.ok('RESEND_JOBS', { jobs: await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20), request.query.idempotency_key) })
   })
 
   const answerJob = (reply: FastifyReply, view: JobView) => {
     exactly(reply, view.answer?.body)
     return reply.ok('RESEND_JOB', view)
   }
-  fastify.get('/resend/jobs/:id', { preHandler: gate, config: hints, schema: jobSchema('getResendJob', 'A queued job: its status, attempts, and the destination\'s answer once delivered.') }, async (request, reply) => {
+  fastify.get('/resend/jobs/:id', { ...gate, config: hints, schema: jobSchema('getResendJob', 'A queued job: its status, attempts, and the destination\'s answer once delivered.') }, async (request, reply) => {
     return answerJob(reply, await jobs().get(request.params.id, owner(request)))
   })
-  fastify.post('/resend/jobs/:id/retry', { preHandler: gate, config: hints, schema: jobSchema('retryResendJob', 'Puts a failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed.') }, async (request, reply) => {
+  fastify.post('/resend/jobs/:id/retry', { ...gate, config: jobRoute, schema: jobSchema('retryResendJob', 'Puts a failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed.') }, async (request, reply) => {
     return answerJob(reply, await jobs().retry(request.params.id, owner(request)))
   })
-  fastify.delete('/resend/jobs/:id', { preHandler: gate, config: hints, schema: jobSchema('cancelResendJob', 'Cancels a queued job (it is removed); 409 once it is delivering or has ended.') }, async (request, reply) => {
+  fastify.delete('/resend/jobs/:id', { ...gate, config: jobRoute, schema: jobSchema('cancelResendJob', 'Cancels a queued job (it is removed); 409 once it is delivering or has ended.') }, async (request, reply) => {
     return answerJob(reply, await jobs().cancel(request.params.id, owner(request)))
   })
 }

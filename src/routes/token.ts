@@ -17,10 +17,11 @@ import { TokenBody, TokenData } from '../schemas/token.js'
 const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   const { broker, callersMissing, config, coze } = fastify
   if (!serves(config, 'token')) return
+  const gate = fastify.callerGate('token')
   const options = <B extends TSchema, D extends TSchema>(summary: string, body: B, data: D) => ({
-    onRequest: fastify.noStore,
+    onRequest: [fastify.noStore, ...gate.onRequest ?? []],
+    preValidation: gate.preValidation,
     config: { validationHints: { public_key: 'it takes the key fingerprint shown on the Coze app page (43 characters, the JWT kid), not the public key itself' } },
-    preHandler: fastify.callerGate('token'),
     schema: { operationId: 'createToken', security: [{ apiKey: [] }], summary, tags: ['coze'], headers: ApiKeyHeaders, body, response: { 200: Envelope(data), ...errorResponses } }
   })
 

@@ -40,7 +40,8 @@ export const BrokerCaller = Type.Object({
     bot_ids: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 1000 }))
   }, { additionalProperties: false })),
   device: Type.Optional(Type.Boolean()),
-  feishu_apps: Type.Optional(Type.Array(Type.String({ pattern: FEISHU_APP_NAME }), { maxItems: 256, description: 'The Feishu apps whose tokens the caller\'s relayed requests may carry.' }))
+  feishu_apps: Type.Optional(Type.Array(Type.String({ pattern: FEISHU_APP_NAME }), { maxItems: 256, description: 'The Feishu apps whose tokens the caller\'s relayed requests may carry.' })),
+  max_queued_bytes: Type.Optional(Type.Integer({ minimum: 1024, maximum: 1099511627776, description: 'The bytes of queued delivery the caller may hold in Redis (default: a quarter of RESEND_MAX_QUEUED_BYTES).' }))
 }, { additionalProperties: false })
 
 export const BrokerDocument = Type.Object({
@@ -163,7 +164,8 @@ export function resolveBroker (loaded: { document: BrokerDocument, source: strin
       sessionName: caller.session_name,
       scope: caller.scope === undefined ? undefined : { permissions: caller.scope.permissions, botIds: caller.scope.bot_ids },
       device: caller.device ?? false,
-      feishuApps: caller.feishu_apps ?? []
+      feishuApps: caller.feishu_apps ?? [],
+      maxQueuedBytes: caller.max_queued_bytes
     }))
   }
   // One key, one caller: otherwise the later caller would silently take the key, and the other's rights with it.

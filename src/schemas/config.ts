@@ -64,6 +64,7 @@ export const ConfigSchema = Type.Object({
   RESEND_RETRY_SCHEDULE: Type.String({ pattern: `^\\s*${DURATION}(\\s*,\\s*${DURATION})*\\s*$`, default: '5s,30s,2m,10m,30m,1h,2h,4h', description: 'Waits between a queued job\'s attempts; the last repeats until RESEND_MAX_AGE' }),
   RESEND_MAX_AGE: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '24h', description: 'How long a queued job is tried before it fails' }),
   RESEND_MAX_QUEUED: Type.Integer({ minimum: 1, maximum: 100000000, default: 100000, description: 'Jobs waiting at once (queued or delayed); past it queued delivery is 503' }),
+  RESEND_MAX_QUEUED_BYTES: Type.Integer({ minimum: 65536, maximum: 1099511627776, default: 268435456, description: 'Bytes queued delivery keeps in Redis, requests and kept answers of every job; past it queued delivery is 503 queue_full. A broker caller may hold a quarter of it (max_queued_bytes)' }),
   FEISHU_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the Feishu apps document (JSON, or YAML by .yaml/.yml): the service fetches their tenant tokens' })),
   FEISHU_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
 
@@ -211,9 +212,11 @@ export interface LoadedConfig {
  * value throws ConfigError naming each variable and what it may be.
  */
 export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.env' }: LoadConfigOptions = {}): LoadedConfig {
-  // The real environment wins over .env, and the overrides over both.
+  // The real environment wins over .env, and the overrides over both. An empty value is no value, wherever it is
+  // written (the quick start leaves the single-app lines of .env empty): the default, or what is beneath it.
+  const set = (source: Record<string, unknown>): Record<string, unknown> => Object.fromEntries(Object.entries(source).filter(([, value]) => value !== undefined && value !== ''))
   const fromFile = env !== false && existsSync(dotenvPath) ? parseEnv(readFileSync(dotenvPath, 'utf8')) : {}
-  const data = { ...fromFile, ...(env === false ? {} : env), ...overrides }
+  const data = { ...set(fromFile), ...set(env === false ? {} : env), ...set(overrides) }
   let config: Config
   try {
     config = envSchema<Config>({ schema: structuredClone(ConfigSchema), data, env: false, dotenv: false })
@@ -222,7 +225,7 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
     /* c8 ignore next - env-schema always attaches Ajv's errors to a validation failure */
     throw new ConfigError(issues === undefined ? (err as Error).message : describeConfigIssues(issues))
   }
-  const explicitlySet = new Set(Object.entries(data).filter(([, value]) => value !== undefined && value !== '').map(([name]) => name))
+  const explicitlySet = new Set(Object.keys(data))
   const document = loadBrokerDocument(config, explicitlySet)
   const broker = document === null ? null : resolveBroker(document, data)
   const feishuApps = loadFeishuApps(config, document === null ? null : { apps: document.document.feishu_apps, source: document.source }, data)

@@ -68,10 +68,12 @@ export const ApiKeyHeaders = Type.Object({
   'x-api-key': Type.Optional(Type.String({ maxLength: 1024 }))
 })
 
+const IDEMPOTENCY_KEY = { minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7e]+$' }
+
 export const ResendHeadersIn = Type.Object({
   'x-api-key': Type.Optional(Type.String({ maxLength: 1024 })),
   prefer: Type.Optional(Type.String({ maxLength: 1024, description: 'respond-async (RFC 7240) asks for queued delivery.' })),
-  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7e]+$', description: 'Queued delivery: the same key and body within 24 hours give the same job; another body is 422.' }))
+  'idempotency-key': Type.Optional(Type.String({ ...IDEMPOTENCY_KEY, description: 'Queued delivery: the same key and request (compared as data) give the same job while it is kept; another request is 422.' }))
 })
 
 const JOB_ID = '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'
@@ -82,6 +84,7 @@ export const JobParams = Type.Object({
 
 export const JobListQuery = Type.Object({
   status: Type.Optional(Type.Union(JOB_STATUSES.map((status) => Type.Literal(status)))),
+  idempotency_key: Type.Optional(Type.String({ ...IDEMPOTENCY_KEY, description: 'The caller\'s job of this Idempotency-Key, when it is still kept.' })),
   limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: 'At most this many jobs: 1 to 100 (default 20).' }))
 }, { additionalProperties: false })
 

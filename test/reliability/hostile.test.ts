@@ -186,7 +186,7 @@ t.test('the token cache never drops a waiting caller; past COZE_MAX_PENDING_EXCH
   t.notOk(logs.text.includes('evicted'))
 })
 
-t.test('MAX_CONNECTIONS: idle connections make room; busy ones are kept and the newcomer is refused', async (t) => {
+t.test('MAX_CONNECTIONS: idle connections make room once they have served nothing for a while; busy ones are kept and the newcomer is refused', async (t) => {
   let hold = true
   const { app, location } = await relay(t, async (_req, res) => {
     while (hold) await sleep(20)
@@ -198,6 +198,11 @@ t.test('MAX_CONNECTIONS: idle connections make room; busy ones are kept and the 
   t.teardown(async () => { await idle.destroy() })
   const first = await Promise.all([1, 2, 3].map(async () => await request(`${origin}/health`, { dispatcher: idle })))
   for (const res of first) await res.body.dump()
+  const early = new Agent()
+  t.teardown(async () => { await early.destroy() })
+  await t.rejects(request(`${origin}/health`, { dispatcher: early }), 'kept-alive connections that served a moment ago are a pool\'s: kept')
+  // (POOLED_FOR_MS in lib/http/connection-guard.ts: 10 s.)
+  await sleep(10_500)
   const fresh = new Agent()
   t.teardown(async () => { await fresh.destroy() })
   const served = await request(`${origin}/health`, { dispatcher: fresh })

@@ -221,7 +221,7 @@ t.test('Redis outage: 503 STATE_STORE_UNAVAILABLE fast, /ready 503, the rest kee
   t.ok(Date.now() - started < 2500, `answered in ${Date.now() - started} ms`)
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 503)
-  t.match(ready.json().data, { error: 'NOT_READY', checks: { state_store: 'down' } })
+  t.match(ready.json().data, { error: 'NOT_READY', checks: { state_store: 'down: does not answer' } })
   const token = await app.inject({ method: 'POST', url: '/token', payload: { public_key: KID, coze_api_key: API_KEY } })
   t.equal(token.statusCode, 200, '/token does not need Redis')
   const relayed = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${feishu.url}/x`, params: {} } })

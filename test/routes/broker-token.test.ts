@@ -360,7 +360,7 @@ t.test('Redis away: each instance caches on its own and says so on /ready, then 
   t.equal((await token(SHORTCUTS_KEY, { app: 'bills-cn', session_name: 'user-00000002' })).json().data.access_token, during.json().data.access_token, 'and reused from memory')
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 200, 'still ready')
-  t.equal(ready.json().data.checks.token_cache, 'degraded')
+  t.equal(ready.json().data.checks.token_cache, 'degraded: does not answer')
   t.match((await app.inject(METRICS)).body, /token_cache_degraded 1/)
   t.match((await app.inject(METRICS)).body, /redis_up 0/)
   t.ok(logs.records().some((line) => line.level === 40 && /token cache: Redis does not answer/.test(String(line.msg))))

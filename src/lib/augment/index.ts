@@ -3,4 +3,4 @@
  * (`state-store.ts`, memory or Redis), and the exchange at the user's tenant (`sign-in.ts`).
  */
 export { type AugmentSignIn, createAugmentSignIn } from './sign-in.js'
-export { createMemoryStateStore, createRedisStateStore, type StateStore } from './state-store.js'
+export { STATE_KEY_PREFIX, createMemoryStateStore, createRedisStateStore, type StateStore } from './state-store.js'

@@ -16,8 +16,6 @@ export interface StateStore {
   save (state: string, record: OAuthStateRecord): Promise<void>
   /** Removes the record in one step (a state is used at most once, even by concurrent requests) and judges its age. */
   take (state: string): Promise<TakenState>
-  /** Whether the store answers now (for /ready). */
-  isAvailable (): Promise<boolean>
   close (): Promise<void>
 }
 
@@ -54,12 +52,13 @@ export function createMemoryStateStore ({ maxEntries, validityMs, graceMs = DEFA
       records.delete(state)
       return judge(record, validityMs)
     },
-    async isAvailable () { return true },
     async close () { clearInterval(sweeper) }
   }
 }
 
-const KEY_PREFIX = 'oauth:state:'
+/** Where the states are kept in Redis (under REDIS_KEY_PREFIX). */
+export const STATE_KEY_PREFIX = 'oauth:state:'
+const KEY_PREFIX = STATE_KEY_PREFIX
 
 function unavailable (err: unknown): ServiceError {
   return new ServiceError('STATE_STORE_UNAVAILABLE', {}, { cause: err })
@@ -93,10 +92,6 @@ export function createRedisStateStore (redis: Redis, { validityMs, graceMs = DEF
         throw unavailable(err)
       }
       return judge(parseRecord(text), validityMs)
-    },
-    async isAvailable () {
-      if (redis.status !== 'ready') return false
-      return await redis.ping().then((answer) => answer === 'PONG', () => false)
     },
     // The client belongs to @fastify/redis, which closes it.
     async close () {}

@@ -8,7 +8,7 @@ export interface KeySetup { kid: string, pem?: string | undefined, file?: string
 /** The apps-and-callers document with what it names looked up in the environment (schemas/broker.ts reads it). */
 export interface BrokerSetup {
   apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
-  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[] }>
+  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[], maxQueuedBytes?: number | undefined }>
 }
 
 /** Imports every key once, at start; a key that does not import stops the start naming the app and the key. */
@@ -38,6 +38,7 @@ export function brokerCallers (setup: BrokerSetup): BrokerCaller[] {
     sessionName: caller.sessionName === undefined ? undefined : wholeMatch(caller.sessionName),
     scope: caller.scope === undefined ? undefined : { permissions: new Set(caller.scope.permissions), botIds: caller.scope.botIds === undefined ? undefined : new Set(caller.scope.botIds) },
     device: caller.device,
-    feishuApps: new Set(caller.feishuApps)
+    feishuApps: new Set(caller.feishuApps),
+    maxQueuedBytes: caller.maxQueuedBytes
   }))
 }

@@ -42,6 +42,8 @@ export interface BrokerCaller {
   device: boolean
   /** The Feishu apps whose tokens its relayed requests may carry. */
   feishuApps: ReadonlySet<string>
+  /** Its share of RESEND_MAX_QUEUED_BYTES (max_queued_bytes); undefined: a quarter. */
+  maxQueuedBytes?: number | undefined
 }
 
 export interface Scope {

@@ -149,9 +149,12 @@ export interface RedisTokenStoreOptions {
   available?: () => boolean
   /** Told when the store starts and stops falling back. */
   onDegraded?: (degraded: boolean) => void
+  /** How long a fallback on an error of Redis (one the breaker did not see) counts as degraded: 5 s. */
+  degradedForMs?: number
   /** Told when a lock was found without an expiry (written by hand?) and removed. */
   onLockWithoutExpiry?: () => void
 }
+
 
 const RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -169,17 +172,19 @@ const SHARED_FAILURES = new Set<ErrorCode>(['COZE_EXCHANGE_FAILED', 'UPSTREAM_UN
  * the exchange does. Redis away or silent: each instance falls back to its own memory cache until Redis answers.
  */
 export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenStore {
-  const { redis, fallback, lockMs, pollMs = 25, failureShareMs = 2000, available = () => redis.status === 'ready' } = options
+  const { redis, fallback, lockMs, pollMs = 25, failureShareMs = 2000, available = () => redis.status === 'ready', degradedForMs = 5000 } = options
   const nameKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill token cache names', 32))
   // Written with another secret, or tampered with: as good as absent.
   const { seal, open } = createSealer(options.secret, 'aibill token cache values')
   // Identical requests in one instance share one round of Redis work.
   const local = new Map<string, Promise<Obtained>>()
   let degraded = false
+  let degradedAt = -Infinity
 
   const setDegraded = (value: boolean): void => {
     if (degraded !== value) options.onDegraded?.(value)
     degraded = value
+    if (value) degradedAt = performance.now()
   }
 
   async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, refused: string | undefined): Promise<Obtained> {
@@ -268,7 +273,9 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
   }
 
   return {
-    status: () => (degraded || !available() ? 'degraded' : 'ok'),
+    // From Redis's reachability (the breaker), and a fallback of the last seconds: ok within seconds of Redis
+    // answering again, whether or not a request has passed since.
+    status: () => (!available() || (degraded && performance.now() - degradedAt < degradedForMs) ? 'degraded' : 'ok'),
     async obtain (key, minValiditySeconds, exchange, _reuseMs, refused) {
       if (!available()) {
         setDegraded(true)

@@ -54,14 +54,14 @@ export function describeValidation (issues: ValidationIssue[], context: string):
 }
 
 /** Turns anything thrown into the service's own error, so every answer has a stable code. */
-export function toServiceError (err: FastifyError, validationReason?: string, hints?: Record<string, string>): ServiceError {
+export function toServiceError (err: FastifyError, validationDetails?: Record<string, unknown>, hints?: Record<string, string>): ServiceError {
   if (isServiceError(err)) return err
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const described = describeValidation(err.validation as ValidationIssue[], String(err.validationContext))
     const hint = hints?.[described.field]
     // The hint says what the field takes, in place of the validator's words (a regex helps nobody here).
     if (hint !== undefined) described.reason = `${described.field} is not valid: ${hint}`
-    return new ServiceError('VALIDATION_FAILED', validationReason === undefined ? described : { ...described, reason: validationReason })
+    return new ServiceError('VALIDATION_FAILED', validationDetails === undefined ? described : validationDetails)
   }
   const byCode = FASTIFY_CODES[err.code]
   if (byCode !== undefined) return new ServiceError(byCode, {}, { cause: err })
@@ -71,8 +71,8 @@ export function toServiceError (err: FastifyError, validationReason?: string, hi
 }
 
 export function sendError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const { validationReason, validationHints } = request.routeOptions.config
-  const error = toServiceError(err, validationReason, validationHints)
+  const { validationDetails, validationHints } = request.routeOptions.config
+  const error = toServiceError(err, validationDetails, validationHints)
   if (error.logFields !== undefined) request.logFields = Object.assign(request.logFields ?? {}, error.logFields)
   if (error.code === 'INTERNAL') {
     request.log.error({ err }, 'request failed')

@@ -15,26 +15,41 @@ const withStatus = (prefix: string) => (details: ErrorDetails): string => {
   return typeof status === 'number' ? `${prefix}: HTTP ${status}` : prefix
 }
 
+// The reasons in details are English (data for programs): a Chinese message names the field, the expression or
+// the state instead, so that every message is whole in one language.
+const withField = (prefix: string) => (details: ErrorDetails): string => {
+  if (Array.isArray(details.required)) return `${prefix}: ${details.required.join(', ')} 都是必需的`
+  return typeof details.field === 'string' ? `${prefix}: ${details.field}` : prefix
+}
+const withExpression = (prefix: string) => (details: ErrorDetails): string =>
+  typeof details.expression === 'string' ? `${prefix}: ${details.expression}` : prefix
+
+/** Feishu's own code and words, which say what is wrong (a wrong secret, an app disabled); else the HTTP status. */
+const withFeishuCode = (prefix: string, code: string) => (details: ErrorDetails): string => {
+  if (typeof details.feishu_code !== 'number') return withStatus(prefix)(details)
+  return `${prefix}: ${code} ${details.feishu_code}${typeof details.feishu_msg === 'string' ? ` (${details.feishu_msg})` : ''}`
+}
+
 // One catalog for every answer the service writes: error codes and the few success texts.
 const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
   'zh-CN': {
-    VALIDATION_FAILED: withReason('无效的请求数据'),
+    VALIDATION_FAILED: withField('无效的请求数据'),
     INVALID_JSON: '请求体不是有效的 JSON',
-    COMMAND_FAILED: withReason('命令执行失败'),
-    TENANT_URL_NOT_ALLOWED: withReason('不允许的 tenant_url'),
+    COMMAND_FAILED: withExpression('命令执行失败'),
+    TENANT_URL_NOT_ALLOWED: '不允许的 tenant_url',
     OAUTH_STATE_NOT_FOUND: '未找到OAuth状态，请重新获取授权链接',
     OAUTH_STATE_EXPIRED: 'OAuth状态已过期，请重新获取授权链接',
     DESTINATION_NOT_ALLOWED: '目标地址不在允许范围内',
     UPSTREAM_ERROR: withStatus('上游服务返回错误'),
     UPSTREAM_RESPONSE_TOO_LARGE: '上游服务响应过大',
     TOKEN_EXCHANGE_FAILED: withStatus('Token交换失败'),
-    FEISHU_TOKEN_FAILED: withStatus('飞书 tenant_access_token 获取失败'),
+    FEISHU_TOKEN_FAILED: withFeishuCode('飞书 tenant_access_token 获取失败', '飞书错误码'),
     STATE_STORE_UNAVAILABLE: '状态存储暂不可用，请稍后再试',
     BAD_REQUEST: '请求无效',
     UNAUTHORIZED: 'API 密钥无效或缺失',
     FORBIDDEN: '禁止访问',
     NOT_FOUND: '请求的资源不存在',
-    CONFLICT: withReason('当前状态不允许此操作'),
+    CONFLICT: (details) => `任务当前为 ${String(details.status)} 状态，不允许此操作`,
     IDEMPOTENCY_KEY_REUSED: 'Idempotency-Key 已用于另一个请求',
     METHOD_NOT_ALLOWED: '不支持该请求方法',
     REQUEST_TIMEOUT: '请求发送超时',
@@ -54,6 +69,7 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     TOKEN_OK: '令牌获取成功',
     RESEND_OK: '重发成功',
     RESEND_QUEUED: '已加入重发队列',
+    RESEND_REPLAYED: '此 Idempotency-Key 的任务已存在',
     RESEND_JOB: '重发任务',
     RESEND_JOBS: '重发任务列表',
     AUTH_URL_OK: '授权链接生成成功',
@@ -70,7 +86,7 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     UPSTREAM_ERROR: withStatus('The upstream service answered with an error'),
     UPSTREAM_RESPONSE_TOO_LARGE: 'The upstream response is too large',
     TOKEN_EXCHANGE_FAILED: withStatus('Token exchange failed'),
-    FEISHU_TOKEN_FAILED: withStatus('Fetching the Feishu tenant_access_token failed'),
+    FEISHU_TOKEN_FAILED: withFeishuCode('Fetching the Feishu tenant_access_token failed', 'Feishu code'),
     STATE_STORE_UNAVAILABLE: 'The state store is unavailable; try again later',
     BAD_REQUEST: 'Bad request',
     UNAUTHORIZED: 'The API key is missing or invalid',
@@ -96,6 +112,7 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     TOKEN_OK: 'Access token issued',
     RESEND_OK: 'Request resent',
     RESEND_QUEUED: 'Queued for delivery',
+    RESEND_REPLAYED: 'The job of this Idempotency-Key',
     RESEND_JOB: 'Delivery job',
     RESEND_JOBS: 'Delivery jobs',
     AUTH_URL_OK: 'Authorization link created',
@@ -103,7 +120,7 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
   }
 }
 
-export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
+export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_REPLAYED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
 
 export function messageFor (locale: Locale, key: ErrorCode | SuccessText, details: ErrorDetails = {}): string {
   const text = CATALOG[locale][key]

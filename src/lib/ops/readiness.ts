@@ -1,6 +1,8 @@
 /**
- * A dependency check: resolves to `ok` or a word saying what is wrong; a throw or a hang past the timeout is `down`.
- * `off: ...` is an optional feature not configured (ready; it says what it lacks).
+ * A dependency check: resolves to `ok` or a word saying what is wrong, perhaps followed by `: why`. A throw or a
+ * hang past the timeout is `down`. Ready: `ok`; `degraded: ...` (working with less than it should: each instance
+ * on its own cache, or queued delivery refused while delivery now goes on); `off: ...` (an optional feature not
+ * configured, saying what it lacks). Not ready: `down: ...` and `not_configured: ...`.
  */
 export type ReadinessCheck = () => Promise<string>
 
@@ -30,7 +32,7 @@ export function createReadiness (timeoutMs: number): Readiness {
     add (name, check) { checks.set(name, check) },
     async check () {
       const entries = await Promise.all([...checks].map(async ([name, check]) => [name, await run(check)] as const))
-      return { ready: entries.every(([, status]) => status === 'ok' || status === 'degraded' || status.startsWith('off')), checks: Object.fromEntries(entries) }
+      return { ready: entries.every(([, status]) => status === 'ok' || /^(degraded|off)\b/.test(status)), checks: Object.fromEntries(entries) }
     }
   }
 }

@@ -4,4 +4,5 @@
  */
 export { guardRedis } from './breaker.js'
 export { connectRedis } from './connection.js'
+export { isRedisFull, probeRedis, redisReadiness, type Probe } from './probe.js'
 export { createSealer } from './sealed.js'

@@ -21,11 +21,14 @@ export interface FeishuTokens {
   has (app: string): boolean
   /** Whether an origin is one of the apps' bases (its answers speak Feishu's body codes). */
   isFeishuOrigin (origin: string): boolean
+  /** Refuses (403 `feishu_app`) an origin that is not the app's base: its token goes there and nowhere else. */
+  checkOrigin (app: string, origin: string): void
   /**
-   * A token valid for three minutes more, as the official SDKs keep it. With `refused`, the token an answer
-   * refused: a newer one, fetched once for every attempt that met the same refusal, in every instance.
+   * A token valid for three minutes more, as the official SDKs keep it, for a request to `origin`, which must be
+   * the app's base (checked here, where the token is handed out). With `refused`, the token an answer refused: a
+   * newer one, fetched once for every attempt that met the same refusal, in every instance.
    */
-  token (app: string, refused?: FeishuToken): Promise<FeishuToken>
+  token (app: string, origin: string, refused?: FeishuToken): Promise<FeishuToken>
   close (): Promise<void>
 }
 
@@ -34,8 +37,10 @@ export interface FeishuTokensOptions {
   /** The token cache: memory, or Redis (one fetch for every instance, sealed at rest). */
   store: TokenStore
   timeoutMs: number
-  /** Told of every fetch: `ok` or the error code in lower case. */
+  /** Told of every fetch: `ok`, `feishu_<code>` when Feishu refused with a code, or the error code in lower case. */
   onFetch?: (app: string, outcome: string) => void
+  /** Told when Feishu refuses an app's own settings (its id or secret): waiting will not mend it. */
+  onSettingsRefused?: (app: string, code: number, msg: string | undefined) => void
 }
 
 // Feishu's own advice, as the SDKs follow it: refresh three minutes before the end.
@@ -50,6 +55,14 @@ export const FEISHU_RATE_LIMITED = 99991400
 export function feishuCode (body: unknown): number | undefined {
   const code = (body as { code?: unknown } | null)?.code
   return typeof body === 'object' && typeof code === 'number' ? code : undefined
+}
+
+/**
+ * Whether the token endpoint's code says the app's own settings are wrong: Feishu's 100xx codes (10003 an app id
+ * it does not know, 10014 a wrong app secret, an app disabled). Its internal errors (1xxx) and rate limit heal.
+ */
+export function isFeishuConfigurationCode (code: unknown): boolean {
+  return typeof code === 'number' && code >= 10000 && code < 20000
 }
 
 export const FEISHU_ORIGINS = new Set(['https://open.feishu.cn', 'https://open.larksuite.com'])
@@ -85,7 +98,8 @@ export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens 
     })
     const { code, msg, tenant_access_token: value, expire } = answer.body
     if (answer.status !== 200 || code !== 0 || typeof value !== 'string' || value === '' || typeof expire !== 'number') {
-      options.onFetch?.(app.name, 'feishu_token_failed')
+      options.onFetch?.(app.name, typeof code === 'number' && code !== 0 ? `feishu_${code}` : 'feishu_token_failed')
+      if (isFeishuConfigurationCode(code)) options.onSettingsRefused?.(app.name, code as number, typeof msg === 'string' ? msg.slice(0, 200) : undefined)
       // Feishu's code and message say what is wrong (a wrong secret, a disabled app); neither holds a secret.
       throw new ServiceError('FEISHU_TOKEN_FAILED', { app: app.name, status: answer.status, ...(typeof code === 'number' ? { feishu_code: code } : {}), ...(typeof msg === 'string' ? { feishu_msg: msg.slice(0, 200) } : {}) })
     }
@@ -93,10 +107,19 @@ export function createFeishuTokens (options: FeishuTokensOptions): FeishuTokens 
     return { token: { access_token: value, expires_in: Math.floor(Date.now() / 1000) + expire, token_type: 'Bearer' } }
   }
 
+  function checkOrigin (name: string, origin: string): void {
+    const app = apps.get(name) as FeishuApp
+    if (origin !== app.base.origin) {
+      throw new ServiceError('FORBIDDEN', { reason: 'feishu_app', base: app.base.origin, detail: `the token of the Feishu app ${name} goes only to its base, ${app.base.origin}` })
+    }
+  }
+
   return {
     has: (name) => apps.has(name),
     isFeishuOrigin: (origin) => origins.has(origin),
-    async token (name, refused) {
+    checkOrigin,
+    async token (name, origin, refused) {
+      checkOrigin(name, origin)
       const app = apps.get(name) as FeishuApp
       // A refused token is never handed out again: every attempt that met the same refusal takes the one new
       // token, and none fetches again.

@@ -2,27 +2,15 @@ import { createHmac, hkdfSync, randomUUID } from 'node:crypto'
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
 import { Redis } from 'ioredis'
 import { RawJson, ServiceError } from '../http/index.js'
-import { createSealer } from '../redis/index.js'
+import { createSealer, isRedisFull, probeRedis } from '../redis/index.js'
 import { withClientToken } from './feishu.js'
-import { judge, scheduledWait } from './verdict.js'
-import { JOB_STATUSES, STATES, iso, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
+import { createFootprint } from './footprint.js'
+import { idempotentJobId } from './idempotency.js'
+import { packPayload, unpackPayload, type Payload } from './payload.js'
 import type { PreparedRequest } from './request.js'
 import type { AttemptResult, Relay, RelayAnswer } from './send.js'
-
-
-/** The request as stored (sealed): what was checked and prepared at acceptance, sent as it is on every attempt. */
-interface Payload {
-  location: string
-  method: PreparedRequest['method']
-  headers: Record<string, string>
-  body: string | undefined
-  feishuApp?: string | undefined
-  /** Feishu Bitable's client_token: fixed per job, so a repeated creation is a no-op. */
-  clientToken: string
-}
-
-
-
+import { judge, nextAttemptAt } from './verdict.js'
+import { JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
 interface StoredAnswer { status: number, body?: unknown, raw?: string }
@@ -35,8 +23,6 @@ export interface JobQueueOptions {
   keyPrefix: string
   /** The shared client (with its key prefix and breaker): idempotency keys and the age index. */
   redis: Redis
-  /** Whether that client answers now (connected, breaker closed). */
-  available: () => boolean
   /** RESEND_QUEUE_SECRET: 32 bytes. */
   secret: Buffer
   /** RESEND_WORKERS: jobs this instance delivers at once; 0 takes none (accepts and answers only). */
@@ -49,6 +35,10 @@ export interface JobQueueOptions {
   maxAgeMs: number
   /** RESEND_MAX_QUEUED */
   maxQueued: number
+  /** RESEND_MAX_QUEUED_BYTES: what the queue keeps in Redis, requests and kept answers, across instances. */
+  maxQueuedBytes: number
+  /** A caller's share of those bytes (broker mode: its max_queued_bytes); the whole bound for the shared owner. */
+  ownerMaxBytes: (owner: string) => number
   /** Where a job's status is read (GET), with the id appended. */
   statusPath: string
   /** How often the counts behind the metrics and the queue bound are read. */
@@ -60,26 +50,38 @@ export interface JobQueueOptions {
   onWarning?: (message: string) => void
   /** A failure of the queue's own machinery (not of a delivery). */
   onError?: (err: Error) => void
+  /** Told when Redis starts and stops refusing the queue's writes for memory (maxmemory with noeviction). */
+  onWritesRefused?: (refused: boolean) => void
 }
+
+/** An Idempotency-Key and the request it came with, as data (idempotency.ts's canonical form). */
+export interface Idempotency { key: string, request: string }
 
 export interface JobQueue {
   /** Validates and stores; with an idempotency key, the job stored before under it (`replayed`). */
-  accept (prepared: PreparedRequest, owner: string | null, idempotency?: { key: string, fingerprint: string }): Promise<{ view: JobView, replayed: boolean }>
+  accept (prepared: PreparedRequest, owner: string | null, idempotency?: Idempotency): Promise<{ view: JobView, replayed: boolean }>
   get (id: string, owner: string | null): Promise<JobView>
-  list (owner: string | null, status: JobStatus | undefined, limit: number): Promise<JobView[]>
+  /** Newest first; with `idempotencyKey`, the caller's job of that key only (none, or one). */
+  list (owner: string | null, status: JobStatus | undefined, limit: number, idempotencyKey?: string): Promise<JobView[]>
   retry (id: string, owner: string | null): Promise<JobView>
   cancel (id: string, owner: string | null): Promise<JobView>
-  /** `ok`, or `degraded` while Redis does not answer (queued delivery answers 503; delivery now goes on). */
-  status (): 'ok' | 'degraded'
-  /** Counts by status, and the age of the oldest job not yet delivered (seconds), as last read. */
-  snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number }
+  /**
+   * A real round trip to the queue's Redis (a key written and read back): `ok`, or `degraded: ...` saying that
+   * Redis does not answer or refuses writes (queued delivery answers 503 then; delivery now goes on).
+   */
+  probe (): Promise<string>
+  /** Whether the queue's Redis refused a write for memory (maxmemory) more lately than it took one. */
+  readonly writesRefused: boolean
+  /** Counts by status, the age of the oldest job not yet delivered (seconds), and the bytes kept, as last read. */
+  snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number, bytes: number }
   /** Stops taking jobs; deliveries in flight finish (SIGTERM); the rest stay queued. */
   close (): Promise<void>
 }
 
 const DELIVERED_KEEP_SECONDS = 86_400
 const FAILED_KEEP_SECONDS = 7 * 86_400
-const IDEMPOTENCY_MS = 86_400_000
+/** What BullMQ keeps of a job beside its data (its fields, its place in the lists): counted with each job. */
+const JOB_OVERHEAD_BYTES = 1024
 /** Jobs a listing reads at most, per state, before it filters by caller. */
 export const LIST_SCAN = 1000
 const REDIS_DEADLINE_MS = 3000
@@ -87,7 +89,14 @@ const OWNER_SHARED = '*'
 
 
 
-const unavailable = (cause: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause })
+/** What went wrong with Redis, in words an operator acts on: full, refusing (the error's first word), or silent. */
+function redisTrouble (cause: unknown): string {
+  if (isRedisFull(cause)) return 'Redis (REDIS_URL) refuses writes: it has reached its maxmemory'
+  if ((cause as Error).name === 'ReplyError') return `Redis (REDIS_URL) refused the command (${(cause as Error).message.split(' ', 1)[0] as string})`
+  return 'Redis (REDIS_URL) does not answer'
+}
+
+const unavailable = (cause: unknown): ServiceError => new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: redisTrouble(cause) }, { cause })
 
 /** Redis work of a request, within a deadline; Redis away or silent is a 503, never a hang or a 500. */
 async function deadline<T> (work: Promise<T>): Promise<T> {
@@ -108,7 +117,8 @@ async function deadline<T> (work: Promise<T>): Promise<T> {
 export async function createJobQueue (options: JobQueueOptions): Promise<JobQueue> {
   const { relay, redis } = options
   const sealer = createSealer(options.secret, 'aibill resend jobs')
-  const idempotencyKey = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
+  const idempotencySecret = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
+  const { ownerMaxBytes } = options
   const prefix = `{${options.keyPrefix}resend}`
   // Reconnecting goes on while Redis is away, and stops once the queue is closed.
   let closing = false
@@ -120,6 +130,15 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const queue = new Queue<{ sealed: string }, string>('resend', { connection: client, prefix })
   queue.on('error', (err) => { options.onError?.(err) })
   const since = 'resend-pending'
+  const footprint = createFootprint(client, options.keyPrefix, options.maxQueuedBytes)
+  // Whether Redis refused a write for memory more lately than it took one: said once each way, and on /ready.
+  let writesRefused = false
+  const noteWrite = (err?: unknown): void => {
+    const refused = err !== undefined && isRedisFull(err)
+    if (refused === writesRefused || (err !== undefined && !refused)) return
+    writesRefused = refused
+    options.onWritesRefused?.(refused)
+  }
 
   try {
     const [, policy] = await client.config('GET', 'maxmemory-policy') as [string, string]
@@ -128,7 +147,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     options.onWarning?.('Redis does not answer CONFIG GET (ElastiCache refuses it): make sure its maxmemory-policy is noeviction, or queued jobs may be evicted')
   }
 
-  let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0 }
+  let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0 }
   let acceptedSinceSnapshot = 0
   // The oldest job not yet ended. Its entry is removed when the job ends, without waiting: one that outlived its
   // job (Redis did not take the removal) is removed here, so that the age never counts an ended job.
@@ -144,10 +163,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function readSnapshot (): Promise<void> {
     const counts = await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')
     const oldestSeconds = await oldestAge()
+    const bytes = await footprint.total()
     const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] as number), 0)
     snapshot = {
       counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
-      oldestSeconds
+      oldestSeconds,
+      bytes
     }
     acceptedSinceSnapshot = 0
   }
@@ -155,19 +176,27 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const snapshotTimer = setInterval(() => { readSnapshot().catch(() => {}) }, options.snapshotMs ?? 5000).unref()
 
 
-  // The destination's answer, sealed under a key of its own, kept as long as the job.
-  async function keepAnswer (id: string, answer: RelayAnswer, seconds: number): Promise<void> {
+  // The destination's answer, sealed under a key of its own, kept as long as the job: its size in Redis, or 0.
+  async function keepAnswer (id: string, answer: RelayAnswer, seconds: number): Promise<number> {
     const stored: StoredAnswer = answer.body instanceof RawJson ? { status: answer.status, raw: answer.body.text } : { status: answer.status, body: answer.body }
-    await redis.set(`resend-answer:${id}`, sealer.seal(`answer:${id}`, stored), 'EX', seconds).catch(() => {})
+    const sealed = sealer.seal(`answer:${id}`, stored)
+    return await redis.set(`resend-answer:${id}`, sealed, 'EX', seconds).then(() => sealed.length, () => 0)
   }
+
+  /** What a job's request costs in Redis while it may be sent: the sealed bytes, its name, BullMQ's fields. */
+  const requestBytes = (job: { name: string, data: { sealed: string } }): number => job.data.sealed.length + job.name.length + JOB_OVERHEAD_BYTES
 
   async function deliver (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
     const id = job.id as string
-    const payload = sealer.open<Payload>(`job:${id}`, job.data.sealed)
-    if (payload === undefined) throw new UnrecoverableError('unreadable: sealed under another RESEND_QUEUE_SECRET')
+    const { owner } = nameOf(job)
+    const opened = sealer.openBytes(`job:${id}`, job.data.sealed)
+    if (opened === undefined) throw new UnrecoverableError('unreadable: sealed under another RESEND_QUEUE_SECRET, or for another job')
+    const payload = unpackPayload(opened)
     const progress = progressOf(job)
     const attempt = progress.attempts + 1
     const now = Date.now()
+    // Each attempt counts the job again: a count lost between the add and a failed undo is made good here.
+    footprint.set(id, owner, requestBytes(job), progress.since + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000).catch(() => {})
     let result: AttemptResult
     let speaksFeishu = payload.feishuApp !== undefined
     try {
@@ -177,28 +206,36 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const headers: Record<string, string> = 'idempotency-key' in payload.headers ? {} : { 'idempotency-key': id }
       result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
     } catch (err) {
-      // The policy refused it (the allow-list changed, or the name now resolves elsewhere), or the answer is too large.
+      // The policy refused it (the allow-list changed, the name now resolves elsewhere, a Feishu app's token
+      // would go to another origin), or the answer is too large.
       const error = (err as ServiceError).code
       await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last: { at: now, error } })
+      footprint.set(id, owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
       throw new UnrecoverableError(error)
     }
     const verdict = judge(result, speaksFeishu)
     if (verdict.kind === 'delivered') {
-      await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
+      const answerBytes = await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
+      // A delivered job keeps no request: only its small fields and its answer.
+      const dropped = await job.updateData({ sealed: '' }).then(() => true, () => false)
+      /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted */
+      footprint.set(id, owner, answerBytes + JOB_OVERHEAD_BYTES + (dropped ? 0 : requestBytes(job)), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
       const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status } }
       return JSON.stringify(delivered)
     }
     const last = { at: now, ...verdict.last }
     if (verdict.kind === 'retry') {
-      const at = Date.now() + Math.max(scheduledWait(options.scheduleMs, attempt), verdict.askedMs ?? 0)
-      if (at <= progress.since + options.maxAgeMs) {
+      const at = nextAttemptAt({ now: Date.now(), attempt, scheduleMs: options.scheduleMs, askedMs: verdict.askedMs, endsAt: progress.since + options.maxAgeMs })
+      if (at !== undefined) {
         await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: at, last })
         await job.moveToDelayed(at, token)
         throw new DelayedError()
       }
     }
-    if (verdict.answer !== undefined) await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
+    // A failed job keeps its request, so that it can be put back (POST /resend/jobs/{id}/retry).
+    const answerBytes = verdict.answer === undefined ? 0 : await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
     await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last })
+    footprint.set(id, owner, requestBytes(job) + answerBytes, Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
     throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
   }
 
@@ -253,37 +290,51 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     return await withAnswer(viewOf(job, status, options.statusPath))
   }
 
-  const bound = (id: string): string => createHmac('sha256', idempotencyKey).update(id).digest('hex')
+  const fingerprintOf = (request: string): string => createHmac('sha256', idempotencySecret).update(request).digest('base64url')
+
+  /** The job an Idempotency-Key named before: the same request gets it again, another is 422. */
+  async function replay (job: Job<{ sealed: string }, string>, fingerprint: string): Promise<{ view: JobView, replayed: boolean }> {
+    if (nameOf(job).fingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request (compared as data) for a job that is still kept' })
+    return { view: await current(job), replayed: true }
+  }
+
+  async function add (id: string, name: string, sealed: string, owner: string): Promise<Job<{ sealed: string }, string>> {
+    const bytes = sealed.length + name.length + JOB_OVERHEAD_BYTES
+    const refused = await deadline(footprint.reserve(id, owner, bytes, Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000, ownerMaxBytes(owner)))
+    if (refused === 'queue_full') throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueuedBytes, variable: 'RESEND_MAX_QUEUED_BYTES' })
+    if (refused === 'owner_full') throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: ownerMaxBytes(owner), variable: 'max_queued_bytes' })
+    try {
+      const job = await deadline(queue.add(name, { sealed }, { jobId: id, attempts: 1, removeOnComplete: { age: DELIVERED_KEEP_SECONDS }, removeOnFail: { age: FAILED_KEEP_SECONDS } }))
+      noteWrite()
+      return job
+    } catch (err) {
+      // The bytes were counted for a job that was not stored: they are not kept counting.
+      noteWrite((err as ServiceError).cause)
+      await footprint.release(id).catch(() => {})
+      throw err
+    }
+  }
 
   return {
     async accept (prepared, owner, idempotency) {
       if (snapshot.counts.queued + acceptedSinceSnapshot >= options.maxQueued) {
         throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueued, variable: 'RESEND_MAX_QUEUED' })
       }
-      const id = randomUUID()
-      const name = owner ?? OWNER_SHARED
-      const destination = `${prepared.host}${prepared.url.pathname}`
+      const shared = owner ?? OWNER_SHARED
+      const id = idempotency === undefined ? randomUUID() : idempotentJobId(idempotencySecret, shared, idempotency.key)
+      const fingerprint = idempotency === undefined ? '' : fingerprintOf(idempotency.request)
       if (idempotency !== undefined) {
-        const key = `resend-idempotency:${bound(`${name}\u0000${idempotency.key}`)}`
-        const fingerprint = bound(idempotency.fingerprint)
-        const taken = await deadline(redis.set(key, `${id} ${fingerprint}`, 'PX', IDEMPOTENCY_MS, 'NX'))
-        if (taken !== 'OK') {
-          const [earlier, earlierFingerprint] = String(await deadline(redis.get(key))).split(' ')
-          if (earlierFingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request body in the last 24 hours' })
-          const job = await deadline(queue.getJob(earlier as string)) as Job<{ sealed: string }, string> | undefined
-          // Stored under the key a moment ago by a request still being accepted: the same job, queued.
-          /* c8 ignore next - the window between a key's SET and its job's add */
-          if (job === undefined) return { view: { id: earlier as string, status: 'queued', attempts: 0, created_at: iso(Date.now()), next_attempt_at: null, destination, last_attempt: null, status_url: `${options.statusPath}${String(earlier)}` }, replayed: true }
-          return { view: await current(job), replayed: true }
-        }
+        const earlier = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string> | undefined
+        if (earlier !== undefined) return await replay(earlier, fingerprint)
       }
       const payload: Payload = { location: prepared.url.href, method: prepared.method, headers: prepared.headers, body: prepared.body, feishuApp: prepared.feishuApp, clientToken: randomUUID() }
-      const job = await deadline(queue.add(JSON.stringify([name, destination]), { sealed: sealer.seal(`job:${id}`, payload) }, {
-        jobId: id,
-        attempts: 1,
-        removeOnComplete: { age: DELIVERED_KEEP_SECONDS },
-        removeOnFail: { age: FAILED_KEEP_SECONDS }
-      }))
+      const name = jobName({ owner: shared, destination: `${prepared.url.host}${prepared.url.pathname}`, fingerprint, nonce: randomUUID() })
+      const job = await add(id, name, sealer.sealBytes(`job:${id}`, packPayload(payload)), shared)
+      if (idempotency !== undefined) {
+        // Another request with the same key may have stored the job first (BullMQ adds an id once): its job it is.
+        const stored = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string>
+        if (stored.name !== name) return await replay(stored, fingerprint)
+      }
       acceptedSinceSnapshot++
       redis.zadd(since, job.timestamp, id).catch(() => {})
       options.onJob?.('accepted')
@@ -292,7 +343,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     async get (id, owner) {
       return await current(await find(id, owner))
     },
-    async list (owner, status, limit) {
+    async list (owner, status, limit, idempotencyKey) {
+      if (idempotencyKey !== undefined) {
+        const job = await deadline(queue.getJob(idempotentJobId(idempotencySecret, owner ?? OWNER_SHARED, idempotencyKey))) as Job<{ sealed: string }, string> | undefined
+        const view = job === undefined ? undefined : await current(job)
+        return view === undefined || (status !== undefined && view.status !== status) ? [] : [view]
+      }
       const views: JobView[] = []
       for (const wanted of status === undefined ? JOB_STATUSES : [status]) {
         // Ids first, then each job's small fields in one round trip: never its request or its answer.
@@ -323,6 +379,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a failed job is put back`, status: statusOf(state) })
       await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
       await deadline(redis.del(`resend-answer:${id}`))
+      await deadline(footprint.set(id, nameOf(job).owner, requestBytes(job), Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000))
       await deadline(job.retry('failed'))
       redis.zadd(since, Date.now(), id).catch(() => {})
       options.onJob?.('retried')
@@ -337,11 +394,17 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
       redis.zrem(since, id).catch(() => {})
       redis.del(`resend-answer:${id}`).catch(() => {})
+      footprint.release(id).catch(() => {})
       options.onJob?.('cancelled', view.attempts)
       return { ...view, status: 'cancelled', next_attempt_at: null }
     },
     snapshot: () => snapshot,
-    status: () => (options.available() ? 'ok' : 'degraded'),
+    get writesRefused () { return writesRefused },
+    async probe () {
+      const found = await probeRedis(client, `{${options.keyPrefix}resend}:probe`)
+      noteWrite(found.error)
+      return found.status === 'ok' ? 'ok' : `degraded: ${found.status}`
+    },
     async close () {
       clearInterval(snapshotTimer)
       // Deliveries in flight finish within the grace; past it (or with Redis away, when closing would wait for

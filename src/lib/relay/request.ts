@@ -67,6 +67,7 @@ export function createPreparer (options: PreparerOptions): (request: RelayReques
     const feishuApp = request.auth?.feishu_app
     if (feishuApp !== undefined) {
       if (options.feishu?.has(feishuApp) !== true) throw new ServiceError('VALIDATION_FAILED', { field: 'auth.feishu_app', reason: `${feishuApp} is not a configured Feishu app (FEISHU_APPS_FILE, FEISHU_APPS or feishu_apps)` })
+      options.feishu.checkOrigin(feishuApp, decision.url.origin)
       if (Object.keys(request.headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
         throw new ServiceError('VALIDATION_FAILED', { field: 'auth', reason: 'auth.feishu_app and an Authorization header: send one' })
       }

@@ -163,8 +163,10 @@ export function createRelay (options: RelayOptions): Relay {
     }
     const tokenFor = async (refused?: FeishuToken): Promise<FeishuToken | undefined> => {
       if (prepared.feishuApp === undefined) return undefined
-      return await (feishu as FeishuTokens).token(prepared.feishuApp, refused)
+      return await (feishu as FeishuTokens).token(prepared.feishuApp, url.origin, refused)
     }
+    // The token's origin is checked before anything is sent: a refusal of the policy, not a failure to retry.
+    if (prepared.feishuApp !== undefined) (feishu as FeishuTokens).checkOrigin(prepared.feishuApp, url.origin)
     let token: FeishuToken | undefined
     try {
       token = await tokenFor()

@@ -27,6 +27,9 @@ export interface RelayServiceOptions {
     retrySchedule: string
     maxAge: string
     maxQueued: number
+    maxQueuedBytes: number
+    /** A caller's share of maxQueuedBytes. */
+    ownerMaxBytes: (owner: string) => number
     closeGraceMs: number
   }
   /** The shared Redis client, when there is one: the queue's idempotency keys, and Feishu tokens for every instance. */
@@ -36,8 +39,10 @@ export interface RelayServiceOptions {
   onRefusedAddress?: (trace: RelayTrace) => void
   onJob?: (outcome: string, attempts?: number) => void
   onFeishuFetch?: (app: string, outcome: string) => void
+  onFeishuSettingsRefused?: (app: string, code: number, msg: string | undefined) => void
   onWarning: (message: string) => void
   onError: (err: Error) => void
+  onWritesRefused?: (refused: boolean) => void
 }
 
 export interface RelayService {
@@ -65,7 +70,7 @@ export async function createRelayService (options: RelayServiceOptions): Promise
   if (options.redis !== undefined) {
     store = createRedisTokenStore({ redis: options.redis.client, secret: options.redis.secret, lockMs: options.timeoutMs + 1000, fallback: memory, available: options.redis.available })
   }
-  const feishu = createFeishuTokens({ apps: options.feishuApps, store, timeoutMs: options.timeoutMs, onFetch: options.onFeishuFetch })
+  const feishu = createFeishuTokens({ apps: options.feishuApps, store, timeoutMs: options.timeoutMs, onFetch: options.onFeishuFetch, onSettingsRefused: options.onFeishuSettingsRefused })
   const relay = createRelay({
     jsonPath,
     feishu,
@@ -85,13 +90,15 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       redisUrl: queue.redisUrl,
       keyPrefix: queue.keyPrefix,
       redis: options.redis.client,
-      available: options.redis.available,
       secret: queue.secret,
       concurrency: queue.concurrency,
       lockMs: queue.lockMs,
       scheduleMs: queue.retrySchedule.split(',').map(parseDuration),
       maxAgeMs: parseDuration(queue.maxAge),
       maxQueued: queue.maxQueued,
+      maxQueuedBytes: queue.maxQueuedBytes,
+      ownerMaxBytes: queue.ownerMaxBytes,
+      onWritesRefused: options.onWritesRefused,
       closeGraceMs: queue.closeGraceMs,
       statusPath: '/resend/jobs/',
       onJob: options.onJob,

@@ -1,4 +1,4 @@
-import { FEISHU_RATE_LIMITED, feishuCode } from './feishu.js'
+import { FEISHU_RATE_LIMITED, feishuCode, isFeishuConfigurationCode } from './feishu.js'
 import type { AttemptResult, RelayAnswer } from './send.js'
 
 /** How an attempt decides a queued job, and when the next one is due: pure, so tested alone. */
@@ -17,7 +17,12 @@ export type Verdict =
  * Feishu answer's code says otherwise); any other answer fails the job at once, kept for the operator.
  */
 export function judge (result: AttemptResult, speaksFeishu: boolean): Verdict {
-  if ('failure' in result) return { kind: 'retry', last: { error: result.failure.code } }
+  if ('failure' in result) {
+    // Feishu refused the app's own credentials: waiting will not mend them.
+    const code = result.failure.details.feishu_code
+    if (result.failure.code === 'FEISHU_TOKEN_FAILED' && isFeishuConfigurationCode(code)) return { kind: 'failed', last: { error: `feishu_${String(code)}` } }
+    return { kind: 'retry', last: { error: result.failure.code } }
+  }
   const { answer } = result
   const code = speaksFeishu ? feishuCode(answer.body) : undefined
   if ((code !== undefined && FEISHU_LATER.has(code)) || answer.status >= 500 || answer.status === 429) {
@@ -25,6 +30,16 @@ export function judge (result: AttemptResult, speaksFeishu: boolean): Verdict {
   }
   if (answer.status >= 200 && answer.status <= 299 && (code === undefined || code === 0)) return { kind: 'delivered', answer }
   return { kind: 'failed', last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
+}
+
+/**
+ * When the next attempt is due after a failed one: the schedule's wait, or longer if the destination asked for it
+ * (Retry-After), but never past the job's end (RESEND_MAX_AGE): a wait that would pass it makes a last attempt at
+ * the end instead. Undefined once the end has come: the job fails.
+ */
+export function nextAttemptAt ({ now, attempt, scheduleMs, askedMs = 0, endsAt }: { now: number, attempt: number, scheduleMs: number[], askedMs?: number | undefined, endsAt: number }): number | undefined {
+  if (now >= endsAt) return undefined
+  return Math.min(now + Math.max(scheduledWait(scheduleMs, attempt), askedMs), endsAt)
 }
 
 /** The wait before attempt `attempt + 1`: the schedule's entry (the last repeats), ±20 % so retries spread out. */

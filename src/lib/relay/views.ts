@@ -38,12 +38,16 @@ export interface Delivered {
   last: { at: number, status: number }
 }
 
-/** A job's name, in the clear: whose it is, and where it goes (host and path, as the logs say). */
-export interface JobName { owner: string, destination: string }
+/**
+ * A job's name, in the clear: whose it is, where it goes (host and path, as the logs say), the HMAC of the request
+ * accepted under an Idempotency-Key ('' without one), and a nonce that tells the request that stored it.
+ */
+export interface JobName { owner: string, destination: string, fingerprint: string, nonce: string }
 export const nameOf = (job: { name: string }): JobName => {
-  const [owner, destination] = JSON.parse(job.name) as [string, string]
-  return { owner, destination }
+  const [owner, destination, fingerprint = '', nonce = ''] = JSON.parse(job.name) as [string, string, string?, string?]
+  return { owner, destination, fingerprint, nonce }
 }
+export const jobName = (name: JobName): string => JSON.stringify([name.owner, name.destination, name.fingerprint, name.nonce])
 
 /** The BullMQ states behind each status a caller sees. */
 export const STATES: Record<JobStatus, JobType[]> = {

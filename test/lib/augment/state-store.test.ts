@@ -16,7 +16,6 @@ function contract (parent: Test, name: string, factory: StoreFactory): void {
     t.same(await store.take('state-a'), { verifier: record.verifier }, 'a saved state is taken')
     t.equal(await store.take('state-a'), undefined, 'and only once')
     t.equal(await store.take('never-saved'), undefined)
-    t.equal(await store.isAvailable(), true)
 
     await store.save('contended', record)
     const takes = await Promise.all(Array.from({ length: 25 }, async () => await store.take('contended')))

@@ -137,9 +137,14 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
     })
     await limited.connect()
     const changes: boolean[] = []
-    const one = createRedisTokenStore({ redis: limited, secret, lockMs: 500, fallback: createMemoryTokenStore({ maxPending: 10 }), onDegraded: (degraded) => { changes.push(degraded) } })
+    const one = createRedisTokenStore({ redis: limited, secret, lockMs: 500, fallback: createMemoryTokenStore({ maxPending: 10 }), onDegraded: (degraded) => { changes.push(degraded) }, degradedForMs: 300 })
     const fallback = await one.obtain('refused-write', 60, async () => ({ token: token('from-memory') }))
     t.same([fallback.outcome, fallback.token.access_token], ['miss', 'czs_from-memory_0123456789'])
+    t.equal(one.status(), 'degraded')
+    // With no request since, the status follows Redis, not the last request: ok once the fallback is past.
+    await sleep(400)
+    t.equal(one.status(), 'ok', 'ok again without a request')
+    await one.obtain('refused-write-again', 60, async () => ({ token: token('from-memory') }))
     t.equal(one.status(), 'degraded')
     await raw.call('ACL', 'SETUSER', user, '+set')
     await one.obtain('refused-write-2', 60, async () => ({ token: token('shared-again') }))

@@ -57,6 +57,25 @@ t.test('now: the service attaches its token, and replaces a refused one once', a
   t.match(unknown.json().data.reason, /ledger is not a configured Feishu app/)
 })
 
+t.test('a Feishu app\'s token goes to its base only: another allowed host is 403 feishu_app, and nothing is sent', async (t) => {
+  const base = await startUpstream(t, (request, res) => {
+    registerSecret('t-only-for-the-base')
+    if (request.url === '/open-apis/auth/v3/tenant_access_token/internal') sendJson(res, 200, { code: 0, msg: 'ok', tenant_access_token: 't-only-for-the-base', expire: 7200 })
+    else sendJson(res, 200, { code: 0 })
+  })
+  const other = await startUpstream(t, (_request, res) => { sendJson(res, 200, { collected: true }) })
+  const apps = JSON.stringify({ bills: { app_id: 'cli_unit', app_secret_env: 'BILLS_SECRET', base: base.url } })
+  const { app } = await build(t, { EXPECTED_COZE_API_KEY: API_KEY, RESEND_ALLOWED_HOSTS: `${base.url},${other.url}`, FEISHU_APPS: apps, BILLS_SECRET: SECRET })
+  const refused = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${other.url}/collect`, params: {}, auth: { feishu_app: 'bills' } } })
+  t.equal(refused.statusCode, 403)
+  t.same(refused.json().data, { error: 'FORBIDDEN', reason: 'feishu_app', base: base.url, detail: `the token of the Feishu app bills goes only to its base, ${base.url}` })
+  t.equal(other.requests.length, 0, 'the other host received nothing')
+  t.equal(base.requests.length, 0, 'no token was even fetched')
+  const allowed = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${base.url}/open-apis/im/v1/messages`, params: {}, auth: { feishu_app: 'bills' } } })
+  t.equal(allowed.statusCode, 200)
+  t.equal(base.requests.at(-1)?.headers.authorization, 'Bearer t-only-for-the-base')
+})
+
 t.test('a token Feishu will not give is 502 FEISHU_TOKEN_FAILED with its code; a lost one is unreachable', async (t) => {
   const { upstream, send } = await feishu(t, (count) => (count === 1 ? [200, { code: 10014, msg: 'app secret invalid' }] : [200, { code: 0, tenant_access_token: '', expire: 7200 }]))
   const location = `${upstream.url}/x`
@@ -65,6 +84,9 @@ t.test('a token Feishu will not give is 502 FEISHU_TOKEN_FAILED with its code; a
   t.same(refused.json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 200, feishu_code: 10014, feishu_msg: 'app secret invalid' })
   const empty = await send({ location, params: {}, auth: { feishu_app: 'bills' } })
   t.same(empty.json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 200, feishu_code: 0 })
+
+  const unknownApp = await feishu(t, () => [400, { code: 10003 }])
+  t.same((await unknownApp.send({ location: `${unknownApp.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })).json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 400, feishu_code: 10003 }, 'a code without words')
 
   const plain = await feishu(t, () => [500, 'down'])
   t.same((await plain.send({ location: `${plain.upstream.url}/x`, params: {}, auth: { feishu_app: 'bills' } })).json().data, { error: 'FEISHU_TOKEN_FAILED', app: 'bills', status: 500 })
