@@ -13,7 +13,15 @@ else
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
-  echo "test tools: starting redis-server on 127.0.0.1:6379"
-  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no >/dev/null
+# The tests' Redis is REDIS_URL (default redis://127.0.0.1:6379): one is started on its port when it is local.
+url=${REDIS_URL:-redis://127.0.0.1:6379}
+hostport=${url#*://}; hostport=${hostport##*@}; hostport=${hostport%%/*}
+host=${hostport%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=6379
+if ! redis-cli -h "$host" -p "$port" ping 2>/dev/null | grep -q PONG; then
+  case "$host" in
+    127.0.0.1|localhost)
+      echo "test tools: starting redis-server on 127.0.0.1:$port"
+      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$port" --save "" --appendonly no >/dev/null ;;
+    *) echo "test tools: no Redis answers at $host:$port (REDIS_URL); start it, or unset REDIS_URL for a local one" >&2; exit 1 ;;
+  esac
 fi

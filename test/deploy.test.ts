@@ -1,9 +1,13 @@
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
 import { ConfigSchema, loadConfig } from '../src/schemas/config.js'
-import { build, freePort, testKeys, trackChild } from './helper.js'
+import { build, freePort, systemTool, testKeys, trackChild } from './helper.js'
+
+const PROMTOOL = '/usr/bin/promtool'
+const promtool = systemTool(PROMTOOL, 'prometheus')
 
 const read = async (path: string): Promise<string> => await readFile(new URL(`../${path}`, import.meta.url), 'utf8')
 
@@ -26,14 +30,29 @@ t.test('the ECS task definition parses and agrees with the configuration schema'
   const task = JSON.parse(await read('deploy/ecs-task-definition.json')) as { containerDefinitions: ContainerDefinition[] }
   const [container] = task.containerDefinitions
   if (container === undefined) throw new Error('no container')
-  const known = Object.keys(ConfigSchema.properties)
+  // A variable of the service, or one a Feishu app's app_secret_env names.
+  const named = Object.values(JSON.parse(container.environment.find(({ name }) => name === 'FEISHU_APPS')?.value ?? '{}') as Record<string, { app_secret_env: string }>).map((app) => app.app_secret_env)
+  const known = [...Object.keys(ConfigSchema.properties), ...named]
   for (const { name } of [...container.environment, ...container.secrets]) t.ok(known.includes(name), `${name} is a variable of the service`)
   for (const secret of ['JWT_PRIVATE_KEY', 'EXPECTED_COZE_API_KEY', 'METRICS_TOKEN']) {
     t.notOk(container.environment.some(({ name }) => name === secret), `${secret} is not written in the task definition`)
     t.match(container.secrets.find(({ name }) => name === secret)?.valueFrom, /^arn:aws:(secretsmanager|ssm):/, `${secret} comes from a secret store`)
   }
-  const grace = Number(container.environment.find(({ name }) => name === 'SHUTDOWN_GRACE_MS')?.value ?? ConfigSchema.properties.SHUTDOWN_GRACE_MS.default)
-  t.ok(container.stopTimeout * 1000 > grace, 'ECS waits longer than the service drains')
+  const setting = (name: 'SHUTDOWN_GRACE_MS' | 'RESEND_TIMEOUT_MS'): number => Number(container.environment.find((entry) => entry.name === name)?.value ?? ConfigSchema.properties[name].default)
+  t.ok(container.stopTimeout * 1000 > setting('SHUTDOWN_GRACE_MS'), 'ECS waits longer than the service drains')
+  t.ok(setting('SHUTDOWN_GRACE_MS') > setting('RESEND_TIMEOUT_MS'), 'the service drains longer than an attempt takes')
+  t.ok(ConfigSchema.properties.SHUTDOWN_GRACE_MS.default > ConfigSchema.properties.RESEND_TIMEOUT_MS.default, 'and so do the defaults')
+  // Queued delivery, as docs/api.md describes it: its secret, and the Feishu apps' secrets, from a secret store.
+  const environment = Object.fromEntries(container.environment.map(({ name, value }) => [name, value]))
+  t.equal(environment.RESEND_QUEUE, 'redis')
+  const feishuApps = JSON.parse(environment.FEISHU_APPS as string) as Record<string, { app_secret_env: string }>
+  const secrets = new Map(container.secrets.map(({ name, valueFrom }) => [name, valueFrom]))
+  for (const name of ['RESEND_QUEUE_SECRET', 'REDIS_URL', ...Object.values(feishuApps).map((app) => app.app_secret_env)]) t.match(secrets.get(name), /^arn:aws:(secretsmanager|ssm):/, `${name} comes from a secret store`)
+  const values: Record<string, string> = { RESEND_QUEUE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'redis://127.0.0.1:6379', JWT_PRIVATE_KEY: testKeys().pkcs8, EXPECTED_COZE_API_KEY: 'caller-key-0123456789', METRICS_TOKEN: 'metrics-token-0123456789' }
+  for (const app of Object.values(feishuApps)) values[app.app_secret_env] = 'feishu-secret-0123456789'
+  const loaded = loadConfig({ env: { ...environment, ...values }, dotenvPath: '/nonexistent' })
+  t.same([loaded.config.RESEND_QUEUE, loaded.feishuApps.map((app) => app.name)], ['redis', Object.keys(feishuApps)], 'it loads as the service loads it, queued delivery and Feishu apps on')
+  t.same(loaded.warnings, [], 'with no warning')
   t.equal(container.readonlyRootFilesystem, true)
   t.equal(container.user, 'node')
   t.equal(container.logConfiguration.logDriver, 'awslogs')
@@ -85,4 +104,14 @@ t.test('the health checks of the image, Compose and ECS pass against a live serv
   const composeCheck = JSON.parse(/test: (\["CMD", "bash".*\])/.exec(compose)?.[1] ?? '[]') as string[]
   const composeScript = (composeCheck[3] as string).replace('/9000', `/${port}`)
   t.equal(await exitCode('bash', ['-c', composeScript], {}), 0, 'Compose: healthy')
+})
+
+t.test('the alert rules that ship are rules promtool accepts, on metrics the service serves', { skip: promtool.skip }, async (t) => {
+  if (promtool.missing !== undefined) return t.fail(promtool.missing)
+  const checked = spawnSync(PROMTOOL, ['check', 'rules', fileURLToPath(new URL('../deploy/prometheus-rules.yml', import.meta.url))], { encoding: 'utf8' })
+  t.equal(checked.status, 0, checked.stdout + checked.stderr)
+  const rules = await read('deploy/prometheus-rules.yml')
+  const operations = await read('docs/operations.md')
+  for (const metric of new Set(rules.match(/\b(resend|redis|feishu|token|http)_[a-z_]+\b/g)?.map((name) => name.replace(/_(count|sum|bucket)$/, '')))) t.match(operations, metric, `${metric} is documented`)
+  t.match(operations, /deploy\/prometheus-rules\.yml/, 'docs/operations.md links the rules')
 })

@@ -242,12 +242,12 @@ export async function skipWithoutRedis (): Promise<false | string> {
   return underCi() ? false : `no Redis answers at ${REDIS_URL} (start one, or set REDIS_URL)`
 }
 
-/** A key prefix of the test's own on the shared Redis (the queue's hash-tagged keys included), removed at the end. */
+/** A key prefix of the test's own on the shared Redis (the hash-tagged keys of the queue and its byte count included), removed at the end. */
 export function redisKeyPrefix (t: TestContext, label: string): string {
   const prefix = `test-${label}-${randomBytes(4).toString('hex')}:`
   t.teardown(async () => {
     const redis = new Redis(REDIS_URL)
-    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
+    for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
       const keys = await redis.keys(pattern)
       if (keys.length > 0) await redis.del(...keys)
     }

@@ -143,8 +143,9 @@ t.test('30 clients that never read a large answer: cut off after WRITE_TIMEOUT_M
   }
   t.comment(`RSS ${before.toFixed(0)} MB before, ${peak.toFixed(0)} MB with 30 answers waiting, ${after.toFixed(0)} MB after the write timeout`)
   t.ok(after - before < 50, `RSS back within 50 MB of where it started (${(after - before).toFixed(0)} MB)`)
-  // Memory may come back before the timeout fires (little was held): wait for the timeout itself.
+  // Memory may come back before the timeout fires (little was held): wait for the timeout itself, however long a
+  // busy machine takes (the file's own timeout bounds the wait).
   const cut = /"reason":"write_timeout".*connection closed to bound its cost/
-  for (let i = 0; i < 300 && !cut.test(server.output()); i++) await sleep(100)
+  while (!cut.test(server.output()) && server.child.exitCode === null) await sleep(100)
   t.match(server.output(), cut)
 })

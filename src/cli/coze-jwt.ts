@@ -107,7 +107,7 @@ export async function runCozeJwt (argv: string[], io: CliIo): Promise<number> {
     const jwt = await signer.signCozeJwt({
       kid,
       iss: appId,
-      aud: args.aud ?? (config.COZE_JWT_AUDIENCE || new URL(url).hostname),
+      aud: args.aud ?? (config.COZE_JWT_AUDIENCE ?? new URL(url).hostname),
       ttlSeconds,
       sessionName: args['session-name']
     })

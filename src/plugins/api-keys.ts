@@ -1,7 +1,7 @@
 import type { FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { type ApiKeyVerifier, createApiKeyVerifier, ServiceError } from '../lib/http/index.js'
-import type { Broker, BrokerCaller, BrokerRoute } from '../lib/coze/index.js'
+import { type ApiKeyVerifier, createApiKeyVerifier, type ServiceError } from '../lib/http/index.js'
+import { bodyKey, createCallerCheck, headerKey, type BrokerCaller, type BrokerRoute } from '../lib/coze/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -30,19 +30,6 @@ export interface CallerGate {
   preValidation?: preValidationHookHandler[]
 }
 
-/** X-API-Key, else `Authorization: Bearer` (undefined when neither is sent). */
-function headerKey (request: FastifyRequest): string | undefined {
-  const { headers } = request
-  const key = headers['x-api-key'] ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
-  return Array.isArray(key) ? '' : key
-}
-
-/** The body's coze_api_key (kept for callers of the original services), once the body is parsed. */
-function bodyKey (request: FastifyRequest): string {
-  const presented = (request.body as { coze_api_key?: unknown } | undefined)?.coze_api_key
-  return typeof presented === 'string' ? presented : ''
-}
-
 /** Who may call: the shared keys of EXPECTED_COZE_API_KEY (comma-separated for rotation), or the broker's callers. */
 export default fp(async function apiKeys (fastify) {
   const { broker } = fastify
@@ -53,37 +40,25 @@ export default fp(async function apiKeys (fastify) {
   fastify.decorateRequest('brokerCaller', null)
   if (broker === null && !verifier.configured) fastify.log.warn('no EXPECTED_COZE_API_KEY: /token and /resend answer 503 NOT_CONFIGURED')
 
+  const check = createCallerCheck(verifier, broker)
   // Decides one request: undefined when it may go on, else the refusal.
-  const sharedKey = (request: FastifyRequest, key: string): ServiceError | undefined => {
-    if (!verifier.configured) return new ServiceError('NOT_CONFIGURED', { missing: 'EXPECTED_COZE_API_KEY' })
-    const index = verifier.match(key)
-    if (index < 0) return new ServiceError('UNAUTHORIZED')
-    request.caller = { key, index }
+  const decide = (request: FastifyRequest, route: BrokerRoute, key: string): ServiceError | undefined => {
+    const decision = check(route, key)
+    if ('refused' in decision) return decision.refused
+    if ('shared' in decision) request.caller = decision.shared
+    else request.brokerCaller = decision.caller
     return undefined
   }
-  const brokerCaller = (route: BrokerRoute) => (request: FastifyRequest, key: string): ServiceError | undefined => {
-    const caller = (broker as Broker).authenticate(key)
-    if (caller === null) return new ServiceError('UNAUTHORIZED')
-    try {
-      (broker as Broker).authorizeRoute(caller, route)
-    } catch (err) {
-      return err as ServiceError
-    }
-    request.brokerCaller = caller
-    return undefined
-  }
-  const decided = (request: FastifyRequest): boolean => request.caller !== null || request.brokerCaller !== null
   fastify.decorate('callerGate', (route: BrokerRoute): CallerGate => {
     if (broker === null && route === 'augment') return {}
-    const decide = broker === null ? sharedKey : brokerCaller(route)
     return {
       // A key in a header is decided before the body is read; without one, the body's key once it is parsed.
       onRequest: [function callerKeyHeader (request, _reply, done) {
-        const key = headerKey(request)
-        done(key === undefined ? undefined : decide(request, key))
+        const key = headerKey(request.headers)
+        done(key === undefined ? undefined : decide(request, route, key))
       }],
       preValidation: [function callerKeyBody (request, _reply, done) {
-        done(decided(request) ? undefined : decide(request, bodyKey(request)))
+        done(request.caller !== null || request.brokerCaller !== null ? undefined : decide(request, route, bodyKey(request.body)))
       }]
     }
   })

@@ -19,9 +19,9 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     url: config.COZE_API_URL,
     timeoutMs: config.COZE_TIMEOUT_MS,
     signer: fastify.signer,
-    issuer: config.COZE_APP_ID !== undefined && config.COZE_APP_ID !== '' ? { appId: config.COZE_APP_ID } : config.COZE_ISS_FROM_CALLER_KEY ? { fromCallerKey: true } : null,
+    issuer: config.COZE_APP_ID !== undefined ? { appId: config.COZE_APP_ID } : config.COZE_ISS_FROM_CALLER_KEY ? { fromCallerKey: true } : null,
     // Coze's SDKs sign for the host of the API they call: api.coze.cn or api.coze.com.
-    audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname,
+    audience: config.COZE_JWT_AUDIENCE ?? new URL(config.COZE_API_URL).hostname,
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
     reuseSeconds: config.COZE_TOKEN_REUSE_SECONDS,
     maxPending: config.COZE_MAX_PENDING_EXCHANGES,
@@ -32,7 +32,7 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
   if (fastify.brokerSetup === null) {
     if (client.missing.includes('COZE_APP_ID')) fastify.log.warn('no COZE_APP_ID: POST /token answers 503 NOT_CONFIGURED (set the id of your Coze OAuth app, the JWT iss)')
     // What this instance will talk to, said once: no secret in it.
-    fastify.log.info({ upstream: 'coze', app_id: config.COZE_APP_ID, token_url: config.COZE_API_URL, audience: config.COZE_JWT_AUDIENCE || new URL(config.COZE_API_URL).hostname }, 'upstream configured')
+    fastify.log.info({ upstream: 'coze', app_id: config.COZE_APP_ID, token_url: config.COZE_API_URL, audience: config.COZE_JWT_AUDIENCE ?? new URL(config.COZE_API_URL).hostname }, 'upstream configured')
   }
   fastify.decorate('coze', client)
   fastify.addHook('onClose', async () => await client.close())

@@ -20,7 +20,7 @@ export interface ResendPluginOptions {
 /** The relay of POST /resend: its allow-list, limits, Feishu's tokens, counters and queue. */
 export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   const { config, log, serviceMetrics } = fastify
-  const missing = [config.RESEND_QUEUE === 'redis' ? '' : 'RESEND_QUEUE=redis', (config.RESEND_QUEUE_SECRET ?? '') !== '' ? '' : 'RESEND_QUEUE_SECRET'].filter(Boolean)
+  const missing = [config.RESEND_QUEUE === 'redis' ? '' : 'RESEND_QUEUE=redis', config.RESEND_QUEUE_SECRET !== undefined ? '' : 'RESEND_QUEUE_SECRET'].filter(Boolean)
   // A broker caller holds its max_queued_bytes, a quarter of the bound by default; single-app mode, the bound.
   const shares = new Map((fastify.brokerSetup?.callers ?? []).map((caller) => [caller.name, caller.maxQueuedBytes ?? Math.floor(config.RESEND_MAX_QUEUED_BYTES / 4)]))
   const ownerMaxBytes = (owner: string): number => shares.get(owner) ?? config.RESEND_MAX_QUEUED_BYTES
@@ -57,7 +57,8 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   if (jobs !== null) {
     serviceMetrics.gaugeByLabel('resend_queue_jobs', 'Queued delivery jobs by status (queued, delivering, delivered, failed), read every 5 s', 'status', () => jobs.snapshot().counts)
     serviceMetrics.gauge('resend_queue_oldest_age_seconds', 'Age of the oldest job not yet delivered or failed, read every 5 s', () => jobs.snapshot().oldestSeconds)
-    serviceMetrics.gauge('resend_queue_bytes', 'Bytes queued delivery keeps in Redis (requests and kept answers), read every 5 s; bounded by RESEND_MAX_QUEUED_BYTES', () => jobs.snapshot().bytes)
+    serviceMetrics.gauge('resend_queue_bytes', 'Bytes queued delivery keeps in Redis (requests and kept answers), read every 5 s', () => jobs.snapshot().bytes)
+    serviceMetrics.gauge('resend_queue_bytes_limit', 'RESEND_MAX_QUEUED_BYTES: the bound on resend_queue_bytes', () => config.RESEND_MAX_QUEUED_BYTES)
     serviceMetrics.gauge('redis_writes_refused', 'Whether Redis refused the queue\'s last write for memory (maxmemory): 1, or 0', () => (jobs.writesRefused ? 1 : 0))
   }
   fastify.addHook('onClose', async () => { await service.close() })

@@ -99,11 +99,11 @@ export const SINGLE_APP_VARIABLES = ['JWT_PRIVATE_KEY', 'JWT_PRIVATE_KEY_FILE', 
 export interface BrokerVariables { COZE_APPS_FILE?: string | undefined, COZE_APPS?: string | undefined, COZE_ISS_FROM_CALLER_KEY: boolean }
 
 export function loadBrokerDocument (config: BrokerVariables, explicitlySet: ReadonlySet<string>): { document: BrokerDocument, source: string } | null {
-  const file = config.COZE_APPS_FILE ?? ''
-  const inline = config.COZE_APPS ?? ''
-  if (file === '' && inline === '') return null
-  if (file !== '' && inline !== '') throw new ConfigError('COZE_APPS_FILE and COZE_APPS are both set: use one')
-  const source = file !== '' ? `COZE_APPS_FILE (${file})` : 'COZE_APPS'
+  // (An empty variable is unset: loadConfig left it out.)
+  const { COZE_APPS_FILE: file, COZE_APPS: inline } = config
+  if (file === undefined && inline === undefined) return null
+  if (file !== undefined && inline !== undefined) throw new ConfigError('COZE_APPS_FILE and COZE_APPS are both set: use one')
+  const source = file !== undefined ? `COZE_APPS_FILE (${file})` : 'COZE_APPS'
   const clashing: string[] = SINGLE_APP_VARIABLES.filter((name) => explicitlySet.has(name))
   if (config.COZE_ISS_FROM_CALLER_KEY) clashing.push('COZE_ISS_FROM_CALLER_KEY')
   if (clashing.length > 0) throw new ConfigError(`${source} configures the apps and callers: remove ${clashing.join(', ')} (one way to configure)`)

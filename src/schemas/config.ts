@@ -26,7 +26,7 @@ export const ConfigSchema = Type.Object({
   MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1000000, default: 10000 }),
   MAX_CONNECTIONS_PER_IP: Type.Integer({ minimum: 1, maximum: 1000000, default: 256, description: 'Connections from one peer address (the socket\'s, never X-Forwarded-For)' }),
   HEADERS_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 10000, description: 'A connection that has not sent a whole request head by then is closed' }),
-  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 10000 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 300000, default: 20000, description: 'Above RESEND_TIMEOUT_MS, so that a delivery in flight finishes on SIGTERM; ECS stopTimeout above it' }),
   TRUST_PROXY: Type.String({ pattern: '^(true|false|[0-9a-fA-F.:/, ]+)$', default: 'false', description: 'false, CIDRs or addresses of the balancers, a hop count, or true (unsafe)' }),
 
   ROUTES: Type.String({ pattern: '^\\s*(token|resend|augment)?(\\s*,\\s*(token|resend|augment))*\\s*$', default: 'token,resend,augment', description: 'What this instance serves: token, resend, augment' }),
@@ -238,15 +238,14 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
     throw new ConfigError(`COZE_API_URL is an origin; it takes the token endpoint: ${new URL(config.COZE_API_URL).origin}/api/permission/oauth2/token`)
   }
   // Without a secret queued delivery is off and says so (503 NOT_CONFIGURED, /ready); a wrong one stops the start.
-  const queueSecret = String(config.RESEND_QUEUE_SECRET)
-  if (config.RESEND_QUEUE === 'redis' && config.RESEND_QUEUE_SECRET !== undefined && queueSecret !== '' && !/^[A-Za-z0-9+/]{43}=$/.test(queueSecret)) {
+  if (config.RESEND_QUEUE === 'redis' && config.RESEND_QUEUE_SECRET !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(config.RESEND_QUEUE_SECRET)) {
     throw new ConfigError('RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
   }
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
   }
   // A token list of spaces or commas would leave /metrics open while looking protected. (Empty is unset.)
-  if (config.METRICS_TOKEN !== undefined && config.METRICS_TOKEN !== '' && config.METRICS_TOKEN.split(',').every((token) => token.trim() === '')) {
+  if (config.METRICS_TOKEN !== undefined && config.METRICS_TOKEN.split(',').every((token) => token.trim() === '')) {
     throw new ConfigError('METRICS_TOKEN holds no token: give one or more tokens separated by commas, or leave it unset')
   }
   const warnings: string[] = []
@@ -257,7 +256,10 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (config.TRUST_PROXY === 'true') {
     warnings.push('TRUST_PROXY=true believes the leftmost X-Forwarded-For entry, which any client can write: rate limits can be dodged. Use the balancer\'s CIDR or a hop count (TRUST_PROXY=1).')
   }
-  if (config.COZE_ISS_FROM_CALLER_KEY && (config.COZE_APP_ID ?? '') === '') {
+  if (config.SHUTDOWN_GRACE_MS <= config.RESEND_TIMEOUT_MS && serves(config, 'resend')) {
+    warnings.push(`SHUTDOWN_GRACE_MS (${config.SHUTDOWN_GRACE_MS}) is not above RESEND_TIMEOUT_MS (${config.RESEND_TIMEOUT_MS}): on SIGTERM a delivery in flight may be cut, and a queued one tried again by another instance`)
+  }
+  if (config.COZE_ISS_FROM_CALLER_KEY && config.COZE_APP_ID === undefined) {
     warnings.push('COZE_ISS_FROM_CALLER_KEY=true: the caller\'s key is sent to Coze as the JWT iss in every exchange. Set COZE_APP_ID instead.')
   }
   return { config, broker, feishuApps, warnings }

@@ -36,15 +36,15 @@ export function loadFeishuApps (
   inDocument: { apps: FeishuApps | undefined, source: string } | null,
   environment: Readonly<Record<string, unknown>>
 ): FeishuAppSetup[] {
-  const file = variables.FEISHU_APPS_FILE ?? ''
-  const inline = variables.FEISHU_APPS ?? ''
-  if (file !== '' && inline !== '') throw new ConfigError('FEISHU_APPS_FILE and FEISHU_APPS are both set: use one')
-  const fromVariable = file !== '' || inline !== ''
-  if (fromVariable && inDocument?.apps !== undefined) throw new ConfigError(`${inDocument.source} has feishu_apps and ${file !== '' ? 'FEISHU_APPS_FILE' : 'FEISHU_APPS'} is set: use one`)
+  // (An empty variable is unset: loadConfig left it out.)
+  const { FEISHU_APPS_FILE: file, FEISHU_APPS: inline } = variables
+  if (file !== undefined && inline !== undefined) throw new ConfigError('FEISHU_APPS_FILE and FEISHU_APPS are both set: use one')
+  const fromVariable = file !== undefined || inline !== undefined
+  if (fromVariable && inDocument?.apps !== undefined) throw new ConfigError(`${inDocument.source} has feishu_apps and ${file !== undefined ? 'FEISHU_APPS_FILE' : 'FEISHU_APPS'} is set: use one`)
   let apps: unknown
   let source: string
   if (fromVariable) {
-    source = file !== '' ? `FEISHU_APPS_FILE (${file})` : 'FEISHU_APPS'
+    source = file !== undefined ? `FEISHU_APPS_FILE (${file})` : 'FEISHU_APPS'
     apps = readConfigDocument(source, file, inline)
     const issue = checkApps.Errors(apps).First()
     if (issue !== undefined) throw new ConfigError(`${source}: ${issue.path.replace(/^\//, '').replace(/\//g, '.') || '(the document)'} ${issue.message.toLowerCase()}`)

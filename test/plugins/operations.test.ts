@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { API_KEY, build, KID, REDIS_URL, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
+import { API_KEY, build, KID, REDIS_URL, redisKeyPrefix, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
 
 t.test('OpenAPI: every route with its answers, the UI at /docs; DOCS_ENABLED=false removes both', async (t) => {
   const { app } = await build(t)
@@ -82,12 +82,13 @@ t.test('metrics: request counts by route and status, Coze exchanges, cache, rese
 t.test('rate limits: per client IP, 429 RATE_LIMITED with Retry-After, stricter for auth-url, probes exempt', async (t) => {
   const { app } = await build(t, { RATE_LIMIT_MAX: 3, RATE_LIMIT_AUTH_URL_MAX: 2, RATE_LIMIT_WINDOW: '1 minute' })
   const post = async (ip = '127.0.0.1') => await app.inject({ method: 'POST', url: '/token', remoteAddress: ip, payload: {} })
-  for (let i = 0; i < 3; i++) t.equal((await post()).statusCode, 400)
+  // (No key is configured: each is 503 NOT_CONFIGURED, decided before the body; what counts is that it is answered.)
+  for (let i = 0; i < 3; i++) t.equal((await post()).statusCode, 503)
   const limited = await post()
   t.equal(limited.statusCode, 429)
   t.match(limited.json(), { success: false, data: { error: 'RATE_LIMITED', limit: 3 }, message: '请求过于频繁，请稍后再试' })
   t.ok(Number(limited.headers['retry-after']) > 0, 'Retry-After')
-  t.equal((await post('10.9.8.7')).statusCode, 400, 'another client has its own budget')
+  t.equal((await post('10.9.8.7')).statusCode, 503, 'another client has its own budget')
   for (let i = 0; i < 10; i++) {
     t.equal((await app.inject('/health')).statusCode, 200)
     t.equal((await app.inject('/ready')).statusCode, 503, 'answered, not limited (unready only for lack of configuration)')
@@ -107,19 +108,19 @@ t.test('TRUST_PROXY: behind a load balancer the client is the X-Forwarded-For ad
       (await app.inject({ method: 'POST', url: '/token', remoteAddress: '10.0.0.1', headers: { 'x-forwarded-for': client }, payload: {} })).statusCode
     return [await from('203.0.113.1'), await from('203.0.113.2')]
   }
-  t.same(await run('true'), [400, 400], 'two clients behind one balancer')
-  t.same(await run('10.0.0.0/8'), [400, 400], 'trusting the balancer\'s subnet')
-  t.same(await run('192.0.2.1'), [400, 429], 'a balancer that is not the peer is not believed')
-  t.same(await run('false'), [400, 429], 'untrusted: the balancer is the client')
+  t.same(await run('true'), [503, 503], 'two clients behind one balancer')
+  t.same(await run('10.0.0.0/8'), [503, 503], 'trusting the balancer\'s subnet')
+  t.same(await run('192.0.2.1'), [503, 429], 'a balancer that is not the peer is not believed')
+  t.same(await run('false'), [503, 429], 'untrusted: the balancer is the client')
 })
 
 t.test('rate limits across instances share counters in Redis', { skip: await skipWithoutRedis() }, async (t) => {
-  const config = { STATE_STORE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: `aibill-rl-${process.pid}-${Date.now()}:`, RATE_LIMIT_MAX: 3 }
+  const config = { STATE_STORE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: redisKeyPrefix(t, 'rate-limit'), RATE_LIMIT_MAX: 3 }
   const first = await build(t, config)
   const second = await build(t, config)
   const statuses: number[] = []
   for (const app of [first.app, second.app, first.app, second.app]) statuses.push((await app.inject({ method: 'POST', url: '/token', payload: {} })).statusCode)
-  t.same(statuses, [400, 400, 400, 429])
+  t.same(statuses, [503, 503, 503, 429])
 })
 
 t.test('CORS for the browser-facing /api routes only, and only for listed origins', async (t) => {

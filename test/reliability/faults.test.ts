@@ -56,7 +56,7 @@ const EXPECTED: Record<string, Record<string, [number, string]>> = {
   }
 }
 
-t.test('every upstream fault gets its documented answer within its timeout plus a second, and nothing crashes', async (t) => {
+t.test('every upstream fault gets its documented answer within its timeout plus two seconds, and nothing crashes', async (t) => {
   const faults = await startFaultServer(t)
   const closed = await startUpstream(t, () => {})
   closed.server.close()
@@ -69,28 +69,32 @@ t.test('every upstream fault gets its documented answer within its timeout plus 
     AUGMENT_TENANT_HOSTS: `http://127.0.0.1:${faults.port},http://127.0.0.1:${closed.port}`
   })
 
-  const call: Record<string, (fault: string) => Promise<import('light-my-request').Response>> = {
+  // Each call is made ready first (an app of its own, a sign-in state), so that only the request itself is timed.
+  type Send = () => Promise<import('light-my-request').Response>
+  const prepare: Record<string, (fault: string) => Promise<Send>> = {
     coze: async (fault) => {
       const { app } = await build(t, { ...timeouts, JWT_PRIVATE_KEY: testKeys().pkcs8, COZE_APP_ID: '1180000000001', EXPECTED_COZE_API_KEY: API_KEY, COZE_API_URL: `${origin(fault)}/${fault}/token` })
-      return await app.inject({ method: 'POST', url: '/token', payload: { public_key: KID, coze_api_key: API_KEY } })
+      return async () => await app.inject({ method: 'POST', url: '/token', payload: { public_key: KID, coze_api_key: API_KEY } })
     },
-    resend: async (fault) => await relay.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${origin(fault)}/${fault}/x`, params: {} } }),
+    resend: async (fault) => async () => await relay.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': API_KEY }, payload: { location: `${origin(fault)}/${fault}/x`, params: {} } }),
     augment: async (fault) => {
       const state = (await relay.inject('/api/auth-url')).json().data.state as string
-      return await relay.inject({ method: 'POST', url: '/api/complete-auth', payload: { code: 'code-for-faults', state, tenant_url: `${origin(fault)}/${fault}/` } })
+      return async () => await relay.inject({ method: 'POST', url: '/api/complete-auth', payload: { code: 'code-for-faults', state, tenant_url: `${origin(fault)}/${fault}/` } })
     }
   }
 
   for (const [client, table] of Object.entries(EXPECTED)) {
     for (const [fault, [status, code]] of Object.entries(table)) {
+      const send = await (prepare[client] as (fault: string) => Promise<Send>)(fault)
       const started = Date.now()
-      const res = await (call[client] as (fault: string) => Promise<import('light-my-request').Response>)(fault)
+      const res = await send()
       const elapsed = Date.now() - started
       t.equal(res.statusCode, status, `${client} ${fault}: status`)
       const body = res.json()
       if (code === '') t.equal(body.success, true, `${client} ${fault}: passed on as text`)
       else t.equal(body.data.error, code, `${client} ${fault}: ${code}`)
-      t.ok(elapsed < TIMEOUT_MS + 1000, `${client} ${fault}: answered in ${elapsed} ms`)
+      // The margin is what two busy loops beside the suite were measured to add: a hang would be many times it.
+      t.ok(elapsed < TIMEOUT_MS + 2000, `${client} ${fault}: answered in ${elapsed} ms`)
     }
   }
   t.equal((await relay.inject('/health')).statusCode, 200, 'the process is up')

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { privateResolver, SSRF_TRICKS } from '../fixtures/ssrf.js'
-import { API_KEY, build, KID, REDIS_URL, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, KID, REDIS_URL, redisKeyPrefix, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type UpstreamHandler } from '../helper.js'
 
 const CODE = '_000baec407c57c4bf9a1b2c3d4e5f6a7b8'
 const tokenAnswer: UpstreamHandler = (_req, res) => { sendJson(res, 200, { access_token: 'augment-access-token-xyz', token_type: 'Bearer', expires_in: 3600 }) }
@@ -181,7 +181,7 @@ t.test('exchange failures: no token 502, unreachable 502, slow 504, a private ad
 
 t.test('two instances on one Redis share states: start on one, finish on the other, no replay on either', { skip: await skipWithoutRedis() }, async (t) => {
   const tenant = await startUpstream(t, tokenAnswer)
-  const config = { STATE_STORE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: `aibill-test-${process.pid}:`, AUGMENT_TENANT_HOSTS: `http://127.0.0.1:${tenant.port}` }
+  const config = { STATE_STORE: 'redis', REDIS_URL, REDIS_KEY_PREFIX: redisKeyPrefix(t, 'states'), AUGMENT_TENANT_HOSTS: `http://127.0.0.1:${tenant.port}` }
   const first = await build(t, config)
   const second = await build(t, config)
   const { state } = await authorize(first.app)

@@ -9,7 +9,7 @@ import { Agent } from 'undici'
 import t, { type Test } from 'tap'
 import { stringify as toYaml } from 'yaml'
 import { loadConfig } from '../../src/schemas/config.js'
-import { build, type RecordedRequest, REDIS_URL, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, tempDir } from '../helper.js'
+import { build, type RecordedRequest, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, tempDir } from '../helper.js'
 
 // Three key pairs: bills-cn signs with fp-1 (which Coze is told to refuse in the failover test) and fp-2.
 function pair (): { pem: string, publicKey: KeyObject } {
@@ -310,7 +310,7 @@ t.test('the document: YAML or JSON, validated at start, naming the source and th
 t.test('one cache for every instance: 4 instances, 200 concurrent identical requests, 1 exchange at Coze', { skip: await skipWithoutRedis() }, async (t) => {
   const coze = await startCoze(t, { delayMs: 300 })
   const shared = {
-    TOKEN_CACHE: 'redis', TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL, REDIS_KEY_PREFIX: `aibill-broker-${randomBytes(4).toString('hex')}:`
+    TOKEN_CACHE: 'redis', TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL, REDIS_KEY_PREFIX: redisKeyPrefix(t, 'broker')
   }
   const instances = await Promise.all([1, 2, 3, 4].map(async () => await broker(t, coze, shared)))
   const answers = await Promise.all(Array.from({ length: 200 }, async (_unused, i) =>
@@ -381,14 +381,16 @@ t.test('/metrics names callers and apps: with an apps document it needs METRICS_
   for (const empty of [' ', ',', ' , ,']) {
     t.throws(() => loadConfig({ overrides: { METRICS_TOKEN: empty }, env: false }), { message: 'METRICS_TOKEN holds no token: give one or more tokens separated by commas, or leave it unset' })
   }
-  t.equal(loadConfig({ overrides: { METRICS_TOKEN: '' }, env: false }).config.METRICS_TOKEN, '', 'empty is unset, as every variable')
+  t.equal(loadConfig({ overrides: { METRICS_TOKEN: '' }, env: false }).config.METRICS_TOKEN, undefined, 'empty is unset, as every variable')
 })
 
 t.test('the example document in deploy/ loads', async (t) => {
   const loaded = loadConfig({
-    overrides: { COZE_APPS_FILE: fileURLToPath(new URL('../../deploy/coze-apps.example.yaml', import.meta.url)), BILLS_CN_KEY: 'pem', BILLS_COM_KEY: 'pem', SUPPORT_ORG_KEY: 'pem', WORKFLOWS_CALLER_KEY: 'k1', SUPPORT_CALLER_KEY: 'k2' },
+    overrides: { COZE_APPS_FILE: fileURLToPath(new URL('../../deploy/coze-apps.example.yaml', import.meta.url)), BILLS_CN_KEY: 'pem', BILLS_COM_KEY: 'pem', SUPPORT_ORG_KEY: 'pem', WORKFLOWS_CALLER_KEY: 'k1', SUPPORT_CALLER_KEY: 'k2', FEISHU_BILLS_SECRET: 's' },
     env: false
   })
+  t.same(loaded.feishuApps.map((app) => [app.name, app.base.origin]), [['bills', 'https://open.feishu.cn']], 'feishu_apps at the top level')
+  t.same(loaded.broker?.callers.map((caller) => [caller.name, caller.feishuApps, caller.maxQueuedBytes]), [['shortcuts', [], undefined], ['workflows', ['bills'], 67108864], ['support-bot', [], undefined]])
   t.same(loaded.broker?.apps.map((app) => app.name), ['bills-cn', 'bills-com', 'support-org'])
   t.same(loaded.broker?.callers.map((caller) => [caller.name, caller.routes]), [['shortcuts', ['token']], ['workflows', ['token', 'resend']], ['support-bot', ['token']]])
 })

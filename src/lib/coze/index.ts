@@ -5,6 +5,7 @@
  */
 export { brokerCallers, type BrokerSetup, importApps } from './broker-setup.js'
 export { type Broker, type BrokerCaller, type BrokerRoute, brokerTokenUrl, createBroker, wholeMatch } from './broker.js'
+export { bodyKey, type CallerDecision, createCallerCheck, headerKey } from './callers.js'
 export { type CozeClient, createCozeClient } from './client.js'
 export { createSigner, importRsaPrivateKey, keyLabel, PrivateKeyError, readPrivateKeyPem, type Signer } from './jwt.js'
 export { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from './token-store.js'

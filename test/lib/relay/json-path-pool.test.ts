@@ -19,10 +19,10 @@ t.test('rewrites in a worker thread; a refusal there is 400 COMMAND_FAILED here,
 })
 
 t.test('JSONPATH_TIMEOUT_MS: an expression that runs too long is refused and its worker replaced', async (t) => {
+  // (The deadline counts from the moment a worker starts the work: on a busy machine a worker's own start, under
+  // the test loader, took 11 s. The refusal's reason says the deadline ended it, whatever the clock shows.)
   const jsonPath = pool(t, { timeoutMs: 150 })
-  const started = performance.now()
   await t.rejects(jsonPath.rewrite(slowBody, [SLOW]), { code: 'COMMAND_FAILED', details: { reason: 'the expressions took longer than 150 ms (JSONPATH_TIMEOUT_MS)', limit: 150 } })
-  t.ok(performance.now() - started < 5000)
   t.same((await jsonPath.rewrite('{"params":["1"]}', ['$.params[0]'])).body, '[1]', 'a new worker serves the next request')
 })
 
