@@ -69,7 +69,7 @@ export async function measureQueue (options: { startService: StartService, locat
     await delivering.child.stop()
     return { accept, validated, acceptThroughput, syncThroughput, deliveryRps, delivered }
   } finally {
-    for (const pattern of [`${prefix}*`, `{${prefix}resend}*`]) {
+    for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
       let cursor = '0'
       do {
         const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)

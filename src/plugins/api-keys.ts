@@ -58,7 +58,7 @@ export default fp(async function apiKeys (fastify) {
         done(key === undefined ? undefined : decide(request, route, key))
       }],
       preValidation: [function callerKeyBody (request, _reply, done) {
-        done(request.caller !== null || request.brokerCaller !== null ? undefined : decide(request, route, bodyKey(request.body)))
+        done(request.caller !== null || request.brokerCaller !== null ? undefined : decide(request, route, headerKey(request.headers) ?? bodyKey(request.body)))
       }]
     }
   })

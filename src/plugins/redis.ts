@@ -1,11 +1,14 @@
 import fastifyRedis from '@fastify/redis'
 import fp from 'fastify-plugin'
-import { connectRedis, guardRedis } from '../lib/redis/index.js'
+import type { Redis } from 'ioredis'
+import { connectRedis, guardRedis, redisSettings, type RedisSettings } from '../lib/redis/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** Whether Redis answers now: connected, and not counted as down by the breaker. Always true without Redis. */
     redisAvailable: () => boolean
+    /** Where Redis is and how to reach it (one node or a cluster, TLS): the queue opens its own clients with it. */
+    redisSettings: RedisSettings | null
   }
 }
 
@@ -18,9 +21,12 @@ export default fp(async function redis (fastify) {
   const purposes = [config.STATE_STORE === 'redis' ? 'STATE_STORE=redis' : '', config.TOKEN_CACHE === 'redis' ? 'TOKEN_CACHE=redis' : '', config.RESEND_QUEUE === 'redis' ? 'RESEND_QUEUE=redis' : ''].filter(Boolean)
   if (purposes.length === 0) {
     fastify.decorate('redisAvailable', () => true)
+    fastify.decorate('redisSettings', null)
     return
   }
-  const client = await connectRedis(config.REDIS_URL, config.REDIS_KEY_PREFIX, purposes.join(', '), (code) => { fastify.log.debug({ code }, 'redis error') })
+  const settings = redisSettings(config.REDIS_URL, config.REDIS_CLUSTER, config.REDIS_TLS_CA_FILE)
+  fastify.decorate('redisSettings', settings)
+  const client = await connectRedis(settings, config.REDIS_KEY_PREFIX, purposes.join(', '), (code) => { fastify.log.debug({ code }, 'redis error') })
   let available = true
   client.on('close', () => {
     if (available) fastify.log.warn('redis connection lost; retrying')
@@ -39,7 +45,8 @@ export default fp(async function redis (fastify) {
   })
   const redisAvailable = (): boolean => client.status === 'ready' && !breaker.open
   fastify.decorate('redisAvailable', redisAvailable)
-  await fastify.register(fastifyRedis, { client, closeClient: false })
+  // (@fastify/redis types its client as one node; a Cluster answers the same commands.)
+  await fastify.register(fastifyRedis, { client: client as Redis, closeClient: false })
   fastify.addHook('onClose', async () => {
     breaker.close()
     await client.quit().catch(() => { client.disconnect() })

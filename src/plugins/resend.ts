@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import { createRelayService, type JobQueue, type Relay } from '../lib/relay/index.js'
 import type { Resolver } from '../lib/http/index.js'
+import type { RedisSettings } from '../lib/redis/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -34,7 +35,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     jsonPathWorkers: config.JSONPATH_WORKERS,
     jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
     feishuApps: fastify.feishuApps,
-    queue: missing.length > 0 ? null : { redisUrl: config.REDIS_URL, keyPrefix: config.REDIS_KEY_PREFIX, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS },
+    queue: missing.length > 0 ? null : { redisSettings: fastify.redisSettings as RedisSettings, keyPrefix: config.REDIS_KEY_PREFIX, partitions: config.RESEND_QUEUE_PARTITIONS, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS },
     redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
     onOutcome: serviceMetrics.resend,
@@ -62,4 +63,4 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     serviceMetrics.gauge('redis_writes_refused', 'Whether Redis refused the queue\'s last write for memory (maxmemory): 1, or 0', () => (jobs.writesRefused ? 1 : 0))
   }
   fastify.addHook('onClose', async () => { await service.close() })
-}, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics'] })
+}, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics', 'redis'] })

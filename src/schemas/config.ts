@@ -65,6 +65,7 @@ export const ConfigSchema = Type.Object({
   RESEND_MAX_AGE: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '24h', description: 'How long a queued job is tried before it fails' }),
   RESEND_MAX_QUEUED: Type.Integer({ minimum: 1, maximum: 100000000, default: 100000, description: 'Jobs waiting at once (queued or delayed); past it queued delivery is 503' }),
   RESEND_MAX_QUEUED_BYTES: Type.Integer({ minimum: 65536, maximum: 1099511627776, default: 268435456, description: 'Bytes queued delivery keeps in Redis, requests and kept answers of every job; past it queued delivery is 503 queue_full. A broker caller may hold a quarter of it (max_queued_bytes)' }),
+  RESEND_QUEUE_PARTITIONS: Type.Integer({ minimum: 1, maximum: 256, default: 1, description: 'The queue as this many BullMQ queues, each under a hash tag of its own: on a Redis Cluster it spreads over the shards (a destination host\'s jobs stay in one)' }),
   FEISHU_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the Feishu apps document (JSON, or YAML by .yaml/.yml): the service fetches their tenant tokens' })),
   FEISHU_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
 
@@ -80,7 +81,9 @@ export const ConfigSchema = Type.Object({
   STATE_STORE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory' }),
   TOKEN_CACHE: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { default: 'memory', description: 'Where Coze tokens are cached: memory (each instance) or redis (shared, encrypted)' }),
   TOKEN_CACHE_SECRET: Type.Optional(Type.String({ description: 'base64 of 32 bytes: the AES-256-GCM key of the shared token cache (required with TOKEN_CACHE=redis)' })),
-  REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
+  REDIS_URL: Type.String({ pattern: '^rediss?://[^,\\s]+(\\s*,\\s*rediss?://[^,\\s]+)*$', default: 'redis://127.0.0.1:6379', description: 'redis:// or rediss:// (TLS); with REDIS_CLUSTER=true, one or more seed nodes, comma-separated' }),
+  REDIS_CLUSTER: Type.Boolean({ default: false, description: 'REDIS_URL names nodes of a Redis Cluster (ElastiCache cluster mode, ElastiCache Serverless, Valkey cluster)' }),
+  REDIS_TLS_CA_FILE: Type.Optional(Type.String({ description: 'A PEM file of the private CA that signs Redis\'s certificates, trusted beside the system\'s (rediss://)' })),
   REDIS_KEY_PREFIX: Type.String({ maxLength: 64, default: 'aibill:' }),
 
   // Operations
@@ -131,7 +134,7 @@ interface AjvIssue { instancePath: string, keyword?: string, message?: string }
 const EXPECTED_FORM: Record<string, string> = {
   COZE_API_URL: 'an http(s) URL of Coze\'s token endpoint, such as https://api.coze.cn/api/permission/oauth2/token',
   AUGMENT_AUTH_URL: 'an http(s) URL of Augment\'s authorize endpoint, such as https://auth.augmentcode.com/authorize',
-  REDIS_URL: 'a redis:// or rediss:// URL, such as redis://:password@host:6379/0',
+  REDIS_URL: 'a redis:// or rediss:// URL, such as redis://:password@host:6379/0 (with REDIS_CLUSTER=true, one or more, comma-separated)',
   TRUST_PROXY: 'false, true, a hop count (1), or the balancers\' addresses or CIDRs, comma-separated',
   ROUTES: 'a comma-separated list of token, resend and augment',
   RATE_LIMIT_WINDOW: 'a number of milliseconds, or a duration such as 30 seconds, 1 minute, 1 hour'
@@ -185,6 +188,17 @@ export function didYouMean (name: string): string | undefined {
     if ((distance <= 2 || oneWord) && (best === undefined || distance < best.distance)) best = { known, distance }
   }
   return best?.known
+}
+
+/** REDIS_TLS_CA_FILE, checked at start: a file that cannot be read, or holds no certificate, stops it. */
+function readCaFile (file: string): void {
+  let pem: string
+  try {
+    pem = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`REDIS_TLS_CA_FILE (${file}) cannot be read (${String((err as NodeJS.ErrnoException).code)})`)
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`REDIS_TLS_CA_FILE (${file}) holds no PEM certificate`)
 }
 
 export interface LoadConfigOptions {
@@ -241,6 +255,10 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (config.RESEND_QUEUE === 'redis' && config.RESEND_QUEUE_SECRET !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(config.RESEND_QUEUE_SECRET)) {
     throw new ConfigError('RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
   }
+  if (!config.REDIS_CLUSTER && config.REDIS_URL.includes(',')) {
+    throw new ConfigError('REDIS_URL names several nodes: set REDIS_CLUSTER=true for a Redis Cluster, or give one URL')
+  }
+  if (config.REDIS_TLS_CA_FILE !== undefined) readCaFile(config.REDIS_TLS_CA_FILE)
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
   }

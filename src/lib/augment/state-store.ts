@@ -1,6 +1,6 @@
-import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import { ServiceError } from '../http/index.js'
+import type { RedisClient } from '../redis/index.js'
 
 export interface OAuthStateRecord {
   verifier: string
@@ -75,7 +75,7 @@ function parseRecord (text: string | null): OAuthStateRecord | undefined {
 }
 
 /** Shared by every instance: SET with a TTL, and GETDEL, which is atomic on the server. */
-export function createRedisStateStore (redis: Redis, { validityMs, graceMs = DEFAULT_GRACE_MS }: StateLifetime): StateStore {
+export function createRedisStateStore (redis: RedisClient, { validityMs, graceMs = DEFAULT_GRACE_MS }: StateLifetime): StateStore {
   return {
     async save (state, record) {
       try {

@@ -1,9 +1,8 @@
 import { createHmac, hkdfSync, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import { type ErrorCode, ServiceError } from '../http/index.js'
-import { createSealer } from '../redis/index.js'
+import { createSealer, type RedisClient } from '../redis/index.js'
 
 export interface CozeToken {
   access_token: string
@@ -132,7 +131,7 @@ export function createMemoryTokenStore ({ maxEntries = 10_000, maxPending }: Mem
 }
 
 export interface RedisTokenStoreOptions {
-  redis: Redis
+  redis: RedisClient
   /** TOKEN_CACHE_SECRET: 32 bytes; keys for the names (HMAC) and the values (AES-256-GCM) are derived from it. */
   secret: Buffer
   /** How long an instance may hold the exchange lock; past it another takes over (the holder died). */
@@ -189,9 +188,10 @@ export function createRedisTokenStore (options: RedisTokenStoreOptions): TokenSt
 
   async function obtainShared (key: string, minValiditySeconds: number, exchange: () => Promise<CozeExchange>, refused: string | undefined): Promise<Obtained> {
     const id = createHmac('sha256', nameKey).update(key).digest('hex')
-    const tokenKey = `token:${id}`
-    const lockKey = `token-lock:${id}`
-    const failureKey = `token-failure:${id}`
+    // One hash tag for the three: read together (MGET), on one Redis Cluster slot; other keys spread over the slots.
+    const tokenKey = `token:{${id}}`
+    const lockKey = `token-lock:{${id}}`
+    const failureKey = `token-failure:{${id}}`
     let forced = false
     // The token if it serves this request; a failure another instance met in the last moments is thrown.
     const look = async (): Promise<CozeToken | undefined> => {

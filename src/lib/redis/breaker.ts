@@ -1,4 +1,5 @@
-import { Command, type Redis } from 'ioredis'
+import { Command } from 'ioredis'
+import type { RedisClient } from './connection.js'
 
 export interface RedisBreakerOptions {
   /** Command timeouts in a row after which Redis counts as down. */
@@ -33,7 +34,7 @@ const isTimeout = (err: unknown): boolean => (err as Error | undefined)?.message
  * otherwise cost every command its full timeout, for as long as it stays silent. After `failures` timeouts in a
  * row, commands fail at once for a back-off period; then one PING is sent, and its answer closes the breaker.
  */
-export function guardRedis (client: Redis, options: RedisBreakerOptions = {}): RedisBreaker {
+export function guardRedis (client: RedisClient, options: RedisBreakerOptions = {}): RedisBreaker {
   const { failures = 3, backoffMs = 500, maxBackoffMs = 4000 } = options
   let timeouts = 0
   let open = false
@@ -72,12 +73,13 @@ export function guardRedis (client: Redis, options: RedisBreakerOptions = {}): R
     setOpen(false)
   })
 
-  client.sendCommand = (command: Command, stream?: unknown) => {
+  // (A cluster passes the node a command is for as a third argument: everything after the command goes on as it is.)
+  client.sendCommand = (command: Command, ...rest: unknown[]) => {
     if (open && client.status === 'ready') {
       command.reject(new RedisUnavailableError())
       return command.promise
     }
-    const result = send(command, stream as never)
+    const result = (send as (command: Command, ...rest: unknown[]) => unknown)(command, ...rest)
     command.promise.then(() => { timeouts = 0 }, (err: unknown) => {
       if (!isTimeout(err) || open) return
       if (++timeouts >= failures) {

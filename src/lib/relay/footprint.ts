@@ -1,4 +1,4 @@
-import type { Cluster, Redis } from 'ioredis'
+import type { RedisClient } from '../redis/index.js'
 
 /**
  * The bytes queued delivery keeps in Redis, counted by every instance in one place: each job's entry holds its size
@@ -60,7 +60,7 @@ return 1
  * The footprint's keys share one hash tag (`{<prefix>resend-bytes}`), so the script runs on one Redis Cluster slot.
  * Sent with EVAL, not EVALSHA: one script a job is no cost worth a cached script's NOSCRIPT round trips.
  */
-export function createFootprint (client: Redis | Cluster, keyPrefix: string, limit: number): Footprint {
+export function createFootprint (client: RedisClient, keyPrefix: string, limit: number): Footprint {
   const tag = `{${keyPrefix}resend-bytes}`
   const keys = [`${tag}:expiry`, `${tag}:entries`, `${tag}:totals`]
   const run = async (op: string, id = '', owner = '', bytes = 0, expiresAt = 0, ownerLimit = 0): Promise<number> =>

@@ -1,8 +1,7 @@
-import { createHmac, hkdfSync, randomUUID } from 'node:crypto'
+import { createHash, createHmac, hkdfSync, randomUUID } from 'node:crypto'
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
-import { Redis } from 'ioredis'
 import { RawJson, ServiceError } from '../http/index.js'
-import { createSealer, isRedisFull, probeRedis } from '../redis/index.js'
+import { createRedisClient, createSealer, isRedisFull, probeRedis, type RedisClient, type RedisSettings } from '../redis/index.js'
 import { withClientToken } from './feishu.js'
 import { createFootprint } from './footprint.js'
 import { idempotentJobId } from './idempotency.js'
@@ -17,12 +16,17 @@ interface StoredAnswer { status: number, body?: unknown, raw?: string }
 
 export interface JobQueueOptions {
   relay: Relay
-  /** REDIS_URL: the queue opens its own connections (one to add and read, and the workers' blocking ones). */
-  redisUrl: string
-  /** REDIS_KEY_PREFIX; the queue's keys carry it in a hash tag, so that they share one Redis Cluster slot. */
+  /** REDIS_URL and the rest: the queue opens its own clients (one to add and read, and the workers' blocking ones). */
+  redisSettings: RedisSettings
+  /** REDIS_KEY_PREFIX; each partition's keys carry it in a hash tag of their own, one Redis Cluster slot each. */
   keyPrefix: string
-  /** The shared client (with its key prefix and breaker): idempotency keys and the age index. */
-  redis: Redis
+  /**
+   * RESEND_QUEUE_PARTITIONS: the queue is this many BullMQ queues, each under its own hash tag, so that on a cluster
+   * the queue grows with the shards; a job goes to its destination host's partition.
+   */
+  partitions: number
+  /** The shared client (with its key prefix and breaker): the kept answers and the age index. */
+  redis: RedisClient
   /** RESEND_QUEUE_SECRET: 32 bytes. */
   secret: Buffer
   /** RESEND_WORKERS: jobs this instance delivers at once; 0 takes none (accepts and answers only). */
@@ -119,16 +123,22 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const sealer = createSealer(options.secret, 'aibill resend jobs')
   const idempotencySecret = Buffer.from(hkdfSync('sha256', options.secret, Buffer.alloc(0), 'aibill resend idempotency', 32))
   const { ownerMaxBytes } = options
-  const prefix = `{${options.keyPrefix}resend}`
+  // Partition 0 of one keeps the name the queue had before partitions, so that its jobs are found after an upgrade.
+  const tags = Array.from({ length: options.partitions }, (_unused, index) => (options.partitions === 1 ? `{${options.keyPrefix}resend}` : `{${options.keyPrefix}resend-${index}}`))
   // Reconnecting goes on while Redis is away, and stops once the queue is closed.
   let closing = false
   const reconnect = (times: number): number | null => (closing ? null : Math.min(times * 200, 2000))
   // Adding and reading fail fast while Redis is away or silent; the workers' connections wait for it instead.
-  const client = new Redis(options.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: reconnect })
+  const client = createRedisClient(options.redisSettings, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: reconnect })
   client.on('error', () => {})
   await client.connect()
-  const queue = new Queue<{ sealed: string }, string>('resend', { connection: client, prefix })
-  queue.on('error', (err) => { options.onError?.(err) })
+  const queues = tags.map((prefix) => new Queue<{ sealed: string }, string>('resend', { connection: client, prefix }))
+  for (const queue of queues) queue.on('error', (err) => { options.onError?.(err) })
+  /** A destination host's partition: a host's jobs stay together. */
+  const queueFor = (host: string): Queue<{ sealed: string }, string> => queues[createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length] as Queue<{ sealed: string }, string>
+  /** A job by its id, whatever its partition. */
+  const locate = async (id: string): Promise<Job<{ sealed: string }, string> | undefined> =>
+    (await Promise.all(queues.map(async (queue) => await queue.getJob(id)))).find((job) => job !== undefined) as Job<{ sealed: string }, string> | undefined
   const since = 'resend-pending'
   const footprint = createFootprint(client, options.keyPrefix, options.maxQueuedBytes)
   // Whether Redis refused a write for memory more lately than it took one: said once each way, and on /ready.
@@ -140,11 +150,15 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     options.onWritesRefused?.(refused)
   }
 
-  try {
-    const [, policy] = await client.config('GET', 'maxmemory-policy') as [string, string]
-    if (policy !== 'noeviction') options.onWarning?.(`Redis maxmemory-policy is ${policy}: queued jobs and their locks may be evicted; set it to noeviction`)
-  } catch {
-    options.onWarning?.('Redis does not answer CONFIG GET (ElastiCache refuses it): make sure its maxmemory-policy is noeviction, or queued jobs may be evicted')
+  // INFO, not CONFIG GET (which ElastiCache refuses; ioredis needs INFO to connect at all): the eviction policy,
+  // and room for the bound on bytes. (An INFO that fails here says no policy, and is warned of as such.)
+  const memory = await client.info('memory').catch(String)
+  const field = (name: string): string | undefined => new RegExp(`^${name}:(.*)$`, 'm').exec(memory)?.[1]?.trim()
+  const policy = field('maxmemory_policy')
+  if (policy !== 'noeviction') options.onWarning?.(`Redis maxmemory-policy is ${String(policy)}: queued jobs and their locks may be evicted; set it to noeviction`)
+  const maxmemory = Number(field('maxmemory'))
+  if (maxmemory > 0 && options.maxQueuedBytes > 0.8 * maxmemory) {
+    options.onWarning?.(`RESEND_MAX_QUEUED_BYTES (${options.maxQueuedBytes}) is over 80 % of Redis's maxmemory (${maxmemory}): queued jobs could fill Redis before the bound refuses them; lower it, or give Redis more memory`)
   }
 
   let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0 }
@@ -154,17 +168,17 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   async function oldestAge (): Promise<number> {
     const [id, score] = await redis.zrange(since, 0, 0, 'WITHSCORES')
     if (id === undefined) return 0
-    const state = await queue.getJobState(id)
+    const state = await (await locate(id))?.getState() ?? 'unknown'
     if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return Math.max(0, (Date.now() - Number(score)) / 1000)
     await redis.zrem(since, id)
     return await oldestAge()
   }
 
   async function readSnapshot (): Promise<void> {
-    const counts = await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')
+    const each = await Promise.all(queues.map(async (queue) => await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')))
     const oldestSeconds = await oldestAge()
     const bytes = await footprint.total()
-    const sum = (types: JobType[]): number => types.reduce((total, type) => total + (counts[type] as number), 0)
+    const sum = (types: JobType[]): number => each.reduce((total, counts) => total + types.reduce((part, type) => part + (counts[type] as number), 0), 0)
     snapshot = {
       counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
       oldestSeconds,
@@ -239,33 +253,37 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
   }
 
-  const worker = options.concurrency === 0
-    ? undefined
-    : new Worker<{ sealed: string }, string>('resend', deliver, {
+  // A worker on every partition. RESEND_WORKERS is shared out among them, at least one each: with more partitions
+  // than workers, an instance delivers one job per partition at once.
+  const workers = options.concurrency === 0
+    ? []
+    : tags.map((prefix) => new Worker<{ sealed: string }, string>('resend', deliver, {
       // Blocking reads wait for Redis instead of failing: a worker outlives an outage.
-      connection: { url: options.redisUrl, maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy: reconnect } as never,
+      connection: createRedisClient(options.redisSettings, { maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy: reconnect }),
       prefix,
-      concurrency: options.concurrency,
+      concurrency: Math.ceil(options.concurrency / tags.length),
       lockDuration: options.lockMs,
       stalledInterval: options.lockMs,
       // A job whose instance died mid-delivery goes back to the queue; past this many times it fails.
       maxStalledCount: 10
+    }))
+  for (const worker of workers) {
+    worker.on('error', (err) => { options.onError?.(err) })
+    worker.on('completed', (job) => {
+      const delivered = JSON.parse(job.returnvalue) as Delivered
+      options.onJob?.('delivered', delivered.attempts)
+      redis.zrem(since, job.id as string).catch(() => {})
     })
-  worker?.on('error', (err) => { options.onError?.(err) })
-  worker?.on('completed', (job) => {
-    const delivered = JSON.parse(job.returnvalue) as Delivered
-    options.onJob?.('delivered', delivered.attempts)
-    redis.zrem(since, job.id as string).catch(() => {})
-  })
-  worker?.on('failed', (job) => {
-    // (BullMQ's type allows no job; a worker's own failures come as 'error'.)
-    const failed = job as Job
-    options.onJob?.('failed', progressOf(failed).attempts)
-    redis.zrem(since, failed.id as string).catch(() => {})
-  })
+    worker.on('failed', (job) => {
+      // (BullMQ's type allows no job; a worker's own failures come as 'error'.)
+      const failed = job as Job
+      options.onJob?.('failed', progressOf(failed).attempts)
+      redis.zrem(since, failed.id as string).catch(() => {})
+    })
+  }
 
   async function find (id: string, owner: string | null): Promise<Job<{ sealed: string }, string>> {
-    const job = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string> | undefined
+    const job = await deadline(locate(id))
     // Another caller's job is as absent as one that never was.
     if (job === undefined || (owner !== null && nameOf(job).owner !== owner)) throw new ServiceError('NOT_FOUND', { resource: 'job', id })
     return job
@@ -285,7 +303,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     // It ended between the two reads: its fields are read again, now that they are final.
     /* c8 ignore next 3 - the window between reading a job and reading its state */
     if ((status === 'delivered' || status === 'failed') && job.finishedOn === undefined) {
-      job = await deadline(queue.getJob(job.id as string)) as Job<{ sealed: string }, string>
+      job = await deadline(locate(job.id as string)) as Job<{ sealed: string }, string>
     }
     return await withAnswer(viewOf(job, status, options.statusPath))
   }
@@ -298,7 +316,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     return { view: await current(job), replayed: true }
   }
 
-  async function add (id: string, name: string, sealed: string, owner: string): Promise<Job<{ sealed: string }, string>> {
+  async function add (queue: Queue<{ sealed: string }, string>, id: string, name: string, sealed: string, owner: string): Promise<Job<{ sealed: string }, string>> {
     const bytes = sealed.length + name.length + JOB_OVERHEAD_BYTES
     const refused = await deadline(footprint.reserve(id, owner, bytes, Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000, ownerMaxBytes(owner)))
     if (refused === 'queue_full') throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueuedBytes, variable: 'RESEND_MAX_QUEUED_BYTES' })
@@ -324,12 +342,14 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const id = idempotency === undefined ? randomUUID() : idempotentJobId(idempotencySecret, shared, idempotency.key)
       const fingerprint = idempotency === undefined ? '' : fingerprintOf(idempotency.request)
       if (idempotency !== undefined) {
-        const earlier = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string> | undefined
+        // In any partition: the same key with a request to another host is the same key.
+        const earlier = await deadline(locate(id))
         if (earlier !== undefined) return await replay(earlier, fingerprint)
       }
       const payload: Payload = { location: prepared.url.href, method: prepared.method, headers: prepared.headers, body: prepared.body, feishuApp: prepared.feishuApp, clientToken: randomUUID() }
       const name = jobName({ owner: shared, destination: `${prepared.url.host}${prepared.url.pathname}`, fingerprint, nonce: randomUUID() })
-      const job = await add(id, name, sealer.sealBytes(`job:${id}`, packPayload(payload)), shared)
+      const queue = queueFor(prepared.url.host)
+      const job = await add(queue, id, name, sealer.sealBytes(`job:${id}`, packPayload(payload)), shared)
       if (idempotency !== undefined) {
         // Another request with the same key may have stored the job first (BullMQ adds an id once): its job it is.
         const stored = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string>
@@ -345,13 +365,14 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     },
     async list (owner, status, limit, idempotencyKey) {
       if (idempotencyKey !== undefined) {
-        const job = await deadline(queue.getJob(idempotentJobId(idempotencySecret, owner ?? OWNER_SHARED, idempotencyKey))) as Job<{ sealed: string }, string> | undefined
+        const job = await deadline(locate(idempotentJobId(idempotencySecret, owner ?? OWNER_SHARED, idempotencyKey)))
         const view = job === undefined ? undefined : await current(job)
         return view === undefined || (status !== undefined && view.status !== status) ? [] : [view]
       }
       const views: JobView[] = []
-      for (const wanted of status === undefined ? JOB_STATUSES : [status]) {
-        // Ids first, then each job's small fields in one round trip: never its request or its answer.
+      for (const [queue, wanted] of queues.flatMap((queue) => (status === undefined ? JOB_STATUSES : [status]).map((wanted) => [queue, wanted] as const))) {
+        // Ids first, then each job's small fields in one round trip (one slot: the partition's): never its request
+        // or its answer.
         const ids = await deadline(queue.getRanges(STATES[wanted], 0, LIST_SCAN - 1, false))
         const pipeline = client.pipeline()
         for (const id of ids) pipeline.hmget(queue.toKey(id), 'name', 'timestamp', 'progress', 'returnvalue', 'failedReason', 'finishedOn')
@@ -401,9 +422,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     snapshot: () => snapshot,
     get writesRefused () { return writesRefused },
     async probe () {
-      const found = await probeRedis(client, `{${options.keyPrefix}resend}:probe`)
-      noteWrite(found.error)
-      return found.status === 'ok' ? 'ok' : `degraded: ${found.status}`
+      // Every slot the queue writes to: each partition's, and the byte count's.
+      const found = await Promise.all([...tags, `{${options.keyPrefix}resend-bytes}`].map(async (tag) => await probeRedis(client, `${tag}:probe`)))
+      const failed = found.find((probe) => probe.status !== 'ok')
+      noteWrite(failed?.error)
+      return failed === undefined ? 'ok' : `degraded: ${failed.status}`
     },
     async close () {
       clearInterval(snapshotTimer)
@@ -411,11 +434,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       // it) the connections are cut, and the jobs' locks lapse for another instance to take them over.
       let timer: NodeJS.Timeout | undefined
       const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, options.closeGraceMs) })
-      await Promise.race([Promise.all([worker?.close(), queue.close()]), grace]).catch(() => {})
+      await Promise.race([Promise.all([...workers.map(async (worker) => { await worker.close() }), ...queues.map(async (queue) => { await queue.close() })]), grace]).catch(() => {})
       clearTimeout(timer)
       closing = true
       // Disconnecting waits for a Redis that is away too: it is not waited for.
-      Promise.all([worker?.disconnect(), queue.disconnect()]).catch(() => {})
+      Promise.all([...workers.map(async (worker) => { await worker.disconnect() }), ...queues.map(async (queue) => { await queue.disconnect() })]).catch(() => {})
       client.disconnect()
     }
   }

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient, RedisSettings } from '../redis/index.js'
 import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../coze/index.js'
 import { parseAllowList, type Resolver } from '../http/index.js'
 import { createFeishuTokens, type FeishuApp } from './feishu.js'
@@ -19,8 +19,9 @@ export interface RelayServiceOptions {
   feishuApps: FeishuApp[]
   /** Queued delivery, when RESEND_QUEUE=redis and RESEND_QUEUE_SECRET are set; null leaves only "now". */
   queue: null | {
-    redisUrl: string
+    redisSettings: RedisSettings
     keyPrefix: string
+    partitions: number
     secret: Buffer
     concurrency: number
     lockMs: number
@@ -33,7 +34,7 @@ export interface RelayServiceOptions {
     closeGraceMs: number
   }
   /** The shared Redis client, when there is one: the queue's idempotency keys, and Feishu tokens for every instance. */
-  redis?: { client: Redis, secret: Buffer, available: () => boolean } | undefined
+  redis?: { client: RedisClient, secret: Buffer, available: () => boolean } | undefined
   resolver?: Resolver | undefined
   onOutcome?: (outcome: string, attempts: number) => void
   onRefusedAddress?: (trace: RelayTrace) => void
@@ -87,8 +88,9 @@ export async function createRelayService (options: RelayServiceOptions): Promise
     const { queue } = options
     jobs = await createJobQueue({
       relay,
-      redisUrl: queue.redisUrl,
+      redisSettings: queue.redisSettings,
       keyPrefix: queue.keyPrefix,
+      partitions: queue.partitions,
       redis: options.redis.client,
       secret: queue.secret,
       concurrency: queue.concurrency,

@@ -252,3 +252,44 @@ t.test('Feishu refusing the app\'s secret fails the job at once, with feishu_<co
   t.match(logs.text, /Feishu refuses the app's id or secret/)
   t.equal(upstream.requests.filter((request) => request.url === '/x').length, 0, 'nothing was sent without a token')
 })
+
+t.test('the attack of the third round: one caller sends 64 jobs of 1 MB at a Redis of 200 MB; the others still queue', { skip }, async (t) => {
+  const redis = await startRedisServer(t, ['--maxmemory', '200mb', '--maxmemory-policy', 'noeviction'])
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, 503, {}) })
+  const keys = { flood: `caller-flood-${randomBytes(8).toString('hex')}`, other: `caller-other-${randomBytes(8).toString('hex')}` }
+  for (const key of Object.values(keys)) registerSecret(key)
+  const sha = (value: string): string => createHash('sha256').update(value).digest('hex')
+  const { app } = await build(t, {
+    COZE_APPS: JSON.stringify({
+      apps: { bills: { app_id: '1150000000001', api_base: 'https://api.coze.cn', keys: [{ kid: 'k1', private_key_env: 'APP_KEY' }] } },
+      callers: { flood: { key_sha256: sha(keys.flood), apps: ['bills'], routes: ['resend'] }, other: { key_sha256: sha(keys.other), apps: ['bills'], routes: ['resend'] } }
+    }),
+    APP_KEY: testKeys().pkcs8,
+    RESEND_ALLOWED_HOSTS: `http://127.0.0.1:${upstream.port}`,
+    RESEND_QUEUE: 'redis',
+    RESEND_QUEUE_SECRET: SECRET,
+    REDIS_URL: redis.url,
+    REDIS_KEY_PREFIX: 'attack:',
+    RESEND_RETRY_SCHEDULE: '1h',
+    BODY_LIMIT_BYTES: 1_100_000,
+    RESEND_MAX_QUEUED_BYTES: 134_217_728,
+    TOKEN_CACHE: 'redis',
+    TOKEN_CACHE_SECRET: randomBytes(32).toString('base64')
+  })
+  const send = async (key: string, pad: string) => await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': key }, payload: { location: `${upstream.url}/x`, params: { pad }, delivery: 'queued' } })
+  const megabyte = '\u0001'.repeat(170_000) // 1 MB of JSON: each control character is written \u0001
+  const flood: number[] = []
+  for (let i = 0; i < 64; i++) flood.push((await send(keys.flood, megabyte)).statusCode)
+  const accepted = flood.filter((status) => status === 202).length
+  t.ok(accepted > 0 && accepted < 64, `the flooding caller: ${accepted} accepted, ${64 - accepted} refused at its share`)
+  const other: number[] = []
+  for (let i = 0; i < 10; i++) other.push((await send(keys.other, 'x'.repeat(100_000))).statusCode)
+  t.same(other, Array(10).fill(202), 'another caller: 10 of 10 accepted')
+  const admin = new Redis(redis.url)
+  t.teardown(() => { admin.disconnect() })
+  const used = Number(/used_memory:(\d+)/.exec(await admin.info('memory'))?.[1])
+  t.ok(used < 150 * 1024 * 1024, `Redis holds ${(used / 1048576).toFixed(1)} MB of its 200 MB`)
+  const ready = await app.inject('/ready')
+  t.same([ready.json().data.checks.resend_queue, ready.json().data.checks.token_cache], ['ok', 'ok'])
+  t.comment(`one caller, 64 jobs of 1 MB at a Redis of 200 MB: ${accepted} accepted, ${64 - accepted} refused; another caller 10/10; Redis ${(used / 1048576).toFixed(1)} MB`)
+})
