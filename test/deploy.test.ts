@@ -72,7 +72,9 @@ t.test('the broker-mode task definition starts the broker, its keys and caller k
   const known = Object.keys(ConfigSchema.properties)
   for (const { name } of container.environment) t.ok(known.includes(name), `${name} is a variable of the service`)
   // With stand-ins for the secrets, the configuration loads as the service would load it: the broker, no refusal.
-  const values: Record<string, string> = { TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'redis://127.0.0.1:6379', METRICS_TOKEN: 'metrics-token-0123456789' }
+  // ElastiCache Serverless: one endpoint, cluster mode, TLS (the REDIS_URL secret holds rediss://<endpoint>:6379).
+  t.equal(environment.REDIS_CLUSTER, 'true')
+  const values: Record<string, string> = { TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'rediss://aibill-cache-abc123.serverless.apse1.cache.amazonaws.com:6379', METRICS_TOKEN: 'metrics-token-0123456789' }
   for (const name of named) values[name] = name.endsWith('_KEY') && !name.includes('CALLER') ? testKeys().pkcs8 : randomBytes(16).toString('hex')
   const loaded = loadConfig({ env: { ...environment, ...values }, dotenvPath: '/nonexistent' })
   t.same(loaded.broker?.apps.map((app) => app.name), Object.keys(document.apps))

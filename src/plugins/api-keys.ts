@@ -26,8 +26,8 @@ declare module 'fastify' {
 
 /** The hooks a route spreads into its options (none for a route that takes no key). */
 export interface CallerGate {
-  onRequest?: onRequestHookHandler[]
-  preValidation?: preValidationHookHandler[]
+  onRequest: onRequestHookHandler[]
+  preValidation: preValidationHookHandler[]
 }
 
 /** Who may call: the shared keys of EXPECTED_COZE_API_KEY (comma-separated for rotation), or the broker's callers. */
@@ -50,7 +50,7 @@ export default fp(async function apiKeys (fastify) {
     return undefined
   }
   fastify.decorate('callerGate', (route: BrokerRoute): CallerGate => {
-    if (broker === null && route === 'augment') return {}
+    if (broker === null && route === 'augment') return { onRequest: [], preValidation: [] }
     return {
       // A key in a header is decided before the body is read; without one, the body's key once it is parsed.
       onRequest: [function callerKeyHeader (request, _reply, done) {

@@ -38,7 +38,7 @@ const augmentRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/complete-auth', {
     ...gate,
     config: { validationDetails: REQUIRED_FIELDS },
-    onRequest: [fastify.noStore, ...gate.onRequest ?? []],
+    onRequest: [fastify.noStore, ...gate.onRequest],
     schema: {
       operationId: 'completeAuth',
       security: [],

@@ -19,7 +19,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   if (!serves(config, 'token')) return
   const gate = fastify.callerGate('token')
   const options = <B extends TSchema, D extends TSchema>(summary: string, body: B, data: D) => ({
-    onRequest: [fastify.noStore, ...gate.onRequest ?? []],
+    onRequest: [fastify.noStore, ...gate.onRequest],
     preValidation: gate.preValidation,
     config: { validationHints: { public_key: 'it takes the key fingerprint shown on the Coze app page (43 characters, the JWT kid), not the public key itself' } },
     schema: { operationId: 'createToken', security: [{ apiKey: [] }], summary, tags: ['coze'], headers: ApiKeyHeaders, body, response: { 200: Envelope(data), ...errorResponses } }

@@ -38,6 +38,7 @@ t.test('broker mode: an unknown key with a single-app body is 401, not 400; a ca
   t.same([unknown.statusCode, unknown.json().data], [401, { error: 'UNAUTHORIZED' }])
   const route = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': shortcuts }, payload: { not: 'a relay request' } })
   t.same([route.statusCode, route.json().data.reason], [403, 'route'], 'a route the caller may not use, before its body')
+  t.equal((await app.inject('/ready')).json().data.checks.token_cache, 'ok', 'a cache in memory is ready')
   const known = await app.inject({ method: 'POST', url: '/token', headers: { 'x-api-key': shortcuts }, payload: { public_key: 'x' } })
   t.equal(known.statusCode, 400, 'a caller\'s own route: the body is validated')
   const signIn = await app.inject({ method: 'GET', url: '/api/auth-url?user_id=alice', headers: { 'x-api-key': 'not-a-caller-key' } })

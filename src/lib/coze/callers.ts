@@ -8,10 +8,10 @@ export type CallerDecision =
   | { caller: BrokerCaller }
   | { refused: ServiceError }
 
-/** X-API-Key, else `Authorization: Bearer`; undefined when neither is sent (a key sent twice is no key). */
+/** X-API-Key, else `Authorization: Bearer`; undefined when neither is sent. */
 export function headerKey (headers: IncomingHttpHeaders): string | undefined {
-  const key = headers['x-api-key'] ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
-  return Array.isArray(key) ? '' : key
+  // (Node joins a repeated X-API-Key into one string, "a, b": a key sent twice matches no key.)
+  return headers['x-api-key'] as string | undefined ?? (headers.authorization?.startsWith('Bearer ') === true ? headers.authorization.slice(7) : undefined)
 }
 
 /** The body's coze_api_key (kept for callers of the original services). */
