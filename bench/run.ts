@@ -4,6 +4,7 @@ import { cpus, totalmem } from 'node:os'
 import autocannon from 'autocannon'
 import { AUTH_URL_REQUESTS, CONNECTIONS, DURATION, measure, type Measured, type Options, ROUNDS, sequentialLatency, signaturesPerSecond, WARMUP } from './measure.js'
 import { type Child, freePort, jsonLine, ROOT, rssMb, startNode } from './processes.js'
+import { measureCluster } from './cluster.js'
 import { measureQueue } from './queue.js'
 
 const API_KEY = 'bench-service-key'
@@ -106,6 +107,22 @@ async function main (): Promise<void> {
     const brokerCached = await measure('POST /token, broker: 50 apps, 200 session names, cached', brokerOptions, brokerService.pid)
 
     const location = `http://127.0.0.1:${ports.feishu}${FEISHU_PATH}`
+    // npm run bench:cluster: the cached broker /token and queued acceptance, on one Redis and on a cluster.
+    if (process.env.BENCH_ONLY === 'cluster') {
+      const measured = await measureCluster({
+        startService,
+        brokerEnv: { COZE_APPS: JSON.stringify(document), BENCH_APP_KEY: pem },
+        brokerOptions: (port) => ({ ...brokerOptions, url: `http://127.0.0.1:${port}/token` }) as Options,
+        location,
+        apiKey: API_KEY,
+        redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+      })
+      process.stdout.write(`${JSON.stringify({
+        token_cached_rps: { single: measured.tokenSingle.rps, cluster: measured.tokenCluster.rps, ratio: measured.tokenCluster.rps / measured.tokenSingle.rps },
+        queued_accept_rps: { single: measured.acceptSingle.rps, cluster: measured.acceptCluster.rps, ratio: measured.acceptCluster.rps / measured.acceptSingle.rps }
+      }, null, 2)}\n`)
+      return
+    }
     // npm run bench:queue: queued delivery alone.
     if (process.env.BENCH_ONLY === 'queue') {
       const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })

@@ -247,6 +247,6 @@ t.test('STATE_STORE=redis with no Redis answering stops the start, naming REDIS_
   const url = new URL(redis.url)
   url.password = 'hunter2'
   const err = await build(t, { STATE_STORE: 'redis', REDIS_URL: url.toString() }).then(() => new Error('started'), (error: unknown) => error as Error)
-  t.match(err.message, /STATE_STORE=redis: Redis at 127\.0\.0\.1:\d+ \(REDIS_URL\) does not answer/)
+  t.match(err.message, /STATE_STORE=redis: Redis at 127\.0\.0\.1:\d+ \(REDIS_URL\) cannot be reached: it does not answer \(ECONNREFUSED\)/)
   t.notOk(err.message.includes('hunter2'))
 })

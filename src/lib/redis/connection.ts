@@ -82,6 +82,7 @@ async function clusterEnabled (url: URL, settings: RedisSettings): Promise<{ ena
     await Promise.race([probe.connect(), new Promise((_resolve, reject) => setTimeout(reject, START_TIMEOUT_MS, new Error('no answer')).unref())])
     return { enabled: /cluster_enabled:1/.test(await probe.info('cluster')) }
   } catch (err) {
+    /* c8 ignore next - the error event comes first whenever a connection fails; the rejection alone is a fallback */
     return { error: last ?? err as NodeJS.ErrnoException }
   } finally {
     probe.disconnect()

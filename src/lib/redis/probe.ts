@@ -34,12 +34,7 @@ export async function probeRedis (client: RedisClient, key: string, timeoutMs = 
     await client.get(key)
   })()
   trip.catch(() => {})
-  try {
-    await Promise.race([trip, late])
-    return { status: 'ok' }
-  } catch (error) {
-    return { status: isRedisFull(error) ? 'refuses writes (maxmemory)' : 'does not answer', error }
-  } finally {
-    clearTimeout(timer)
-  }
+  const found = await Promise.race([trip, late]).then((): Probe => ({ status: 'ok' }), (error: unknown): Probe => ({ status: isRedisFull(error) ? 'refuses writes (maxmemory)' : 'does not answer', error }))
+  clearTimeout(timer)
+  return found
 }

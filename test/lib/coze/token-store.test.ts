@@ -74,7 +74,7 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
     await one.obtain(key, 60, async () => ({ token: token('at-rest') }))
     const names = await raw.keys(`${prefix}*`)
     t.equal(names.length, 1)
-    t.match(names[0], new RegExp(`^${prefix}token:[0-9a-f]{64}$`))
+    t.match(names[0], new RegExp(`^${prefix}token:\\{[0-9a-f]{64}\\}$`), 'one hash tag for a token, its lock and its failure')
     const value = await raw.get(names[0] as string) as string
     for (const secretText of ['czs_at-rest', 'user-secret-session', 'bills-cn', 'access_token']) {
       t.notOk(`${names[0] as string}${value}${Buffer.from(value, 'base64').toString('latin1')}`.includes(secretText), `no ${secretText}`)
@@ -91,7 +91,7 @@ t.test('redis store', { skip: await skipWithoutRedis() }, async (t) => {
     await one.obtain('takeover', 60, async () => ({ token: token('first') }))
     const [written] = (await raw.keys(`${prefix}token:*`)).filter((name) => !before.has(name))
     const id = String(written).slice(`${prefix}token:`.length)
-    t.match(id, /^[0-9a-f]{64}$/)
+    t.match(id, /^\{[0-9a-f]{64}\}$/)
     // The token is gone and another instance holds the lock, then dies: nobody will release it.
     await raw.del(written as string)
     await raw.set(`${prefix}token-lock:${id}`, 'a-dead-holder', 'PX', 300)
