@@ -69,6 +69,39 @@ async function main (): Promise<void> {
     const tokenBody = JSON.stringify({ public_key: KID, coze_api_key: API_KEY, duration_seconds: 86399 })
     const jsonPost = (url: string, body: string): Options => ({ url, method: 'POST', headers: { 'content-type': 'application/json' }, body })
 
+    // Broker mode: 50 apps and 200 session names, every token cached after the warm-up.
+    const apps = Object.fromEntries(Array.from({ length: 50 }, (_unused, i) => [`app-${i}`, {
+      app_id: String(1150000000000 + i), api_base: `http://127.0.0.1:${ports.coze}`, keys: [{ kid: KID, private_key_env: 'BENCH_APP_KEY' }]
+    }]))
+    const document = { apps, callers: { bench: { key_sha256: createHash('sha256').update(API_KEY).digest('hex'), apps: Object.keys(apps) } } }
+    const brokerBodies = Array.from({ length: 200 }, (_unused, i) => JSON.stringify({ app: `app-${i % 50}`, session_name: `user-${i}` }))
+    let next = 0
+    const brokerOptionsAt = (port: number): Options => ({
+      url: `http://127.0.0.1:${port}/token`,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+      setupClient: (client: { setBody: (body: string) => void, on: (event: string, listener: () => void) => void }) => {
+        client.setBody(brokerBodies[next++ % brokerBodies.length] as string)
+        client.on('response', () => { client.setBody(brokerBodies[next++ % brokerBodies.length] as string) })
+      }
+    }) as unknown as Options
+    const location = `http://127.0.0.1:${ports.feishu}${FEISHU_PATH}`
+    // npm run bench:cluster: the cached broker /token and queued acceptance, on one Redis and on a cluster.
+    if (process.env.BENCH_ONLY === 'cluster') {
+      const measured = await measureCluster({
+        startService,
+        brokerEnv: { COZE_APPS: JSON.stringify(document), BENCH_APP_KEY: pem },
+        brokerOptions: brokerOptionsAt,
+        location,
+        apiKey: API_KEY,
+        redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+      })
+      process.stdout.write(`${JSON.stringify({
+        token_cached_rps: { single: measured.tokenSingle.rps, cluster: measured.tokenCluster.rps, ratio: measured.tokenCluster.rps / measured.tokenSingle.rps },
+        queued_accept_rps: { single: measured.acceptSingle.rps, cluster: measured.acceptCluster.rps, ratio: measured.acceptCluster.rps / measured.acceptSingle.rps }
+      }, null, 2)}\n`)
+      return
+    }
     process.stderr.write('measuring POST /token with the cache off, and its ceiling\n')
     const off = await startService({ COZE_TOKEN_REUSE_SECONDS: '0' })
     const tokenOff = await measure('POST /token, cache off', jsonPost(`http://127.0.0.1:${off.port}/token`, tokenBody), off.pid)
@@ -86,43 +119,11 @@ async function main (): Promise<void> {
     const sameHealth = await measure('reference: the /health answer (bare Fastify)', sameHealthOptions, ceilingPid)
     const sameToken = await measure('reference: the /token answer, body validated (bare Fastify)', sameTokenOptions, ceilingPid)
 
-    // Broker mode: 50 apps and 200 session names, every token cached after the warm-up.
-    const apps = Object.fromEntries(Array.from({ length: 50 }, (_unused, i) => [`app-${i}`, {
-      app_id: String(1150000000000 + i), api_base: `http://127.0.0.1:${ports.coze}`, keys: [{ kid: KID, private_key_env: 'BENCH_APP_KEY' }]
-    }]))
-    const document = { apps, callers: { bench: { key_sha256: createHash('sha256').update(API_KEY).digest('hex'), apps: Object.keys(apps) } } }
     const brokerService = await startService({ COZE_APPS: JSON.stringify(document), BENCH_APP_KEY: pem })
-    const brokerBodies = Array.from({ length: 200 }, (_unused, i) => JSON.stringify({ app: `app-${i % 50}`, session_name: `user-${i}` }))
-    let next = 0
-    const brokerOptions = {
-      url: `http://127.0.0.1:${brokerService.port}/token`,
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
-      setupClient: (client: { setBody: (body: string) => void, on: (event: string, listener: () => void) => void }) => {
-        client.setBody(brokerBodies[next++ % brokerBodies.length] as string)
-        client.on('response', () => { client.setBody(brokerBodies[next++ % brokerBodies.length] as string) })
-      }
-    } as unknown as Options
+    const brokerOptions = brokerOptionsAt(brokerService.port)
     const singleCached = await measure('POST /token, cache on, one app (X-API-Key)', { ...jsonPost(`${base}/token`, JSON.stringify({ public_key: KID, duration_seconds: 86399 })), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, service.pid)
     const brokerCached = await measure('POST /token, broker: 50 apps, 200 session names, cached', brokerOptions, brokerService.pid)
 
-    const location = `http://127.0.0.1:${ports.feishu}${FEISHU_PATH}`
-    // npm run bench:cluster: the cached broker /token and queued acceptance, on one Redis and on a cluster.
-    if (process.env.BENCH_ONLY === 'cluster') {
-      const measured = await measureCluster({
-        startService,
-        brokerEnv: { COZE_APPS: JSON.stringify(document), BENCH_APP_KEY: pem },
-        brokerOptions: (port) => ({ ...brokerOptions, url: `http://127.0.0.1:${port}/token` }) as Options,
-        location,
-        apiKey: API_KEY,
-        redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
-      })
-      process.stdout.write(`${JSON.stringify({
-        token_cached_rps: { single: measured.tokenSingle.rps, cluster: measured.tokenCluster.rps, ratio: measured.tokenCluster.rps / measured.tokenSingle.rps },
-        queued_accept_rps: { single: measured.acceptSingle.rps, cluster: measured.acceptCluster.rps, ratio: measured.acceptCluster.rps / measured.acceptSingle.rps }
-      }, null, 2)}\n`)
-      return
-    }
     // npm run bench:queue: queued delivery alone.
     if (process.env.BENCH_ONLY === 'queue') {
       const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })

@@ -1,9 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
-import { existsSync, rmSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { existsSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -14,6 +11,7 @@ import { Redis } from 'ioredis'
 import app, { type AppOptions } from '../src/app.js'
 import { connectionLimits, serverOptions } from '../src/options.js'
 import { type Config, loadConfig, trustProxySetting } from '../src/schemas/config.js'
+import { trackChild, type TestContext } from './fixtures/cleanup.js'
 import { freePort } from './fixtures/ports.js'
 
 export { freePort }
@@ -48,48 +46,8 @@ process.on('exit', () => {
   }
 })
 
-interface TestContext {
-  teardown (fn: () => unknown): void
-}
 
-// Whatever a test starts or writes is ended and removed when the test ends, and again when the process exits
-// (a test that timed out may never reach its teardown).
-const children = new Set<ChildProcess>()
-const tempDirs = new Set<string>()
-function cleanUp (): void {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
-}
-process.on('exit', cleanUp)
-process.once('SIGTERM', () => { cleanUp(); process.exit(143) })
-
-/** Keeps a child process on the list of those killed at exit; the test stops it with stopChild. */
-export function trackChild<C extends ChildProcess> (child: C): C {
-  children.add(child)
-  child.once('exit', () => { children.delete(child) })
-  return child
-}
-
-/** SIGTERM, then SIGKILL if the child has not exited within the grace. */
-export async function stopChild (child: ChildProcess, graceMs = 5000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => { child.kill('SIGKILL') }, graceMs)
-  await exited
-  clearTimeout(timer)
-}
-
-/** A fresh temporary folder, removed with everything in it when the test ends. */
-export async function tempDir (t: TestContext, prefix: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  tempDirs.add(dir)
-  t.teardown(async () => {
-    await rm(dir, { recursive: true, force: true })
-    tempDirs.delete(dir)
-  })
-  return dir
-}
+export { stopChild, tempDir, trackChild } from './fixtures/cleanup.js'
 
 export interface TestKeys {
   pkcs8: string

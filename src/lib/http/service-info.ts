@@ -1,7 +1,16 @@
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
-// Read once at start; the same relative path holds from src/lib/http and dist/lib/http.
-const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name: string, version: string, license: string }
+/** The nearest package.json above this file: the project's, from src, dist, or the bench's build. */
+function packageJson (): { name: string, version: string, license: string } {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir)
+  return JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name: string, version: string, license: string }
+}
+
+// Read once at start.
+const pkg = packageJson()
 
 export const SERVICE_NAME: string = pkg.name
 export const SERVICE_VERSION: string = pkg.version

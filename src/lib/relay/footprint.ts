@@ -56,15 +56,18 @@ redis.call('ZADD', KEYS[1], tonumber(ARGV[6]), id)
 return 1
 `
 
+type WithFootprint = RedisClient & { aibillFootprint: (...args: Array<string | number>) => Promise<number> }
+
 /**
  * The footprint's keys share one hash tag (`{<prefix>resend-bytes}`), so the script runs on one Redis Cluster slot.
- * Sent with EVAL, not EVALSHA: one script a job is no cost worth a cached script's NOSCRIPT round trips.
+ * It is sent by its SHA (EVALSHA), the text only when Redis does not know it yet.
  */
 export function createFootprint (client: RedisClient, keyPrefix: string, limit: number): Footprint {
   const tag = `{${keyPrefix}resend-bytes}`
   const keys = [`${tag}:expiry`, `${tag}:entries`, `${tag}:totals`]
+  client.defineCommand('aibillFootprint', { numberOfKeys: keys.length, lua: SCRIPT })
   const run = async (op: string, id = '', owner = '', bytes = 0, expiresAt = 0, ownerLimit = 0): Promise<number> =>
-    Number(await client.eval(SCRIPT, keys.length, ...keys, op, Date.now(), id, owner, Math.round(bytes), Math.round(expiresAt), limit, ownerLimit))
+    Number(await (client as WithFootprint).aibillFootprint(...keys, op, Date.now(), id, owner, Math.round(bytes), Math.round(expiresAt), limit, ownerLimit))
   return {
     async reserve (id, owner, bytes, expiresAt, ownerLimit) {
       const answer = await run('reserve', id, owner, bytes, expiresAt, ownerLimit)
