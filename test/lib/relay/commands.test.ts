@@ -1,9 +1,10 @@
 import t from 'tap'
 import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
+import { TEST_WORKER_HEAP_MB } from '../../fixtures/worker-heap.js'
 import { prepareBody } from '../../../src/lib/relay/commands.js'
 
 t.test('prepareBody: params as they came, exact numbers through the pool, commands through the pool', async (t) => {
-  const pool = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })
+  const pool = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64 })
   t.teardown(async () => { await pool.close() })
   const tasks: string[] = []
   const counting = { rewrite: async (text: string, expressions: string[]) => { tasks.push(expressions.join(',')); return await pool.rewrite(text, expressions) }, close: async () => {} }

@@ -1,12 +1,13 @@
 import t, { type Test } from 'tap'
 import { createJsonPathPool, type JsonPathPoolOptions } from '../../../src/lib/relay/json-path-pool.js'
+import { TEST_WORKER_HEAP_MB } from '../../fixtures/worker-heap.js'
 
 // A pattern that backtracks exponentially in a JavaScript RegExp: json-p3's search() on a long "aaa…b" runs for ever.
 const SLOW = '$.params[?search(@, "(a|aa)+$")]'
 const slowBody = JSON.stringify({ params: [`${'a'.repeat(40)}b`] })
 
 function pool (t: Test, options: Partial<JsonPathPoolOptions> = {}) {
-  const created = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: 64, maxQueue: 8, maxDepth: 64, ...options })
+  const created = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64, ...options })
   t.teardown(async () => { await created.close() })
   return created
 }
@@ -56,7 +57,7 @@ t.test('a request that waits for a worker longer than its bound is turned away, 
 })
 
 t.test('closing: a request in flight gets its answer or 503', async (t) => {
-  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 5000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })
+  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 5000, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64 })
   const inFlight = jsonPath.rewrite(slowBody, [SLOW]).then(() => 'answered', (err: { code?: string, details?: unknown }) => [err.code, err.details])
   await new Promise((resolve) => setTimeout(resolve, 100))
   await jsonPath.close()

@@ -4,6 +4,7 @@ import { outgoingHeaders } from '../../../src/lib/relay/request.js'
 import { backoffMillis, createRelay, isRetryableTransportError, retryAfterMillis } from '../../../src/lib/relay/send.js'
 import { parseAllowList } from '../../../src/lib/http/upstream-policy.js'
 import { sendJson, startUpstream } from '../../helper.js'
+import { TEST_WORKER_HEAP_MB } from '../../fixtures/worker-heap.js'
 
 t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async (t) => {
   t.same(outgoingHeaders({ Authorization: 'Bearer x', Host: 'h', 'Keep-Alive': '1', 'Content-Type': 'text/plain' }, true), { authorization: 'Bearer x', 'content-type': 'text/plain', 'user-agent': 'aibill-token-service/1.0.0' })
@@ -30,7 +31,7 @@ t.test('relay helpers: headers, Retry-After, back-off, retryable errors', async 
 t.test('the relay alone: POST and one attempt by default, the trace beside the answer, the trace on the error', async (t) => {
   const upstream = await startUpstream(t, (req, res) => { sendJson(res, req.url === '/fail' ? 500 : 200, { method: req.method, body: req.body }) })
   const outcomes: Array<[string, number]> = []
-  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: 64, maxQueue: 8, maxDepth: 64 })
+  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 2000, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64 })
   t.teardown(async () => { await jsonPath.close() })
   const relay = createRelay({
     jsonPath,
