@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createRelayService, type JobQueue, type Relay } from '../lib/relay/index.js'
+import { createRelayService, type JobQueue, parseHostLimits, type Relay } from '../lib/relay/index.js'
 import type { Resolver } from '../lib/http/index.js'
 import type { RedisSettings } from '../lib/redis/index.js'
 
@@ -35,7 +35,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     jsonPathWorkers: config.JSONPATH_WORKERS,
     jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
     feishuApps: fastify.feishuApps,
-    queue: missing.length > 0 ? null : { redisSettings: fastify.redisSettings as RedisSettings, keyPrefix: config.REDIS_KEY_PREFIX, partitions: config.RESEND_QUEUE_PARTITIONS, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS },
+    queue: missing.length > 0 ? null : { redisSettings: fastify.redisSettings as RedisSettings, keyPrefix: config.REDIS_KEY_PREFIX, partitions: config.RESEND_QUEUE_PARTITIONS, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS, hostLimits: parseHostLimits(config.RESEND_HOST_LIMITS), breakerFailures: config.RESEND_BREAKER_FAILURES, breakerCooldown: config.RESEND_BREAKER_COOLDOWN },
     redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
     onOutcome: serviceMetrics.resend,
@@ -45,6 +45,10 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     onFeishuSettingsRefused: (app, code, msg) => { log.error({ feishu_app: app, feishu_code: code, feishu_msg: msg }, 'Feishu refuses the app\'s id or secret: fix its settings (queued jobs that need its token fail at once)') },
     onWarning: (message) => { log.warn(message) },
     onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') },
+    onBreaker: (host, state, detail) => {
+      if (state === 'opened') log.warn({ host, failures: detail.failures, cooldown_ms: detail.cooldownMs, error: detail.error }, 'resend: destination paused after consecutive failures (its breaker opened)')
+      else log.info({ host }, 'resend: destination answers again (its breaker closed)')
+    },
     onWritesRefused: (refused) => {
       if (refused) log.error('resend queue: Redis refuses writes (maxmemory reached): queued delivery answers 503 until it has room')
       else log.info('resend queue: Redis takes writes again')

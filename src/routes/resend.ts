@@ -5,7 +5,7 @@ import { canonicalRequest, type JobQueue, type JobView } from '../lib/relay/inde
 import { configurationStatus } from '../lib/ops/index.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
-import { ApiKeyHeaders, JobData, JobListData, JobListQuery, JobParams, QueuedData, ResendBody, ResendData, ResendHeadersIn } from '../schemas/resend.js'
+import { ApiKeyHeaders, DestinationListData, JobData, JobListData, JobListQuery, JobParams, QueuedData, ResendBody, ResendData, ResendHeadersIn } from '../schemas/resend.js'
 
 /** Whether the caller asked for queued delivery: the body's `delivery`, or Prefer: respond-async (RFC 7240). */
 function wantsQueue (delivery: string | undefined, prefer: string | undefined): boolean {
@@ -78,6 +78,16 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     // Summaries: a listing carries no answer (GET /resend/jobs/{id} does).
     return reply.ok('RESEND_JOBS', { jobs: await jobs().list(owner(request), request.query.status, Number(request.query.limit ?? 20), request.query.idempotency_key) })
+  })
+
+  fastify.get('/resend/destinations', {
+    ...gate,
+    schema: { operationId: 'listResendDestinations', summary: 'Each destination host: its state (ok, paused, limited), recent failures and waiting jobs; the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, response: { 200: Envelope(DestinationListData), ...errorResponses } }
+  }, async (request, reply) => {
+    const destinations = await jobs().destinations.list(owner(request)).catch((err: unknown) => {
+      throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause: err })
+    })
+    return reply.ok('RESEND_DESTINATIONS', { destinations })
   })
 
   const answerJob = (reply: FastifyReply, view: JobView) => {

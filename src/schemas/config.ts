@@ -4,6 +4,7 @@ import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import { ConfigError } from '../lib/http/index.js'
 import type { BrokerSetup } from '../lib/coze/index.js'
+import { parseHostLimits } from '../lib/relay/index.js'
 import { loadBrokerDocument, resolveBroker } from './broker.js'
 import { type FeishuAppSetup, loadFeishuApps } from './feishu.js'
 
@@ -65,6 +66,9 @@ export const ConfigSchema = Type.Object({
   RESEND_MAX_AGE: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '24h', description: 'How long a queued job is tried before it fails' }),
   RESEND_MAX_QUEUED: Type.Integer({ minimum: 1, maximum: 100000000, default: 100000, description: 'Jobs waiting at once (queued or delayed); past it queued delivery is 503' }),
   RESEND_MAX_QUEUED_BYTES: Type.Integer({ minimum: 65536, maximum: 1099511627776, default: 268435456, description: 'Bytes queued delivery keeps in Redis, requests and kept answers of every job; past it queued delivery is 503 queue_full. A broker caller may hold a quarter of it (max_queued_bytes)' }),
+  RESEND_HOST_LIMITS: Type.String({ default: '', description: 'Deliveries per second to a destination host, across instances, now and queued: ENTRY=N/s, comma-separated, the entry as in RESEND_ALLOWED_HOSTS (open.feishu.cn=50/s,*=100/s); the most specific entry applies, to each host it matches. Empty: no limit' }),
+  RESEND_BREAKER_FAILURES: Type.Integer({ minimum: 1, maximum: 1000, default: 5, description: 'Consecutive failures (no connection, timeout, 5xx) after which deliveries to a host pause' }),
+  RESEND_BREAKER_COOLDOWN: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '30s', description: 'The first pause of a failing host; each failed probe doubles it, up to 10 minutes' }),
   RESEND_QUEUE_PARTITIONS: Type.Integer({ minimum: 1, maximum: 256, default: 1, description: 'The queue as this many BullMQ queues, each under a hash tag of its own: on a Redis Cluster it spreads over the shards (a destination host\'s jobs stay in one)' }),
   FEISHU_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the Feishu apps document (JSON, or YAML by .yaml/.yml): the service fetches their tenant tokens' })),
   FEISHU_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
@@ -254,6 +258,14 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   // Without a secret queued delivery is off and says so (503 NOT_CONFIGURED, /ready); a wrong one stops the start.
   if (config.RESEND_QUEUE === 'redis' && config.RESEND_QUEUE_SECRET !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(config.RESEND_QUEUE_SECRET)) {
     throw new ConfigError('RESEND_QUEUE_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
+  }
+  try {
+    parseHostLimits(config.RESEND_HOST_LIMITS)
+  } catch (err) {
+    throw new ConfigError((err as Error).message)
+  }
+  if (config.RESEND_HOST_LIMITS.trim() !== '' && (config.RESEND_QUEUE !== 'redis' || config.RESEND_QUEUE_SECRET === undefined) && serves(config, 'resend')) {
+    throw new ConfigError('RESEND_HOST_LIMITS needs queued delivery (RESEND_QUEUE=redis and RESEND_QUEUE_SECRET): the limits are kept in its Redis, for every instance')
   }
   if (!config.REDIS_CLUSTER && config.REDIS_URL.includes(',')) {
     throw new ConfigError('REDIS_URL names several nodes: set REDIS_CLUSTER=true for a Redis Cluster, or give one URL')

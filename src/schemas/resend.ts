@@ -106,8 +106,29 @@ export const JobData = Type.Object({
     status: Type.Optional(Type.Integer({ description: 'The destination\'s HTTP status.' })),
     error: Type.Optional(Type.String({ description: 'Why it was not delivered: an error code, or feishu_<code>.' }))
   }), Type.Null()]),
+  waiting_for: Type.Union([Type.Literal('destination_paused'), Type.Literal('destination_limit'), Type.Null()], { description: 'What holds a queued job back without spending an attempt: its destination paused (its breaker, or a rate limit it answered with), or at its RESEND_HOST_LIMITS entry.' }),
   answer: Type.Optional(Type.Object({ status: Type.Integer(), body: Type.Unknown() }, { description: 'The destination\'s answer: when delivered, or when it failed the job.' })),
   status_url: Type.String()
+})
+
+const Instant = Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+
+export const DestinationData = Type.Object({
+  host: Type.String(),
+  state: Type.Union([Type.Literal('ok'), Type.Literal('paused'), Type.Literal('limited')], { description: 'paused: no delivery until paused_until; limited: at its RESEND_HOST_LIMITS entry now.' }),
+  paused_until: Instant,
+  paused_by: Type.Union([Type.Literal('breaker'), Type.Literal('rate_limited'), Type.Null()], { description: 'breaker: RESEND_BREAKER_FAILURES consecutive failures; rate_limited: the destination asked (Feishu 99991400, a 429 with a reset).' }),
+  limit_per_second: Type.Union([Type.Number(), Type.Null()]),
+  recent: Type.Object({ attempts: Type.Integer(), failed: Type.Integer(), failure_rate: Type.Number() }, { description: 'Attempts in this five-minute window and the one before, now and queued, from every instance.' }),
+  consecutive_failures: Type.Integer(),
+  last_error: Type.Union([Type.String(), Type.Null()]),
+  last_attempt_at: Instant,
+  waiting: Type.Integer({ description: 'Queued jobs ready to go and held back (their share, the limit, a pause); in broker mode the caller\'s own.' }),
+  in_flight: Type.Integer({ description: 'Queued jobs being delivered now; in broker mode the caller\'s own.' })
+})
+
+export const DestinationListData = Type.Object({
+  destinations: Type.Array(DestinationData, { description: 'Hosts with attempts in the last day, busiest first; in broker mode, those the caller\'s jobs wait for or are being delivered to.' })
 })
 
 export const JobListData = Type.Object({

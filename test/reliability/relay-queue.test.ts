@@ -82,6 +82,9 @@ async function instance (t: Test, feishu: FeishuStandIn, prefix: string, env: Re
     REDIS_KEY_PREFIX: prefix,
     RESEND_RETRY_SCHEDULE: '20ms,50ms,100ms',
     RESEND_JOB_LOCK_MS: '1000',
+    // These tests are about each record arriving once through failures: a third of answers failing would open
+    // the destination's breaker, whose pauses are tested on their own (test/reliability/destinations.test.ts).
+    RESEND_BREAKER_FAILURES: '1000',
     FEISHU_APPS: JSON.stringify({ bills: { app_id: 'cli_test', app_secret_env: 'FEISHU_BILLS_SECRET', base: `http://127.0.0.1:${feishu.upstream.port}` } }),
     FEISHU_BILLS_SECRET: APP_SECRET,
     ...env

@@ -81,6 +81,9 @@ export function sendError (err: FastifyError, request: FastifyRequest, reply: Fa
     const cause = error.cause as { code?: unknown, message?: unknown } | undefined
     request.log.warn({ code: error.code, origin: error.details.origin, cause: error.details.cause ?? cause?.code ?? cause?.message }, 'request failed')
   }
+  // An error that says when to come back says it in Retry-After too (RFC 9110), unless a header is already set.
+  const retryAfter = error.details.retry_after_seconds
+  if (typeof retryAfter === 'number' && !reply.hasHeader('retry-after')) void reply.header('retry-after', String(retryAfter))
   return reply.code(error.statusCode).type('application/json; charset=utf-8').send(serializeErrorEnvelope(error, request))
 }
 

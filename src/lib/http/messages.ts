@@ -72,6 +72,7 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     RESEND_REPLAYED: '此 Idempotency-Key 的任务已存在',
     RESEND_JOB: '重发任务',
     RESEND_JOBS: '重发任务列表',
+    RESEND_DESTINATIONS: '投递目标状态',
     AUTH_URL_OK: '授权链接生成成功',
     COMPLETE_AUTH_OK: 'OAuth授权完成成功'
   },
@@ -115,12 +116,13 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     RESEND_REPLAYED: 'The job of this Idempotency-Key',
     RESEND_JOB: 'Delivery job',
     RESEND_JOBS: 'Delivery jobs',
+    RESEND_DESTINATIONS: 'Delivery destinations',
     AUTH_URL_OK: 'Authorization link created',
     COMPLETE_AUTH_OK: 'OAuth authorization completed'
   }
 }
 
-export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_REPLAYED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
+export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_REPLAYED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'RESEND_DESTINATIONS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
 
 export function messageFor (locale: Locale, key: ErrorCode | SuccessText, details: ErrorDetails = {}): string {
   const text = CATALOG[locale][key]

@@ -10,6 +10,7 @@ export { DEFAULT_METHOD, RESEND_METHODS, type RelayRequest, type ResendMethod } 
 export type { Relay, RelayAnswer } from './send.js'
 export { LIST_SCAN, type JobQueue } from './jobs.js'
 export { canonicalRequest } from './idempotency.js'
+export { type DestinationView, parseHostLimits } from './destinations.js'
 export { JOB_STATUSES, type JobStatus, type JobView } from './views.js'
 export { CommandsSchema } from './commands.js'
 export { MAX_MATCHED_VALUES, MAX_REPORTED_PATHS } from './json-path.js'

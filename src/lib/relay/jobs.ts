@@ -3,12 +3,13 @@ import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType
 import { RawJson, ServiceError } from '../http/index.js'
 import { createRedisClient, createSealer, isRedisFull, probeRedis, type RedisClient, type RedisSettings } from '../redis/index.js'
 import { withClientToken } from './feishu.js'
+import { type Admission, type AttemptOutcome, createDestinations, type Destinations, type DestinationsOptions, type HostLimit } from './destinations.js'
 import { createFootprint } from './footprint.js'
 import { idempotentJobId } from './idempotency.js'
 import { packPayload, unpackPayload, type Payload } from './payload.js'
 import type { PreparedRequest } from './request.js'
 import type { AttemptResult, Relay, RelayAnswer } from './send.js'
-import { judge, nextAttemptAt } from './verdict.js'
+import { attemptOutcome, judge, nextAttemptAt } from './verdict.js'
 import { JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
@@ -56,6 +57,15 @@ export interface JobQueueOptions {
   onError?: (err: Error) => void
   /** Told when Redis starts and stops refusing the queue's writes for memory (maxmemory with noeviction). */
   onWritesRefused?: (refused: boolean) => void
+  /** RESEND_HOST_LIMITS, parsed. */
+  hostLimits: HostLimit[]
+  /** RESEND_BREAKER_FAILURES and RESEND_BREAKER_COOLDOWN (ms). */
+  breakerFailures: number
+  breakerCooldownMs: number
+  /** RESEND_TIMEOUT_MS: how long an attempt sent now may hold a paused host's probe. */
+  attemptMs: number
+  /** Told when a destination's breaker opens or closes. */
+  onBreaker?: DestinationsOptions['onBreaker']
 }
 
 /** An Idempotency-Key and the request it came with, as data (idempotency.ts's canonical form). */
@@ -76,6 +86,8 @@ export interface JobQueue {
   probe (): Promise<string>
   /** Whether the queue's Redis refused a write for memory (maxmemory) more lately than it took one. */
   readonly writesRefused: boolean
+  /** Each destination's limit, breaker and shares, shared by every instance: sending now goes through it too. */
+  readonly destinations: Destinations
   /** Counts by status, the age of the oldest job not yet delivered (seconds), and the bytes kept, as last read. */
   snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number, bytes: number }
   /** Stops taking jobs; deliveries in flight finish (SIGTERM); the rest stay queued. */
@@ -134,8 +146,21 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   await client.connect()
   const queues = tags.map((prefix) => new Queue<{ sealed: string }, string>('resend', { connection: client, prefix }))
   for (const queue of queues) queue.on('error', (err) => { options.onError?.(err) })
-  /** A destination host's partition: a host's jobs stay together. */
-  const queueFor = (host: string): Queue<{ sealed: string }, string> => queues[createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length] as Queue<{ sealed: string }, string>
+  /** A destination host's partition: a host's jobs stay together, with its state (destinations.ts). */
+  const partitionOf = (host: string): number => createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length
+  const queueFor = (host: string): Queue<{ sealed: string }, string> => queues[partitionOf(host)] as Queue<{ sealed: string }, string>
+  const destinations = createDestinations({
+    client,
+    tagFor: (host) => tags[partitionOf(host)] as string,
+    tags,
+    limits: options.hostLimits,
+    breakerFailures: options.breakerFailures,
+    breakerCooldownMs: options.breakerCooldownMs,
+    leaseMs: options.lockMs,
+    attemptMs: options.attemptMs,
+    maxAgeMs: options.maxAgeMs,
+    onBreaker: options.onBreaker
+  })
   /** A job by its id, whatever its partition. */
   const locate = async (id: string): Promise<Job<{ sealed: string }, string> | undefined> =>
     (await Promise.all(queues.map(async (queue) => await queue.getJob(id)))).find((job) => job !== undefined) as Job<{ sealed: string }, string> | undefined
@@ -197,6 +222,9 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     return await redis.set(`resend-answer:${id}`, sealed, 'EX', seconds).then(() => sealed.length, () => 0)
   }
 
+  /** A job's destination host, from its name (host and path). */
+  const hostOf = (job: { name: string }): string => nameOf(job).destination.split('/', 1)[0] as string
+
   /** What a job's request costs in Redis while it may be sent: the sealed bytes, its name, BullMQ's fields. */
   const requestBytes = (job: { name: string, data: { sealed: string } }): number => job.data.sealed.length + job.name.length + JOB_OVERHEAD_BYTES
 
@@ -211,46 +239,95 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     const now = Date.now()
     // Each attempt counts the job again: a count lost between the add and a failed undo is made good here.
     footprint.set(id, owner, requestBytes(job), progress.since + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000).catch(() => {})
-    let result: AttemptResult
-    let speaksFeishu = payload.feishuApp !== undefined
+    let checked: { url: URL, host: string, allowPrivate: boolean }
     try {
-      const { url, host, allowPrivate } = relay.check(payload.location)
-      speaksFeishu ||= relay.speaksFeishu(url.origin)
-      const prepared: PreparedRequest = { url, host, allowPrivate, method: payload.method, headers: payload.headers, body: payload.body, feishuApp: payload.feishuApp }
-      const headers: Record<string, string> = 'idempotency-key' in payload.headers ? {} : { 'idempotency-key': id }
-      result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
+      checked = relay.check(payload.location)
     } catch (err) {
-      // The policy refused it (the allow-list changed, the name now resolves elsewhere, a Feishu app's token
-      // would go to another origin), or the answer is too large.
-      const error = (err as ServiceError).code
-      await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last: { at: now, error } })
-      footprint.set(id, owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
-      throw new UnrecoverableError(error)
+      return await failAtOnce(job, progress, attempt, (err as ServiceError).code)
     }
-    const verdict = judge(result, speaksFeishu)
-    if (verdict.kind === 'delivered') {
-      const answerBytes = await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
-      // A delivered job keeps no request: only its small fields and its answer.
-      const dropped = await job.updateData({ sealed: '' }).then(() => true, () => false)
-      /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted */
-      footprint.set(id, owner, answerBytes + JOB_OVERHEAD_BYTES + (dropped ? 0 : requestBytes(job)), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
-      const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status } }
-      return JSON.stringify(delivered)
+    // The destination as its jobs name it: host and port (two services on one name are two destinations).
+    const { url } = checked
+    const { host } = url
+    // The destination's gate: a pause, the limit, or the flow's share holds the job back without spending an
+    // attempt. (With Redis failing here the attempt goes: the job itself lives in that Redis.)
+    let admission = await destinations.admit(id, owner, host).catch((): Admission => ({ go: true, probe: false }))
+    if (!admission.go) {
+      // At the end of its age a job makes its last attempt when only a wait its destination asked for, or its
+      // share, held it; a host whose breaker is open or that is at its limit is not tried: the job fails.
+      const lastChance = Date.now() >= progress.since + options.maxAgeMs && (admission.reason === 'paused' || admission.reason === 'share')
+      if (!lastChance) return await hold(job, token, progress, admission, host)
+      admission = { go: true, probe: false }
     }
-    const last = { at: now, ...verdict.last }
-    if (verdict.kind === 'retry') {
-      const at = nextAttemptAt({ now: Date.now(), attempt, scheduleMs: options.scheduleMs, askedMs: verdict.askedMs, endsAt: progress.since + options.maxAgeMs })
-      if (at !== undefined) {
-        await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: at, last })
-        await job.moveToDelayed(at, token)
-        throw new DelayedError()
+    let outcome: AttemptOutcome = { kind: 'none' }
+    let nextAt: number | undefined
+    try {
+      const speaksFeishu = payload.feishuApp !== undefined || relay.speaksFeishu(url.origin)
+      const prepared: PreparedRequest = { ...checked, method: payload.method, headers: payload.headers, body: payload.body, feishuApp: payload.feishuApp }
+      const headers: Record<string, string> = 'idempotency-key' in payload.headers ? {} : { 'idempotency-key': id }
+      let result: AttemptResult
+      try {
+        result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
+      } catch (err) {
+        // The policy refused it at connect time (the name now resolves elsewhere, a Feishu app's token would go to
+        // another origin), or the answer is too large.
+        return await failAtOnce(job, progress, attempt, (err as ServiceError).code)
       }
+      outcome = attemptOutcome(result, speaksFeishu, Date.now())
+      const verdict = judge(result, speaksFeishu)
+      if (verdict.kind === 'delivered') {
+        const answerBytes = await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
+        // A delivered job keeps no request: only its small fields and its answer.
+        const dropped = await job.updateData({ sealed: '' }).then(() => true, () => false)
+        /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted */
+        footprint.set(id, owner, answerBytes + JOB_OVERHEAD_BYTES + (dropped ? 0 : requestBytes(job)), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
+        const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status } }
+        return JSON.stringify(delivered)
+      }
+      const last = { at: now, ...verdict.last }
+      if (verdict.kind === 'retry') {
+        nextAt = nextAttemptAt({ now: Date.now(), attempt, scheduleMs: options.scheduleMs, askedMs: verdict.askedMs, endsAt: progress.since + options.maxAgeMs })
+        if (nextAt !== undefined) {
+          await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: nextAt, held: undefined, last })
+          await job.moveToDelayed(nextAt, token)
+          throw new DelayedError()
+        }
+      }
+      // A failed job keeps its request, so that it can be put back (POST /resend/jobs/{id}/retry).
+      const answerBytes = verdict.answer === undefined ? 0 : await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
+      await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last })
+      footprint.set(id, owner, requestBytes(job) + answerBytes, Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
+      throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
+    } finally {
+      // The lease goes back, the breaker counts the attempt, and a job tried again later waits from then.
+      destinations.settle(host, outcome, { id, owner, probe: admission.probe, nextAt }).catch(() => {})
     }
-    // A failed job keeps its request, so that it can be put back (POST /resend/jobs/{id}/retry).
-    const answerBytes = verdict.answer === undefined ? 0 : await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
-    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, last })
-    footprint.set(id, owner, requestBytes(job) + answerBytes, Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
-    throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
+  }
+
+  /** A job the policy refuses now (or whose answer is too large): it fails at once, kept for the operator. */
+  async function failAtOnce (job: Job<{ sealed: string }, string>, progress: Progress, attempt: number, error: string): Promise<never> {
+    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last: { at: Date.now(), error } })
+    footprint.set(job.id as string, nameOf(job).owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
+    throw new UnrecoverableError(error)
+  }
+
+  /**
+   * A job its destination holds back: back in the queue when its slot may come, with no attempt spent. Its age
+   * still counts: at RESEND_MAX_AGE it fails, saying what held it.
+   */
+  async function hold (job: Job<{ sealed: string }, string>, token: string | undefined, progress: Progress, admission: Extract<Admission, { go: false }>, host: string): Promise<never> {
+    const endsAt = progress.since + options.maxAgeMs
+    const { owner } = nameOf(job)
+    if (Date.now() >= endsAt) {
+      destinations.forget(job.id as string, owner, host).catch(() => {})
+      await job.updateProgress({ ...progress, next_attempt_at: undefined, held: undefined, last: { at: Date.now(), error: admission.reason === 'limited' ? 'destination_limit' : 'destination_paused' } })
+      footprint.set(job.id as string, owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
+      throw new UnrecoverableError('max_age')
+    }
+    const at = Math.min(Math.round(admission.at), endsAt)
+    // What holds it, for its view; a wait for the flow's share is short and frequent, and not written down.
+    if (admission.reason !== 'share') await job.updateProgress({ ...progress, next_attempt_at: at, held: admission.reason === 'limited' ? 'limited' : 'paused' })
+    await job.moveToDelayed(at, token)
+    throw new DelayedError()
   }
 
   // A worker on every partition. RESEND_WORKERS is shared out among them, at least one each: with more partitions
@@ -279,6 +356,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const failed = job as Job
       options.onJob?.('failed', progressOf(failed).attempts)
       redis.zrem(since, failed.id as string).catch(() => {})
+      // Failed before its turn (unreadable, refused by the policy, taken over too often): it waits no more.
+      destinations.forget(failed.id as string, nameOf(failed).owner, hostOf(failed)).catch(() => {})
     })
   }
 
@@ -357,6 +436,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       }
       acceptedSinceSnapshot++
       redis.zadd(since, job.timestamp, id).catch(() => {})
+      // Its flow has a job waiting from now: other flows' shares make room for it.
+      destinations.waiting(id, shared, prepared.url.host, Date.now()).catch(() => {})
       options.onJob?.('accepted')
       return { view: viewOf(job, 'queued', options.statusPath), replayed: false }
     },
@@ -403,6 +484,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       await deadline(footprint.set(id, nameOf(job).owner, requestBytes(job), Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000))
       await deadline(job.retry('failed'))
       redis.zadd(since, Date.now(), id).catch(() => {})
+      destinations.waiting(id, nameOf(job).owner, hostOf(job), Date.now()).catch(() => {})
       options.onJob?.('retried')
       return await current(job)
     },
@@ -416,11 +498,13 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       redis.zrem(since, id).catch(() => {})
       redis.del(`resend-answer:${id}`).catch(() => {})
       footprint.release(id).catch(() => {})
+      destinations.forget(id, nameOf(job).owner, hostOf(job)).catch(() => {})
       options.onJob?.('cancelled', view.attempts)
       return { ...view, status: 'cancelled', next_attempt_at: null }
     },
     snapshot: () => snapshot,
     get writesRefused () { return writesRefused },
+    destinations,
     async probe () {
       // Every slot the queue writes to: each partition's, and the byte count's.
       const found = await Promise.all([...tags, `{${options.keyPrefix}resend-bytes}`].map(async (tag) => await probeRedis(client, `${tag}:probe`)))

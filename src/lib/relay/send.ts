@@ -2,10 +2,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Dispatcher } from 'undici'
 import { createPolicyAgents, isDestinationRefusal, jsonDeeperThan, mayLoseNumbers, outcomeOf, type PolicyEntry, RawJson, readBodyLimited, type Resolver, ResponseTooLargeError, ServiceError, transportError, withDeadline } from '../http/index.js'
 import type { CommandReport } from './commands.js'
+import type { AttemptOutcome, Destinations } from './destinations.js'
 import { allowedDestination, destinationRefused } from './destination.js'
 import { FEISHU_ORIGINS, FEISHU_RATE_LIMITED, FEISHU_TOKEN_REFUSED, feishuCode, type FeishuToken, type FeishuTokens } from './feishu.js'
 import type { JsonPathPool } from './json-path-pool.js'
 import { createPreparer, type PreparedRequest, type RelayRequest } from './request.js'
+import { attemptOutcome } from './verdict.js'
 
 /** A 2xx answer of the destination; anything else is thrown as UPSTREAM_ERROR with the same fields. */
 export interface RelayAnswer {
@@ -55,6 +57,11 @@ export interface RelayOptions {
   onRefusedAddress?: (trace: RelayTrace) => void
   /** The configured Feishu apps' tenant tokens, for requests that name one. */
   feishu?: FeishuTokens | undefined
+  /**
+   * The destinations' limits and breakers (the queue's, in Redis), once there are: a request sent now meets them
+   * before each attempt, and each attempt counts for its host.
+   */
+  destinations?: (() => Destinations | undefined) | undefined
 }
 
 const RETRY_STATUSES = new Set([429, 503])
@@ -124,6 +131,7 @@ export function createRelay (options: RelayOptions): Relay {
   const { feishu } = options
   const prepare = createPreparer(options)
   const check = (location: string): { url: URL, host: string, allowPrivate: boolean } => allowedDestination(location, options.allowList)
+  const speaksFeishu = (origin: string): boolean => FEISHU_ORIGINS.has(origin) || feishu?.isFeishuOrigin(origin) === true
 
   /**
    * One attempt, within RESEND_TIMEOUT_MS from sending to the last byte. With a Feishu app, a token the answer
@@ -184,13 +192,34 @@ export function createRelay (options: RelayOptions): Relay {
     return await once(token)
   }
 
+  /**
+   * An attempt sent now, through its host's limit and breaker: a host at its limit is 429, a paused one 503, both
+   * saying when to come back. (With their Redis failing, the attempt goes.)
+   */
+  async function gatedAttempt (prepared: PreparedRequest, attemptNo: number, trace: RelayTrace): Promise<AttemptResult> {
+    const gate = options.destinations?.()
+    if (gate === undefined) return await attempt(prepared, attemptNo, {}, trace)
+    const { probe } = await gate.admitNow(prepared.url.host).catch((err: unknown) => {
+      if (err instanceof ServiceError) throw err
+      return { probe: false }
+    })
+    let outcome: AttemptOutcome = { kind: 'none' }
+    try {
+      const result = await attempt(prepared, attemptNo, {}, trace)
+      outcome = attemptOutcome(result, prepared.feishuApp !== undefined || speaksFeishu(prepared.url.origin), Date.now())
+      return result
+    } finally {
+      gate.settle(prepared.url.host, outcome, { probe }).catch(() => {})
+    }
+  }
+
   async function sendNow (prepared: PreparedRequest, maxAttempts: number, trace: RelayTrace): Promise<RelayAnswer> {
     let attemptNo = 1
-    let result = await attempt(prepared, attemptNo, {}, trace)
+    let result = await gatedAttempt(prepared, attemptNo, trace)
     for (let wait = retryWait(result, attemptNo, maxAttempts); wait !== undefined; wait = retryWait(result, attemptNo, maxAttempts)) {
       await sleep(wait)
       attemptNo++
-      result = await attempt(prepared, attemptNo, {}, trace)
+      result = await gatedAttempt(prepared, attemptNo, trace)
     }
     if ('failure' in result) throw result.failure
     const { answer } = result
@@ -217,14 +246,14 @@ export function createRelay (options: RelayOptions): Relay {
         return { answer, trace }
       } catch (err) {
         trace.upstream_ms = Math.round(performance.now() - started)
-        // Every path to here made an attempt: its number is in the trace.
-        options.onOutcome?.(outcomeOf(err), trace.attempts as number)
+        // The attempts made (none when the destination's limit or pause refused the first).
+        options.onOutcome?.(outcomeOf(err), (trace.attempts as number | undefined) ?? 0)
         if (err instanceof ServiceError) err.logFields = trace
         throw err
       }
     },
     check,
-    speaksFeishu: (origin) => FEISHU_ORIGINS.has(origin) || feishu?.isFeishuOrigin(origin) === true,
+    speaksFeishu,
     attempt,
     async close () {
       await agents.close()

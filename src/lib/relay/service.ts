@@ -2,6 +2,7 @@ import type { RedisClient, RedisSettings } from '../redis/index.js'
 import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../coze/index.js'
 import { parseAllowList, type Resolver } from '../http/index.js'
 import { createFeishuTokens, type FeishuApp } from './feishu.js'
+import type { HostLimit } from './destinations.js'
 import { createJobQueue, type JobQueue } from './jobs.js'
 import { parseDuration } from './verdict.js'
 import { createJsonPathPool } from './json-path-pool.js'
@@ -32,6 +33,10 @@ export interface RelayServiceOptions {
     /** A caller's share of maxQueuedBytes. */
     ownerMaxBytes: (owner: string) => number
     closeGraceMs: number
+    /** RESEND_HOST_LIMITS, RESEND_BREAKER_FAILURES, RESEND_BREAKER_COOLDOWN. */
+    hostLimits: HostLimit[]
+    breakerFailures: number
+    breakerCooldown: string
   }
   /** The shared Redis client, when there is one: the queue's idempotency keys, and Feishu tokens for every instance. */
   redis?: { client: RedisClient, secret: Buffer, available: () => boolean } | undefined
@@ -44,6 +49,7 @@ export interface RelayServiceOptions {
   onWarning: (message: string) => void
   onError: (err: Error) => void
   onWritesRefused?: (refused: boolean) => void
+  onBreaker?: (host: string, state: 'opened' | 'closed', detail: { failures: number, cooldownMs: number, error?: string | undefined }) => void
 }
 
 export interface RelayService {
@@ -72,8 +78,10 @@ export async function createRelayService (options: RelayServiceOptions): Promise
     store = createRedisTokenStore({ redis: options.redis.client, secret: options.redis.secret, lockMs: options.timeoutMs + 1000, fallback: memory, available: options.redis.available })
   }
   const feishu = createFeishuTokens({ apps: options.feishuApps, store, timeoutMs: options.timeoutMs, onFetch: options.onFeishuFetch, onSettingsRefused: options.onFeishuSettingsRefused })
+  let jobs: JobQueue | null = null
   const relay = createRelay({
     jsonPath,
+    destinations: () => jobs?.destinations,
     feishu,
     allowList: parseAllowList('RESEND_ALLOWED_HOSTS', options.allowedHosts),
     timeoutMs: options.timeoutMs,
@@ -83,7 +91,6 @@ export async function createRelayService (options: RelayServiceOptions): Promise
     onOutcome: options.onOutcome,
     onRefusedAddress: options.onRefusedAddress
   })
-  let jobs: JobQueue | null = null
   if (options.queue !== null && options.redis !== undefined) {
     const { queue } = options
     jobs = await createJobQueue({
@@ -102,6 +109,11 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       ownerMaxBytes: queue.ownerMaxBytes,
       onWritesRefused: options.onWritesRefused,
       closeGraceMs: queue.closeGraceMs,
+      hostLimits: queue.hostLimits,
+      breakerFailures: queue.breakerFailures,
+      breakerCooldownMs: parseDuration(queue.breakerCooldown),
+      attemptMs: options.timeoutMs,
+      onBreaker: options.onBreaker,
       statusPath: '/resend/jobs/',
       onJob: options.onJob,
       onWarning: options.onWarning,

@@ -18,6 +18,11 @@ export interface JobView {
   /** Host and path (never the query, which may hold secrets). */
   destination: string
   last_attempt: { at: string, status?: number, error?: string } | null
+  /**
+   * What holds a queued job back without spending an attempt: its destination paused (its breaker, or a rate
+   * limit it answered with) or at its limit (RESEND_HOST_LIMITS); null otherwise.
+   */
+  waiting_for: 'destination_paused' | 'destination_limit' | null
   /** The destination's answer: when delivered, and when it failed the job (a 4xx). */
   answer?: { status: number, body: unknown }
   status_url: string
@@ -29,6 +34,8 @@ export interface Progress {
   /** Where RESEND_MAX_AGE counts from: acceptance, or the last manual retry. */
   since: number
   next_attempt_at?: number | undefined
+  /** What held it back at its last turn (destinations.ts), until its next attempt. */
+  held?: 'paused' | 'limited' | undefined
   last?: { at: number, status?: number, error?: string } | undefined
 }
 
@@ -62,6 +69,8 @@ const STATUS_OF: Record<string, JobStatus> = Object.fromEntries(JOB_STATUSES.fla
 /* c8 ignore next - a job removed between two reads is 'unknown': it was queued a moment ago, or is gone */
 export const statusOf = (state: string): JobStatus => STATUS_OF[state] ?? 'queued'
 
+const HELD = { paused: 'destination_paused', limited: 'destination_limit' } as const
+
 export const iso = (millis: number): string => new Date(millis).toISOString()
 
 /** The fields of a job a view is made of. */
@@ -87,6 +96,7 @@ export function viewOf (job: JobFields, status: JobStatus, statusPath: string): 
     next_attempt_at: status === 'queued' && progress.next_attempt_at !== undefined ? iso(progress.next_attempt_at) : null,
     destination: nameOf(job).destination,
     last_attempt: last === undefined ? null : { ...last, at: iso(last.at) },
+    waiting_for: status === 'queued' && progress.held !== undefined ? HELD[progress.held] : null,
     status_url: `${statusPath}${id}`
   }
   // Failed before any attempt (unreadable, or taken over too many times): BullMQ's reason.
