@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createRelayService, type JobQueue, parseHostLimits, type Relay } from '../lib/relay/index.js'
+import { createRelayService, type JobQueue, parseDuration, parseHostLimits, type Relay } from '../lib/relay/index.js'
 import type { Resolver } from '../lib/http/index.js'
 import type { RedisSettings } from '../lib/redis/index.js'
 
@@ -45,6 +45,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     onFeishuSettingsRefused: (app, code, msg) => { log.error({ feishu_app: app, feishu_code: code, feishu_msg: msg }, 'Feishu refuses the app\'s id or secret: fix its settings (queued jobs that need its token fail at once)') },
     onWarning: (message) => { log.warn(message) },
     onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') },
+    alerts: config.RESEND_ALERT_WEBHOOK === undefined ? undefined : { webhook: new URL(config.RESEND_ALERT_WEBHOOK), secret: config.RESEND_ALERT_SECRET, intervalMs: parseDuration(config.RESEND_ALERT_INTERVAL), onFailure: (reason) => { log.warn({ reason }, 'resend: the alert webhook did not take a message (deliveries go on)') } },
     onBreaker: (host, state, detail) => {
       if (state === 'opened') log.warn({ host, failures: detail.failures, cooldown_ms: detail.cooldownMs, error: detail.error }, 'resend: destination paused after consecutive failures (its breaker opened)')
       else log.info({ host }, 'resend: destination answers again (its breaker closed)')

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { RawJson, ServiceError, stringifyWithRaw } from '../lib/http/index.js'
-import { canonicalRequest, type JobQueue, type JobView } from '../lib/relay/index.js'
+import { BULK_LIMIT, canonicalRequest, type JobFilter, type JobQueue, type JobView } from '../lib/relay/index.js'
 import { configurationStatus } from '../lib/ops/index.js'
 import { serves } from '../schemas/config.js'
 import { Envelope, errorResponses } from '../schemas/envelope.js'
-import { ApiKeyHeaders, DestinationListData, JobData, JobListData, JobListQuery, JobParams, QueuedData, ResendBody, ResendData, ResendHeadersIn } from '../schemas/resend.js'
+import { ApiKeyHeaders, BulkCancelBody, BulkData, BulkRetryBody, DestinationListData, JobData, JobListData, JobListQuery, JobParams, QueuedData, ResendBody, ResendData, ResendHeadersIn } from '../schemas/resend.js'
 
 /** Whether the caller asked for queued delivery: the body's `delivery`, or Prefer: respond-async (RFC 7240). */
 function wantsQueue (delivery: string | undefined, prefer: string | undefined): boolean {
@@ -88,6 +88,19 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause: err })
     })
     return reply.ok('RESEND_DESTINATIONS', { destinations })
+  })
+
+  // Bulk: every failed job (or queued one) the filter matches, up to its limit, as one by one would.
+  const filterOf = (body: { destination?: string, since?: string, until?: string, limit?: number }): JobFilter =>
+    ({ destination: body.destination, since: body.since === undefined ? undefined : Date.parse(body.since), until: body.until === undefined ? undefined : Date.parse(body.until), limit: body.limit ?? BULK_LIMIT })
+  const bulkSchema = (operationId: string, summary: string, body: typeof BulkRetryBody | typeof BulkCancelBody) => ({ operationId, summary, security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, body, response: { 200: Envelope(BulkData), ...errorResponses } })
+  fastify.post('/resend/jobs/retry', { ...gate, schema: bulkSchema('retryResendJobs', `Puts back up to ${BULK_LIMIT} failed jobs a filter matches (destination, when they failed); they meet the limits like any job.`, BulkRetryBody) }, async (request, reply) => {
+    const ids = await jobs().retryMany(owner(request), filterOf(request.body))
+    return reply.ok('RESEND_JOBS_RETRIED', { count: ids.length, ids })
+  })
+  fastify.delete('/resend/jobs', { ...gate, schema: bulkSchema('cancelResendJobs', `Cancels up to ${BULK_LIMIT} queued jobs a filter matches (destination, when they were created).`, BulkCancelBody) }, async (request, reply) => {
+    const ids = await jobs().cancelMany(owner(request), filterOf(request.body))
+    return reply.ok('RESEND_JOBS_CANCELLED', { count: ids.length, ids })
   })
 
   const answerJob = (reply: FastifyReply, view: JobView) => {

@@ -69,6 +69,9 @@ export const ConfigSchema = Type.Object({
   RESEND_HOST_LIMITS: Type.String({ default: '', description: 'Deliveries per second to a destination host, across instances, now and queued: ENTRY=N/s, comma-separated, the entry as in RESEND_ALLOWED_HOSTS (open.feishu.cn=50/s,*=100/s); the most specific entry applies, to each host it matches. Empty: no limit' }),
   RESEND_BREAKER_FAILURES: Type.Integer({ minimum: 1, maximum: 1000, default: 5, description: 'Consecutive failures (no connection, timeout, 5xx) after which deliveries to a host pause' }),
   RESEND_BREAKER_COOLDOWN: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '30s', description: 'The first pause of a failing host; each failed probe doubles it, up to 10 minutes' }),
+  RESEND_ALERT_WEBHOOK: Type.Optional(Type.String({ pattern: '^https?://[^\\s/?#]+/[^\\s]*$', description: 'A Feishu or Lark custom bot\'s webhook (https://open.feishu.cn/open-apis/bot/v2/hook/...): told when a queued job fails for good and when a destination pauses or recovers, grouped per destination' })),
+  RESEND_ALERT_SECRET: Type.Optional(Type.String({ description: 'The bot\'s signing secret, when its signature check is on' })),
+  RESEND_ALERT_INTERVAL: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '5m', description: 'At most one alert per destination in this long, with what happened meanwhile counted in it' }),
   RESEND_QUEUE_PARTITIONS: Type.Integer({ minimum: 1, maximum: 256, default: 1, description: 'The queue as this many BullMQ queues, each under a hash tag of its own: on a Redis Cluster it spreads over the shards (a destination host\'s jobs stay in one)' }),
   FEISHU_APPS_FILE: Type.Optional(Type.String({ description: 'Path of the Feishu apps document (JSON, or YAML by .yaml/.yml): the service fetches their tenant tokens' })),
   FEISHU_APPS: Type.Optional(Type.String({ description: 'The same document as inline JSON' })),
@@ -141,7 +144,10 @@ const EXPECTED_FORM: Record<string, string> = {
   REDIS_URL: 'a redis:// or rediss:// URL, such as redis://:password@host:6379/0 (with REDIS_CLUSTER=true, one or more, comma-separated)',
   TRUST_PROXY: 'false, true, a hop count (1), or the balancers\' addresses or CIDRs, comma-separated',
   ROUTES: 'a comma-separated list of token, resend and augment',
-  RATE_LIMIT_WINDOW: 'a number of milliseconds, or a duration such as 30 seconds, 1 minute, 1 hour'
+  RATE_LIMIT_WINDOW: 'a number of milliseconds, or a duration such as 30 seconds, 1 minute, 1 hour',
+  RESEND_ALERT_WEBHOOK: 'an http(s) URL of a custom bot\'s webhook, such as https://open.feishu.cn/open-apis/bot/v2/hook/<token>',
+  RESEND_ALERT_INTERVAL: 'a duration such as 5m, 30s, 1h',
+  RESEND_BREAKER_COOLDOWN: 'a duration such as 30s, 2m'
 }
 
 /** One line per variable that is wrong, saying what it may be: enums list their values. Values are not repeated. */
@@ -266,6 +272,9 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   }
   if (config.RESEND_HOST_LIMITS.trim() !== '' && (config.RESEND_QUEUE !== 'redis' || config.RESEND_QUEUE_SECRET === undefined) && serves(config, 'resend')) {
     throw new ConfigError('RESEND_HOST_LIMITS needs queued delivery (RESEND_QUEUE=redis and RESEND_QUEUE_SECRET): the limits are kept in its Redis, for every instance')
+  }
+  if (config.RESEND_ALERT_WEBHOOK !== undefined && (config.RESEND_QUEUE !== 'redis' || config.RESEND_QUEUE_SECRET === undefined) && serves(config, 'resend')) {
+    throw new ConfigError('RESEND_ALERT_WEBHOOK needs queued delivery (RESEND_QUEUE=redis and RESEND_QUEUE_SECRET): it tells of queued jobs and paused destinations')
   }
   if (!config.REDIS_CLUSTER && config.REDIS_URL.includes(',')) {
     throw new ConfigError('REDIS_URL names several nodes: set REDIS_CLUSTER=true for a Redis Cluster, or give one URL')

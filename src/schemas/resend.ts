@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { FEISHU_APP_NAME } from './feishu.js'
-import { CommandsSchema, DEFAULT_METHOD, JOB_STATUSES, LIST_SCAN, MAX_REPORTED_PATHS, RESEND_METHODS } from '../lib/relay/index.js'
+import { BULK_LIMIT, CommandsSchema, DEFAULT_METHOD, JOB_STATUSES, LIST_SCAN, MAX_REPORTED_PATHS, RESEND_METHODS } from '../lib/relay/index.js'
 
 /**
  * Header names are RFC 9110 tokens; values are visible Latin-1 with spaces and tabs (no control characters).
@@ -129,6 +129,22 @@ export const DestinationData = Type.Object({
 
 export const DestinationListData = Type.Object({
   destinations: Type.Array(DestinationData, { description: 'Hosts with attempts in the last day, busiest first; in broker mode, those the caller\'s jobs wait for or are being delivered to.' })
+})
+
+const bulk = (status: 'failed' | 'queued', at: string) => Type.Object({
+  status: Type.Literal(status, { description: `Only ${status} jobs are ${status === 'failed' ? 'put back' : 'cancelled'}.` }),
+  destination: Type.Optional(Type.String({ minLength: 1, maxLength: 300, description: 'A host (open.feishu.cn, 127.0.0.1:8080), or a host and the start of a path, as a job\'s destination says.' })),
+  since: Type.Optional(Type.String({ format: 'date-time', description: `Jobs ${at} at or after this instant.` })),
+  until: Type.Optional(Type.String({ format: 'date-time', description: `Jobs ${at} before this instant.` })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: BULK_LIMIT, default: BULK_LIMIT, description: `At most this many jobs (1 to ${BULK_LIMIT}).` }))
+}, { additionalProperties: false })
+
+export const BulkRetryBody = bulk('failed', 'that failed')
+export const BulkCancelBody = bulk('queued', 'created')
+
+export const BulkData = Type.Object({
+  count: Type.Integer(),
+  ids: Type.Array(Type.String(), { description: 'The jobs touched, newest first within each partition: GET /resend/jobs/{id} follows each.' })
 })
 
 export const JobListData = Type.Object({

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, createHmac, randomBytes } from 'node:crypto'
 import { createServer, type Socket } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -64,7 +64,8 @@ async function flappingDestination (t: Test): Promise<{ url: string, connections
 
 interface Instance {
   app: FastifyInstance
-  call: (method: 'GET' | 'POST', url: string, payload?: object, key?: string) => Promise<{ status: number, headers: Record<string, unknown>, data: Record<string, unknown> }>
+  logs: { text: string }
+  call: (method: 'GET' | 'POST' | 'DELETE', url: string, payload?: object, key?: string) => Promise<{ status: number, headers: Record<string, unknown>, data: Record<string, unknown> }>
 }
 
 async function instances (t: Test, count: number, config: Record<string, unknown>, key = API_KEY): Promise<Instance[]> {
@@ -76,15 +77,14 @@ async function instances (t: Test, count: number, config: Record<string, unknown
       RESEND_QUEUE_SECRET: SECRET,
       REDIS_URL,
       REDIS_KEY_PREFIX: prefix,
-      LOG_LEVEL: process.env.DEBUG_DEST ?? 'warn',
+      LOG_LEVEL: 'warn',
       ...config
     })
     const call: Instance['call'] = async (method, url, payload, as = key) => {
       const res = await app.inject({ method, url, headers: { 'x-api-key': as }, ...(payload === undefined ? {} : { payload }) })
       return { status: res.statusCode, headers: res.headers, data: res.json().data }
     }
-    if (process.env.DEBUG_DEST !== undefined) t.teardown(() => { console.error(logs.text.split('\n').filter((line) => line.includes('"level":50')).join('\n').slice(0, 3000)) })
-    return { app, call }
+    return { app, logs, call }
   }))
 }
 
@@ -263,4 +263,82 @@ t.test('1,000 jobs over four destinations, one of them dead, two instances, limi
   t.ok(dead.connections() < 250, `the dead destination was paused by its breaker: ${dead.connections()} connections for 250 jobs`)
   const views = (await (pair[0] as Instance).call('GET', '/resend/destinations')).data.destinations as Array<{ host: string, state: string }>
   t.equal(views.find((view) => view.host === new URL(dead.url).host)?.state, 'paused')
+})
+
+t.test('bulk: POST /resend/jobs/retry puts back the failed jobs a filter matches; DELETE /resend/jobs cancels queued ones', { skip }, async (t) => {
+  let accepting = false
+  const host = await startUpstream(t, (request, res) => {
+    if (request.url.startsWith('/later')) { sendJson(res, 503, {}); return }
+    sendJson(res, accepting ? 200 : 400, { accepting })
+  })
+  const other = await startUpstream(t, (_request, res) => { sendJson(res, 400, {}) })
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: `${host.url},${other.url}`, RESEND_RETRY_SCHEDULE: '1h', RESEND_BREAKER_FAILURES: 1000 }) as [Instance]
+  const failing: string[] = []
+  for (let i = 0; i < 5; i++) failing.push((await one.call('POST', '/resend', queue(`${host.url}/records/${i}`))).data.id as string)
+  const elsewhere = (await one.call('POST', '/resend', queue(`${other.url}/x`))).data.id as string
+  const status = async (id: string): Promise<unknown> => (await one.call('GET', `/resend/jobs/${id}`)).data.status
+  t.ok(await waitFor(async () => (await Promise.all([...failing, elsewhere].map(status))).every((s) => s === 'failed')), 'six failed')
+  accepting = true
+  const hostOnly = new URL(host.url).host
+  const retried = await one.call('POST', '/resend/jobs/retry', { status: 'failed', destination: hostOnly, since: new Date(Date.now() - 60_000).toISOString() })
+  t.equal(retried.status, 200)
+  t.equal(retried.data.count, 5, 'the five to that host, not the one elsewhere')
+  t.same([...(retried.data.ids as string[])].sort(), [...failing].sort())
+  t.ok(await waitFor(async () => (await Promise.all(failing.map(status))).every((s) => s === 'delivered')), 'each delivered')
+  t.equal(await status(elsewhere), 'failed')
+  t.equal((await one.call('POST', '/resend/jobs/retry', { status: 'failed', until: new Date(Date.now() - 3_600_000).toISOString() })).data.count, 0, 'until: none failed an hour ago')
+  t.equal((await one.call('POST', '/resend/jobs/retry', { status: 'failed', destination: `${hostOnly}/records` })).data.count, 0, 'a host and path: nothing failed there now')
+  // Queued ones, waiting for their next attempt an hour away: cancelled in bulk, up to the limit.
+  const waiting: string[] = []
+  for (let i = 0; i < 4; i++) waiting.push((await one.call('POST', '/resend', queue(`${host.url}/later/${i}`))).data.id as string)
+  t.ok(await waitFor(async () => (await Promise.all(waiting.map(async (id) => (await one.call('GET', `/resend/jobs/${id}`)).data.attempts))).every((n) => n === 1)), 'each tried once')
+  const cancelled = await one.call('DELETE', '/resend/jobs', { status: 'queued', destination: `${hostOnly}/later`, limit: 3 })
+  t.equal(cancelled.data.count, 3, 'the limit holds')
+  t.equal((await one.call('DELETE', '/resend/jobs', { status: 'queued' })).data.count, 1, 'then the last one')
+  for (const id of waiting) t.equal((await one.call('GET', `/resend/jobs/${id}`)).status, 404)
+  for (const body of [{ status: 'queued' }, { status: 'failed', limit: 1001 }, { status: 'failed', since: 'yesterday' }, { status: 'failed', extra: 1 }]) {
+    const refused = await one.call('POST', '/resend/jobs/retry', body)
+    t.equal(refused.status, 400, JSON.stringify(body))
+  }
+  t.equal((await one.call('DELETE', '/resend/jobs', { status: 'failed' })).status, 400, 'only queued jobs are cancelled')
+})
+
+t.test('alerts: a Feishu bot, signed, told once per destination per interval with counts; a failing bot never touches delivery', { skip }, async (t) => {
+  const BOT_SECRET = 'bot-signing-secret-0123'
+  registerSecret(BOT_SECRET)
+  const messages: string[] = []
+  let botBroken = false
+  const bot = await startUpstream(t, (request, res) => {
+    const body = JSON.parse(request.body) as { timestamp: string, sign: string, msg_type: string, content: { text: string } }
+    // As Feishu checks it: the key is timestamp + "\n" + secret, the message empty; the timestamp within the hour.
+    const expected = createHmac('sha256', `${body.timestamp}\n${BOT_SECRET}`).update('').digest('base64')
+    if (botBroken || body.sign !== expected || Math.abs(Number(body.timestamp) - Date.now() / 1000) > 3600) { sendJson(res, 200, { code: 19021, msg: 'sign match fail or timestamp is not within one hour from current time' }); return }
+    messages.push(body.content.text)
+    sendJson(res, 200, { code: 0, msg: 'success' })
+  })
+  const refusing = await startUpstream(t, (_request, res) => { sendJson(res, 404, { missing: true }) })
+  const webhook = `${bot.url}/open-apis/bot/v2/hook/hook-token-0123456789`
+  registerSecret('hook-token-0123456789')
+  const [one] = await instances(t, 1, {
+    RESEND_ALLOWED_HOSTS: refusing.url,
+    RESEND_ALERT_WEBHOOK: webhook,
+    RESEND_ALERT_SECRET: BOT_SECRET,
+    RESEND_ALERT_INTERVAL: '2s'
+  }) as [Instance]
+  const ids = [(await one.call('POST', '/resend', queue(`${refusing.url}/a`))).data.id as string]
+  t.ok(await waitFor(() => messages.length === 1), 'the first failure is told at once')
+  t.match(messages[0], new RegExp(`${new URL(refusing.url).host}[\\s\\S]*1 个任务最终失败[\\s\\S]*UPSTREAM_ERROR[\\s\\S]*/resend/jobs/${ids[0] as string}`))
+  for (let i = 0; i < 3; i++) ids.push((await one.call('POST', '/resend', queue(`${refusing.url}/b${i}`))).data.id as string)
+  t.ok(await waitFor(async () => (await Promise.all(ids.map(async (id) => (await one.call('GET', `/resend/jobs/${id}`)).data.status))).every((s) => s === 'failed')))
+  t.equal(messages.length, 1, 'the next three wait for the interval')
+  t.ok(await waitFor(() => messages.length === 2, 10_000), 'one message after it')
+  t.match(messages[1], /3 个任务最终失败/)
+  botBroken = true
+  await sleep(2100)
+  const last = (await one.call('POST', '/resend', queue(`${refusing.url}/c`))).data.id as string
+  t.ok(await waitFor(async () => (await one.call('GET', `/resend/jobs/${last}`)).data.status === 'failed'), 'a failing bot: the job still ends as it would')
+  t.equal(messages.length, 2)
+  t.ok(await waitFor(() => one.logs.text.includes('the alert webhook did not take a message')), 'the bot\'s refusal is logged')
+  t.match(one.logs.text, /"reason":"127\.0\.0\.1:\d+ answered 200 with code 19021"/, 'naming its host and code')
+  t.notOk(one.logs.text.includes('hook-token-0123456789'), 'never the webhook\'s token')
 })

@@ -73,6 +73,8 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     RESEND_JOB: '重发任务',
     RESEND_JOBS: '重发任务列表',
     RESEND_DESTINATIONS: '投递目标状态',
+    RESEND_JOBS_RETRIED: '失败任务已重新排队',
+    RESEND_JOBS_CANCELLED: '排队任务已取消',
     AUTH_URL_OK: '授权链接生成成功',
     COMPLETE_AUTH_OK: 'OAuth授权完成成功'
   },
@@ -117,12 +119,14 @@ const CATALOG: Record<Locale, Record<ErrorCode | SuccessText, Text>> = {
     RESEND_JOB: 'Delivery job',
     RESEND_JOBS: 'Delivery jobs',
     RESEND_DESTINATIONS: 'Delivery destinations',
+    RESEND_JOBS_RETRIED: 'Failed jobs put back in the queue',
+    RESEND_JOBS_CANCELLED: 'Queued jobs cancelled',
     AUTH_URL_OK: 'Authorization link created',
     COMPLETE_AUTH_OK: 'OAuth authorization completed'
   }
 }
 
-export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_REPLAYED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'RESEND_DESTINATIONS' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
+export type SuccessText = 'HEALTH_OK' | 'READY_OK' | 'TOKEN_OK' | 'RESEND_OK' | 'RESEND_QUEUED' | 'RESEND_REPLAYED' | 'RESEND_JOB' | 'RESEND_JOBS' | 'RESEND_DESTINATIONS' | 'RESEND_JOBS_RETRIED' | 'RESEND_JOBS_CANCELLED' | 'AUTH_URL_OK' | 'COMPLETE_AUTH_OK'
 
 export function messageFor (locale: Locale, key: ErrorCode | SuccessText, details: ErrorDetails = {}): string {
   const text = CATALOG[locale][key]

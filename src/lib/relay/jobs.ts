@@ -64,9 +64,21 @@ export interface JobQueueOptions {
   breakerCooldownMs: number
   /** RESEND_TIMEOUT_MS: how long an attempt sent now may hold a paused host's probe. */
   attemptMs: number
+  /** Told when a job fails for good (not when it is only tried again). */
+  onFailed?: (failed: { id: string, host: string, destination: string, error: string, attempts: number }) => void
   /** Told when a destination's breaker opens or closes. */
   onBreaker?: DestinationsOptions['onBreaker']
 }
+
+/**
+ * Which jobs a bulk retry or cancel touches: to a destination (a host, or a host and the start of a path), and
+ * failed (retry: when it failed) or created (cancel) between two instants.
+ */
+export interface JobFilter { destination?: string | undefined, since?: number | undefined, until?: number | undefined, limit: number }
+
+/** The most jobs one bulk retry or cancel touches, and the most of a state's jobs it reads to find them. */
+export const BULK_LIMIT = 1000
+const BULK_SCAN = 10_000
 
 /** An Idempotency-Key and the request it came with, as data (idempotency.ts's canonical form). */
 export interface Idempotency { key: string, request: string }
@@ -79,6 +91,12 @@ export interface JobQueue {
   list (owner: string | null, status: JobStatus | undefined, limit: number, idempotencyKey?: string): Promise<JobView[]>
   retry (id: string, owner: string | null): Promise<JobView>
   cancel (id: string, owner: string | null): Promise<JobView>
+  /**
+   * Every failed job (retry) or queued job (cancel) the filter matches, up to its limit: each is put back or
+   * cancelled as one would be, and a job that changed state meanwhile is left out. The ids it touched.
+   */
+  retryMany (owner: string | null, filter: JobFilter): Promise<string[]>
+  cancelMany (owner: string | null, filter: JobFilter): Promise<string[]>
   /**
    * A real round trip to the queue's Redis (a key written and read back): `ok`, or `degraded: ...` saying that
    * Redis does not answer or refuses writes (queued delivery answers 503 then; delivery now goes on).
@@ -358,6 +376,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       redis.zrem(since, failed.id as string).catch(() => {})
       // Failed before its turn (unreadable, refused by the policy, taken over too often): it waits no more.
       destinations.forget(failed.id as string, nameOf(failed).owner, hostOf(failed)).catch(() => {})
+      const progress = progressOf(failed)
+      options.onFailed?.({ id: failed.id as string, host: hostOf(failed), destination: nameOf(failed).destination, error: progress.last?.error ?? failed.failedReason, attempts: progress.attempts })
     })
   }
 
@@ -410,6 +430,74 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       await footprint.release(id).catch(() => {})
       throw err
     }
+  }
+
+  /** A failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed. */
+  async function putBack (job: Job<{ sealed: string }, string>): Promise<void> {
+    const id = job.id as string
+    const state = await deadline(job.getState())
+    if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a failed job is put back`, status: statusOf(state) })
+    await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
+    await deadline(redis.del(`resend-answer:${id}`))
+    await deadline(footprint.set(id, nameOf(job).owner, requestBytes(job), Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000))
+    await deadline(job.retry('failed'))
+    redis.zadd(since, Date.now(), id).catch(() => {})
+    destinations.waiting(id, nameOf(job).owner, hostOf(job), Date.now()).catch(() => {})
+    options.onJob?.('retried')
+  }
+
+  /** A queued job removed; 409 once it is delivering or has ended. */
+  async function remove (job: Job<{ sealed: string }, string>): Promise<JobView> {
+    const id = job.id as string
+    const state = await deadline(job.getState())
+    if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a queued job is cancelled`, status: statusOf(state) })
+    const view = viewOf(job, 'queued', options.statusPath)
+    // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
+    await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
+    redis.zrem(since, id).catch(() => {})
+    redis.del(`resend-answer:${id}`).catch(() => {})
+    footprint.release(id).catch(() => {})
+    destinations.forget(id, nameOf(job).owner, hostOf(job)).catch(() => {})
+    options.onJob?.('cancelled', view.attempts)
+    return { ...view, status: 'cancelled', next_attempt_at: null }
+  }
+
+  /**
+   * `act` on each job of the status the filter matches (the caller's own in broker mode), newest first, up to the
+   * filter's limit; each state read BULK_SCAN jobs deep at most. A job that changed meanwhile (409) is left out.
+   */
+  async function eachMatching (owner: string | null, filter: JobFilter, status: 'failed' | 'queued', act: (job: Job<{ sealed: string }, string>) => Promise<void>): Promise<string[]> {
+    const touched: string[] = []
+    const matches = (name: string, at: number): boolean => {
+      const job = nameOf({ name })
+      if (owner !== null && job.owner !== owner) return false
+      if (filter.destination !== undefined && job.destination !== filter.destination && !job.destination.startsWith(filter.destination.endsWith('/') ? filter.destination : `${filter.destination}/`)) return false
+      return (filter.since === undefined || at >= filter.since) && (filter.until === undefined || at < filter.until)
+    }
+    for (const queue of queues) {
+      for (let start = 0; start < BULK_SCAN && touched.length < filter.limit; start += LIST_SCAN) {
+        const ids = await deadline(queue.getRanges(STATES[status], start, start + LIST_SCAN - 1, false))
+        if (ids.length === 0) break
+        const pipeline = client.pipeline()
+        for (const id of ids) pipeline.hmget(queue.toKey(id), 'name', status === 'failed' ? 'finishedOn' : 'timestamp')
+        const rows = await deadline(pipeline.exec()) as Array<[Error | null, Array<string | null>]>
+        const wanted = ids.filter((_id, index) => {
+          const [name, at] = (rows[index] as [Error | null, Array<string | null>])[1]
+          return typeof name === 'string' && matches(name, Number(at))
+        }).slice(0, filter.limit - touched.length)
+        for (const id of wanted) {
+          const job = await deadline(queue.getJob(id))
+          if (job === undefined) continue
+          const done = await act(job).then(() => true, (err: unknown) => {
+            if ((err as ServiceError).code === 'CONFLICT') return false
+            throw err
+          })
+          if (done) touched.push(id)
+        }
+        if (ids.length < LIST_SCAN) break
+      }
+    }
+    return touched
   }
 
   return {
@@ -477,30 +565,18 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     },
     async retry (id, owner) {
       const job = await find(id, owner)
-      const state = await deadline(job.getState())
-      if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a failed job is put back`, status: statusOf(state) })
-      await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
-      await deadline(redis.del(`resend-answer:${id}`))
-      await deadline(footprint.set(id, nameOf(job).owner, requestBytes(job), Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000))
-      await deadline(job.retry('failed'))
-      redis.zadd(since, Date.now(), id).catch(() => {})
-      destinations.waiting(id, nameOf(job).owner, hostOf(job), Date.now()).catch(() => {})
-      options.onJob?.('retried')
+      await putBack(job)
       return await current(job)
     },
     async cancel (id, owner) {
       const job = await find(id, owner)
-      const state = await deadline(job.getState())
-      if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a queued job is cancelled`, status: statusOf(state) })
-      const view = viewOf(job, 'queued', options.statusPath)
-      // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
-      await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
-      redis.zrem(since, id).catch(() => {})
-      redis.del(`resend-answer:${id}`).catch(() => {})
-      footprint.release(id).catch(() => {})
-      destinations.forget(id, nameOf(job).owner, hostOf(job)).catch(() => {})
-      options.onJob?.('cancelled', view.attempts)
-      return { ...view, status: 'cancelled', next_attempt_at: null }
+      return await remove(job)
+    },
+    async retryMany (owner, filter) {
+      return await eachMatching(owner, filter, 'failed', async (job) => { await putBack(job) })
+    },
+    async cancelMany (owner, filter) {
+      return await eachMatching(owner, filter, 'queued', async (job) => { await remove(job) })
     },
     snapshot: () => snapshot,
     get writesRefused () { return writesRefused },

@@ -2,6 +2,7 @@ import type { RedisClient, RedisSettings } from '../redis/index.js'
 import { createMemoryTokenStore, createRedisTokenStore, type TokenStore } from '../coze/index.js'
 import { parseAllowList, type Resolver } from '../http/index.js'
 import { createFeishuTokens, type FeishuApp } from './feishu.js'
+import { createAlerts, type Alerts } from './alerts.js'
 import type { HostLimit } from './destinations.js'
 import { createJobQueue, type JobQueue } from './jobs.js'
 import { parseDuration } from './verdict.js'
@@ -50,6 +51,8 @@ export interface RelayServiceOptions {
   onError: (err: Error) => void
   onWritesRefused?: (refused: boolean) => void
   onBreaker?: (host: string, state: 'opened' | 'closed', detail: { failures: number, cooldownMs: number, error?: string | undefined }) => void
+  /** RESEND_ALERT_WEBHOOK, RESEND_ALERT_SECRET, RESEND_ALERT_INTERVAL (ms): the bot told of failures and pauses. */
+  alerts?: { webhook: URL, secret?: string | undefined, intervalMs: number, onFailure: (reason: string) => void } | undefined
 }
 
 export interface RelayService {
@@ -91,8 +94,11 @@ export async function createRelayService (options: RelayServiceOptions): Promise
     onOutcome: options.onOutcome,
     onRefusedAddress: options.onRefusedAddress
   })
+  let alerts: Alerts | undefined
   if (options.queue !== null && options.redis !== undefined) {
     const { queue } = options
+    if (options.alerts !== undefined) alerts = createAlerts({ ...options.alerts, redis: options.redis.client, timeoutMs: options.timeoutMs })
+    const statusPath = '/resend/jobs/'
     jobs = await createJobQueue({
       relay,
       redisSettings: queue.redisSettings,
@@ -113,8 +119,12 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       breakerFailures: queue.breakerFailures,
       breakerCooldownMs: parseDuration(queue.breakerCooldown),
       attemptMs: options.timeoutMs,
-      onBreaker: options.onBreaker,
-      statusPath: '/resend/jobs/',
+      onBreaker: (host, state, detail) => {
+        options.onBreaker?.(host, state, detail)
+        alerts?.note(state === 'opened' ? { kind: 'opened', host, ...detail } : { kind: 'closed', host })
+      },
+      onFailed: (failed) => { alerts?.note({ kind: 'failed', ...failed, statusPath }) },
+      statusPath,
       onJob: options.onJob,
       onWarning: options.onWarning,
       onError: options.onError
@@ -125,6 +135,7 @@ export async function createRelayService (options: RelayServiceOptions): Promise
     jobs,
     async close () {
       await jobs?.close()
+      await alerts?.close()
       await relay.close()
       await feishu.close()
       await jsonPath.close()
