@@ -16,6 +16,8 @@ export interface QueueMeasurements {
   /** Jobs delivered per second by one instance, RESEND_WORKERS = the bench's connections. */
   deliveryRps: number
   delivered: number
+  /** The same, with RESEND_DESTINATION_CONTROLS=off (first come, first served, no shares, limits or breaker). */
+  deliveryRpsWithoutControls: number
 }
 
 type StartService = (extra: Record<string, string>) => Promise<{ port: number, pid: number, child: { stop: () => Promise<void> } }>
@@ -51,23 +53,37 @@ export async function measureQueue (options: { startService: StartService, locat
     const syncThroughput = await measure('POST /resend now, the same body', { url: syncUrl.replace(String(accepting.port), String(sync.port)), method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ location, headers: { Authorization: 'Bearer t-bench' }, params: { records: [{ fields: JSON.parse(options.fields) as unknown }] } }) }, sync.pid)
     await sync.child.stop()
 
-    // Everything accepted above, delivered by one instance with as many workers as the bench has connections.
-    const waiting = Number(await redis.zcard(`${prefix}resend-pending`))
-    // Timed from the first poll that finds deliveries to the last: the queue's pace, not the process's start.
-    const delivering = await startService({ ...queueEnv, RESEND_WORKERS: String(options.connections) })
-    const metric = 'resend_jobs_total{outcome="delivered"}'
-    let delivered = await counter(delivering.port, metric)
-    let first = { at: performance.now(), count: delivered }
-    const deadline = performance.now() + 600_000
-    while (delivered < waiting && performance.now() < deadline) {
-      await sleep(100)
-      delivered = await counter(delivering.port, metric)
-      if (first.count === 0) first = { at: performance.now(), count: delivered }
+    /** Everything queued now, delivered by one instance with as many workers as the bench has connections. */
+    async function deliverAll (label: string, extra: Record<string, string>): Promise<{ rps: number, delivered: number }> {
+      const waiting = Number(await redis.zcard(`${prefix}resend-pending`))
+      // Timed from the first poll that finds deliveries to the last: the queue's pace, not the process's start.
+      const delivering = await startService({ ...queueEnv, RESEND_WORKERS: String(options.connections), ...extra })
+      const metric = 'resend_jobs_total{outcome="delivered"}'
+      let delivered = await counter(delivering.port, metric)
+      let first = { at: performance.now(), count: delivered }
+      const deadline = performance.now() + 600_000
+      while (delivered < waiting && performance.now() < deadline) {
+        await sleep(100)
+        delivered = await counter(delivering.port, metric)
+        if (first.count === 0) first = { at: performance.now(), count: delivered }
+      }
+      const rps = (delivered - first.count) / ((performance.now() - first.at) / 1000)
+      process.stderr.write(`  queued delivery, ${label}: ${delivered} of ${waiting} jobs, ${Math.round(rps)} jobs/s\n`)
+      await delivering.child.stop()
+      return { rps, delivered }
     }
-    const deliveryRps = (delivered - first.count) / ((performance.now() - first.at) / 1000)
-    process.stderr.write(`  queued delivery: ${delivered} of ${waiting} jobs, ${Math.round(deliveryRps)} jobs/s\n`)
-    await delivering.child.stop()
-    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps, delivered }
+    const withControls = await deliverAll('fair shares, limits and breakers on', {})
+    // The same again, without them: as many jobs accepted, then delivered first come, first served.
+    const again = await startService({ ...queueEnv, RESEND_WORKERS: '0' })
+    const againUrl = `http://127.0.0.1:${again.port}/resend`
+    for (let sent = 0; sent < withControls.delivered; sent += 100) {
+      await Promise.all(Array.from({ length: Math.min(100, withControls.delivered - sent) }, async () => {
+        await (await fetch(againUrl, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: plainQueued })).arrayBuffer()
+      }))
+    }
+    await again.child.stop()
+    const withoutControls = await deliverAll('RESEND_DESTINATION_CONTROLS=off', { RESEND_DESTINATION_CONTROLS: 'off' })
+    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps: withControls.rps, delivered: withControls.delivered, deliveryRpsWithoutControls: withoutControls.rps }
   } finally {
     for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
       let cursor = '0'

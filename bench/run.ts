@@ -127,7 +127,7 @@ async function main (): Promise<void> {
     // npm run bench:queue: queued delivery alone.
     if (process.env.BENCH_ONLY === 'queue') {
       const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })
-      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered })}\n`)
+      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered, delivery_with_controls_vs_without: queue.deliveryRps / queue.deliveryRpsWithoutControls })}\n`)
       return
     }
     const resendBody = JSON.stringify({
@@ -232,6 +232,7 @@ async function main (): Promise<void> {
       { scenario: 'POST /resend, json_parse over the same relay without commands (ms at p50)', key: '', measured: resend, ceiling: resendPlain, value: resend.p50 - resendPlain.p50, target: '<= 1 ms', ok: resend.p50 - resendPlain.p50 <= 1, limit: 'the hand-over to a worker thread and back' },
       { scenario: 'queued /resend: accepting over validating (ms at p50)', key: '', measured: queue.accept, ceiling: queue.validated, value: queue.accept.p50 - queue.validated.p50, target: '<= 2 ms', ok: queue.accept.p50 - queue.validated.p50 <= 2, limit: 'sealing the job, and its Redis round trips (the job, the age index)' },
       { scenario: 'queued /resend: jobs accepted per second by one instance', key: '', measured: queue.acceptThroughput, ceiling: queue.acceptThroughput, value: queue.acceptThroughput.rps, target: '>= 2000', ok: queue.acceptThroughput.rps >= 2000, limit: 'BullMQ\'s add script in Redis, and the service beside the load generator on 2 cores' },
+      { scenario: 'queued delivery with fair shares, limits and breakers vs without (RESEND_DESTINATION_CONTROLS=off), no limits set', key: '', measured: queue.syncThroughput, ceiling: queue.syncThroughput, value: queue.deliveryRps / queue.deliveryRpsWithoutControls, target: '>= 0.9', ok: queue.deliveryRps / queue.deliveryRpsWithoutControls >= 0.9, limit: 'two more scripts in Redis per attempt: the admission (share, limit, breaker) and the settling' },
       { scenario: 'queued delivery vs the relay answering now, same body (throughput)', key: '', measured: queue.syncThroughput, ceiling: queue.syncThroughput, value: queue.deliveryRps / queue.syncThroughput.rps, target: '>= 0.8', ok: queue.deliveryRps / queue.syncThroughput.rps >= 0.8, limit: 'each job takes, delivers and completes in Redis: about five round trips beside the one to the destination' }
     ]
     const references = [

@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createRelayService, type JobQueue, parseDuration, parseHostLimits, type Relay } from '../lib/relay/index.js'
+import { createRelayService, type JobQueue, parseDuration, parseHostLimits, type Relay, registerQueueGauges } from '../lib/relay/index.js'
 import type { Resolver } from '../lib/http/index.js'
 import type { RedisSettings } from '../lib/redis/index.js'
 
@@ -35,7 +35,7 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     jsonPathWorkers: config.JSONPATH_WORKERS,
     jsonPathTimeoutMs: config.JSONPATH_TIMEOUT_MS,
     feishuApps: fastify.feishuApps,
-    queue: missing.length > 0 ? null : { redisSettings: fastify.redisSettings as RedisSettings, keyPrefix: config.REDIS_KEY_PREFIX, partitions: config.RESEND_QUEUE_PARTITIONS, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS, hostLimits: parseHostLimits(config.RESEND_HOST_LIMITS), breakerFailures: config.RESEND_BREAKER_FAILURES, breakerCooldown: config.RESEND_BREAKER_COOLDOWN },
+    queue: missing.length > 0 ? null : { redisSettings: fastify.redisSettings as RedisSettings, keyPrefix: config.REDIS_KEY_PREFIX, partitions: config.RESEND_QUEUE_PARTITIONS, secret: Buffer.from(config.RESEND_QUEUE_SECRET as string, 'base64'), concurrency: config.RESEND_WORKERS, lockMs: config.RESEND_JOB_LOCK_MS, retrySchedule: config.RESEND_RETRY_SCHEDULE, maxAge: config.RESEND_MAX_AGE, maxQueued: config.RESEND_MAX_QUEUED, maxQueuedBytes: config.RESEND_MAX_QUEUED_BYTES, ownerMaxBytes, closeGraceMs: config.SHUTDOWN_GRACE_MS, hostLimits: parseHostLimits(config.RESEND_HOST_LIMITS), destinationControls: config.RESEND_DESTINATION_CONTROLS === 'on', breakerFailures: config.RESEND_BREAKER_FAILURES, breakerCooldown: config.RESEND_BREAKER_COOLDOWN },
     redis: redisSecret === undefined ? undefined : { client: fastify.redis, secret: Buffer.from(redisSecret, 'base64'), available: fastify.redisAvailable },
     resolver: opts.resolver,
     onOutcome: serviceMetrics.resend,
@@ -59,13 +59,6 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
   fastify.decorate('relay', service.relay)
   fastify.decorate('resendJobs', service.jobs)
   fastify.decorate('resendQueueMissing', missing)
-  const { jobs } = service
-  if (jobs !== null) {
-    serviceMetrics.gaugeByLabel('resend_queue_jobs', 'Queued delivery jobs by status (queued, delivering, delivered, failed), read every 5 s', 'status', () => jobs.snapshot().counts)
-    serviceMetrics.gauge('resend_queue_oldest_age_seconds', 'Age of the oldest job not yet delivered or failed, read every 5 s', () => jobs.snapshot().oldestSeconds)
-    serviceMetrics.gauge('resend_queue_bytes', 'Bytes queued delivery keeps in Redis (requests and kept answers), read every 5 s', () => jobs.snapshot().bytes)
-    serviceMetrics.gauge('resend_queue_bytes_limit', 'RESEND_MAX_QUEUED_BYTES: the bound on resend_queue_bytes', () => config.RESEND_MAX_QUEUED_BYTES)
-    serviceMetrics.gauge('redis_writes_refused', 'Whether Redis refused the queue\'s last write for memory (maxmemory): 1, or 0', () => (jobs.writesRefused ? 1 : 0))
-  }
+  if (service.jobs !== null) registerQueueGauges(serviceMetrics, service.jobs, config.RESEND_MAX_QUEUED_BYTES)
   fastify.addHook('onClose', async () => { await service.close() })
 }, { name: 'resend', fastify: '5.x', dependencies: ['config', 'metrics', 'redis'] })

@@ -67,6 +67,7 @@ export const ConfigSchema = Type.Object({
   RESEND_MAX_QUEUED: Type.Integer({ minimum: 1, maximum: 100000000, default: 100000, description: 'Jobs waiting at once (queued or delayed); past it queued delivery is 503' }),
   RESEND_MAX_QUEUED_BYTES: Type.Integer({ minimum: 65536, maximum: 1099511627776, default: 268435456, description: 'Bytes queued delivery keeps in Redis, requests and kept answers of every job; past it queued delivery is 503 queue_full. A broker caller may hold a quarter of it (max_queued_bytes)' }),
   RESEND_HOST_LIMITS: Type.String({ default: '', description: 'Deliveries per second to a destination host, across instances, now and queued: ENTRY=N/s, comma-separated, the entry as in RESEND_ALLOWED_HOSTS (open.feishu.cn=50/s,*=100/s); the most specific entry applies, to each host it matches. Empty: no limit' }),
+  RESEND_DESTINATION_CONTROLS: Type.Union([Type.Literal('on'), Type.Literal('off')], { default: 'on', description: 'Fair shares, host limits, pauses and breakers for queued and relayed deliveries; off: first come, first served, with none of them (to compare: npm run bench measures both)' }),
   RESEND_BREAKER_FAILURES: Type.Integer({ minimum: 1, maximum: 1000, default: 5, description: 'Consecutive failures (no connection, timeout, 5xx) after which deliveries to a host pause' }),
   RESEND_BREAKER_COOLDOWN: Type.String({ pattern: `^\\s*${DURATION}\\s*$`, default: '30s', description: 'The first pause of a failing host; each failed probe doubles it, up to 10 minutes' }),
   RESEND_ALERT_WEBHOOK: Type.Optional(Type.String({ pattern: '^https?://[^\\s/?#]+/[^\\s]*$', description: 'A Feishu or Lark custom bot\'s webhook (https://open.feishu.cn/open-apis/bot/v2/hook/...): told when a queued job fails for good and when a destination pauses or recovers, grouped per destination' })),
@@ -269,6 +270,9 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
     parseHostLimits(config.RESEND_HOST_LIMITS)
   } catch (err) {
     throw new ConfigError((err as Error).message)
+  }
+  if (config.RESEND_HOST_LIMITS.trim() !== '' && config.RESEND_DESTINATION_CONTROLS === 'off') {
+    throw new ConfigError('RESEND_HOST_LIMITS is set but RESEND_DESTINATION_CONTROLS=off: the limits would not hold; remove one of them')
   }
   if (config.RESEND_HOST_LIMITS.trim() !== '' && (config.RESEND_QUEUE !== 'redis' || config.RESEND_QUEUE_SECRET === undefined) && serves(config, 'resend')) {
     throw new ConfigError('RESEND_HOST_LIMITS needs queued delivery (RESEND_QUEUE=redis and RESEND_QUEUE_SECRET): the limits are kept in its Redis, for every instance')

@@ -100,6 +100,8 @@ export function createServiceMetrics (registry: Registry): ServiceMetrics {
         labelNames: [label],
         registers,
         collect () {
+          // A label value no longer read (a destination forgotten) leaves the series.
+          this.reset()
           for (const [value, count] of Object.entries(read())) this.set({ [label]: value }, count)
         }
       })

@@ -382,3 +382,14 @@ export function createDestinations (options: DestinationsOptions): Destinations 
     }
   }
 }
+
+/** RESEND_DESTINATION_CONTROLS=off: first come, first served, and nothing held back or counted (to compare). */
+export const NO_DESTINATION_CONTROLS: Destinations = {
+  limitFor: () => undefined,
+  waiting: async () => {},
+  forget: async () => {},
+  admit: async () => ({ go: true, probe: false }),
+  admitNow: async () => ({ probe: false }),
+  settle: async () => {},
+  list: async () => []
+}

@@ -3,13 +3,13 @@ import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType
 import { RawJson, ServiceError } from '../http/index.js'
 import { createRedisClient, createSealer, isRedisFull, probeRedis, type RedisClient, type RedisSettings } from '../redis/index.js'
 import { withClientToken } from './feishu.js'
-import { type Admission, type AttemptOutcome, createDestinations, type Destinations, type DestinationsOptions, type HostLimit } from './destinations.js'
+import { type Admission, type AttemptOutcome, createDestinations, NO_DESTINATION_CONTROLS, type Destinations, type DestinationsOptions, type DestinationView, type HostLimit } from './destinations.js'
 import { createFootprint } from './footprint.js'
 import { idempotentJobId } from './idempotency.js'
 import { packPayload, unpackPayload, type Payload } from './payload.js'
 import type { PreparedRequest } from './request.js'
-import type { AttemptResult, Relay, RelayAnswer } from './send.js'
-import { attemptOutcome, judge, nextAttemptAt } from './verdict.js'
+import { attemptOutcome, type AttemptResult, type Relay, type RelayAnswer } from './send.js'
+import { judge, nextAttemptAt } from './verdict.js'
 import { JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
@@ -57,6 +57,8 @@ export interface JobQueueOptions {
   onError?: (err: Error) => void
   /** Told when Redis starts and stops refusing the queue's writes for memory (maxmemory with noeviction). */
   onWritesRefused?: (refused: boolean) => void
+  /** RESEND_DESTINATION_CONTROLS: shares, limits, pauses and breakers (destinations.ts); off, none of them. */
+  destinationControls: boolean
   /** RESEND_HOST_LIMITS, parsed. */
   hostLimits: HostLimit[]
   /** RESEND_BREAKER_FAILURES and RESEND_BREAKER_COOLDOWN (ms). */
@@ -106,8 +108,11 @@ export interface JobQueue {
   readonly writesRefused: boolean
   /** Each destination's limit, breaker and shares, shared by every instance: sending now goes through it too. */
   readonly destinations: Destinations
-  /** Counts by status, the age of the oldest job not yet delivered (seconds), and the bytes kept, as last read. */
-  snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number, bytes: number }
+  /**
+   * Counts by status, the age of the oldest job not yet delivered (seconds), the bytes kept, and each
+   * destination's state (destinations.ts), as last read.
+   */
+  snapshot (): { counts: Record<JobStatus, number>, oldestSeconds: number, bytes: number, destinations: DestinationView[] }
   /** Stops taking jobs; deliveries in flight finish (SIGTERM); the rest stay queued. */
   close (): Promise<void>
 }
@@ -167,7 +172,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   /** A destination host's partition: a host's jobs stay together, with its state (destinations.ts). */
   const partitionOf = (host: string): number => createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length
   const queueFor = (host: string): Queue<{ sealed: string }, string> => queues[partitionOf(host)] as Queue<{ sealed: string }, string>
-  const destinations = createDestinations({
+  const destinations = !options.destinationControls ? NO_DESTINATION_CONTROLS : createDestinations({
     client,
     tagFor: (host) => tags[partitionOf(host)] as string,
     tags,
@@ -204,7 +209,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     options.onWarning?.(`RESEND_MAX_QUEUED_BYTES (${options.maxQueuedBytes}) is over 80 % of Redis's maxmemory (${maxmemory}): queued jobs could fill Redis before the bound refuses them; lower it, or give Redis more memory`)
   }
 
-  let snapshot = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0 }
+  let snapshot: ReturnType<JobQueue['snapshot']> = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0, destinations: [] }
   let acceptedSinceSnapshot = 0
   // The oldest job not yet ended. Its entry is removed when the job ends, without waiting: one that outlived its
   // job (Redis did not take the removal) is removed here, so that the age never counts an ended job.
@@ -221,11 +226,13 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     const each = await Promise.all(queues.map(async (queue) => await queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed')))
     const oldestSeconds = await oldestAge()
     const bytes = await footprint.total()
+    const views = await destinations.list(null)
     const sum = (types: JobType[]): number => each.reduce((total, counts) => total + types.reduce((part, type) => part + (counts[type] as number), 0), 0)
     snapshot = {
       counts: { queued: sum(STATES.queued), delivering: sum(STATES.delivering), delivered: sum(STATES.delivered), failed: sum(STATES.failed) },
       oldestSeconds,
-      bytes
+      bytes,
+      destinations: views
     }
     acceptedSinceSnapshot = 0
   }

@@ -7,7 +7,6 @@ import { allowedDestination, destinationRefused } from './destination.js'
 import { FEISHU_ORIGINS, FEISHU_RATE_LIMITED, FEISHU_TOKEN_REFUSED, feishuCode, type FeishuToken, type FeishuTokens } from './feishu.js'
 import type { JsonPathPool } from './json-path-pool.js'
 import { createPreparer, type PreparedRequest, type RelayRequest } from './request.js'
-import { attemptOutcome } from './verdict.js'
 
 /** A 2xx answer of the destination; anything else is thrown as UPSTREAM_ERROR with the same fields. */
 export interface RelayAnswer {
@@ -112,6 +111,23 @@ function parseBody (raw: Buffer, contentType: string | string[] | undefined, max
 export type AttemptResult =
   | { answer: RelayAnswer, askedRetryInMs?: number | undefined }
   | { failure: ServiceError, connectionFailed: boolean }
+
+/** When Feishu's rate limit says nothing of its reset: the whole host pauses this long. */
+export const FEISHU_DEFAULT_PAUSE_MS = 1000
+
+/**
+ * How an attempt counts for its destination (destinations.ts): the host answered (below 500), or it did not (no
+ * connection, a timeout, a 5xx), or nothing reached it (the Feishu token could not be had). Feishu's rate limit,
+ * and a 429 that says when to come back, pause the whole host until then.
+ */
+export function attemptOutcome (result: AttemptResult, speaksFeishu: boolean, now: number): AttemptOutcome {
+  if ('failure' in result) return result.failure.code === 'FEISHU_TOKEN_FAILED' ? { kind: 'none' } : { kind: 'failed', error: result.failure.code }
+  const { answer, askedRetryInMs } = result
+  const feishuLimited = speaksFeishu && feishuCode(answer.body) === FEISHU_RATE_LIMITED
+  const pauseUntil = feishuLimited ? now + (askedRetryInMs ?? FEISHU_DEFAULT_PAUSE_MS) : answer.status === 429 && askedRetryInMs !== undefined ? now + askedRetryInMs : undefined
+  if (answer.status >= 500) return { kind: 'failed', error: `status_${answer.status}`, pauseUntil }
+  return { kind: 'ok', pauseUntil }
+}
 
 /**
  * How long to wait before sending now again, or undefined to stop: only after a refused or reset connection, a

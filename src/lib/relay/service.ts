@@ -36,6 +36,7 @@ export interface RelayServiceOptions {
     closeGraceMs: number
     /** RESEND_HOST_LIMITS, RESEND_BREAKER_FAILURES, RESEND_BREAKER_COOLDOWN. */
     hostLimits: HostLimit[]
+    destinationControls: boolean
     breakerFailures: number
     breakerCooldown: string
   }
@@ -116,6 +117,7 @@ export async function createRelayService (options: RelayServiceOptions): Promise
       onWritesRefused: options.onWritesRefused,
       closeGraceMs: queue.closeGraceMs,
       hostLimits: queue.hostLimits,
+      destinationControls: queue.destinationControls,
       breakerFailures: queue.breakerFailures,
       breakerCooldownMs: parseDuration(queue.breakerCooldown),
       attemptMs: options.timeoutMs,

@@ -1,4 +1,3 @@
-import type { AttemptOutcome } from './destinations.js'
 import { FEISHU_RATE_LIMITED, feishuCode, isFeishuConfigurationCode } from './feishu.js'
 import type { AttemptResult, RelayAnswer } from './send.js'
 
@@ -31,23 +30,6 @@ export function judge (result: AttemptResult, speaksFeishu: boolean): Verdict {
   }
   if (answer.status >= 200 && answer.status <= 299 && (code === undefined || code === 0)) return { kind: 'delivered', answer }
   return { kind: 'failed', last: { status: answer.status, error: code !== undefined && code !== 0 ? `feishu_${code}` : 'UPSTREAM_ERROR' }, answer }
-}
-
-/** When Feishu's rate limit says nothing of its reset: the whole host pauses this long. */
-export const FEISHU_DEFAULT_PAUSE_MS = 1000
-
-/**
- * How an attempt counts for its destination (destinations.ts): the host answered (below 500), or it did not (no
- * connection, a timeout, a 5xx), or nothing reached it (the Feishu token could not be had). Feishu's rate limit,
- * and a 429 that says when to come back, pause the whole host until then.
- */
-export function attemptOutcome (result: AttemptResult, speaksFeishu: boolean, now: number): AttemptOutcome {
-  if ('failure' in result) return result.failure.code === 'FEISHU_TOKEN_FAILED' ? { kind: 'none' } : { kind: 'failed', error: result.failure.code }
-  const { answer, askedRetryInMs } = result
-  const feishuLimited = speaksFeishu && feishuCode(answer.body) === FEISHU_RATE_LIMITED
-  const pauseUntil = feishuLimited ? now + (askedRetryInMs ?? FEISHU_DEFAULT_PAUSE_MS) : answer.status === 429 && askedRetryInMs !== undefined ? now + askedRetryInMs : undefined
-  if (answer.status >= 500) return { kind: 'failed', error: `status_${answer.status}`, pauseUntil }
-  return { kind: 'ok', pauseUntil }
 }
 
 /**
