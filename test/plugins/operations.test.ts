@@ -10,7 +10,7 @@ t.test('OpenAPI: every route with its answers, the UI at /docs; DOCS_ENABLED=fal
   const doc = res.json()
   t.equal(doc.openapi, '3.0.3')
   const expected: Record<string, string[]> = {
-    '/health': ['get'], '/ready': ['get'], '/token': ['post'], '/resend': ['post'], '/resend/jobs': ['get'], '/resend/jobs/{id}': ['get', 'delete'], '/resend/jobs/{id}/retry': ['post'], '/api/auth-url': ['get'], '/api/complete-auth': ['post']
+    '/health': ['get'], '/ready': ['get'], '/token': ['post'], '/resend': ['post'], '/resend/jobs': ['get', 'delete'], '/resend/jobs/retry': ['post'], '/resend/destinations': ['get'], '/resend/jobs/{id}': ['get', 'delete'], '/resend/jobs/{id}/retry': ['post'], '/api/auth-url': ['get'], '/api/complete-auth': ['post']
   }
   t.same(Object.keys(doc.paths).sort(), Object.keys(expected).sort(), 'exactly the API routes (no /metrics, no /docs)')
   for (const [path, methods] of Object.entries(expected)) {
