@@ -119,7 +119,10 @@ export interface JobQueue {
 
 const DELIVERED_KEEP_SECONDS = 86_400
 const FAILED_KEEP_SECONDS = 7 * 86_400
-/** What BullMQ keeps of a job beside its data (its fields, its place in the lists): counted with each job. */
+/**
+ * What BullMQ keeps of a job beside its data (its fields, its place in the lists), and its entries in the
+ * destinations' state (a wait, a lease: under 200 bytes): counted with each job.
+ */
 const JOB_OVERHEAD_BYTES = 1024
 /** Jobs a listing reads at most, per state, before it filters by caller. */
 export const LIST_SCAN = 1000
