@@ -123,6 +123,15 @@ t.test('an invalid configuration stops the start, names the variable and says wh
   t.throws(load({ STATE_STORE: 'Redis' }), { message: 'STATE_STORE must be one of: memory, redis' })
   t.throws(load({ LOG_LEVEL: 'loud', STATE_STORE: 'disk' }), { message: 'LOG_LEVEL must be one of: fatal, error, warn, info, debug, trace, silent; STATE_STORE must be one of: memory, redis' })
   t.throws(load({ COZE_TIMEOUT_MS: 'soon' }), { message: 'COZE_TIMEOUT_MS must be integer' })
+  // The destinations' settings: their forms, and what they need.
+  const queue = { RESEND_QUEUE: 'redis', RESEND_QUEUE_SECRET: 'A'.repeat(43) + '=' }
+  t.throws(load({ ...queue, RESEND_HOST_LIMITS: 'open.feishu.cn=fast' }), { name: 'ConfigError', message: /^RESEND_HOST_LIMITS: invalid entry "open.feishu.cn=fast": write ENTRY=N\/s/ })
+  t.throws(load({ RESEND_HOST_LIMITS: 'open.feishu.cn=50/s' }), { message: /^RESEND_HOST_LIMITS needs queued delivery \(RESEND_QUEUE=redis and RESEND_QUEUE_SECRET\)/ })
+  t.throws(load({ ...queue, RESEND_HOST_LIMITS: 'open.feishu.cn=50/s', RESEND_DESTINATION_CONTROLS: 'off' }), { message: /RESEND_DESTINATION_CONTROLS=off: the limits would not hold/ })
+  t.throws(load({ RESEND_ALERT_WEBHOOK: 'https://open.feishu.cn/open-apis/bot/v2/hook/x' }), { message: /^RESEND_ALERT_WEBHOOK needs queued delivery/ })
+  t.throws(load({ ...queue, RESEND_ALERT_WEBHOOK: 'open.feishu.cn/hook' }), { message: /^RESEND_ALERT_WEBHOOK must be an http\(s\) URL of a custom bot's webhook/ })
+  t.doesNotThrow(load({ ...queue, RESEND_HOST_LIMITS: 'open.feishu.cn=50/s,*=100/s', RESEND_ALERT_WEBHOOK: 'https://open.feishu.cn/open-apis/bot/v2/hook/x' }))
+  t.doesNotThrow(load({ ROUTES: 'token', RESEND_HOST_LIMITS: 'open.feishu.cn=50/s' }), 'an instance without /resend does not mind')
 
   const start = async (config: Record<string, unknown>) => {
     const server = Fastify(serverOptions({ logStream: new LogCapture() }))

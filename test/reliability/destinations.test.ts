@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { API_KEY, build, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
+import { API_KEY, build, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startRedisServer, startUpstream, testKeys, type Upstream, type UpstreamHandler } from '../helper.js'
 
 /**
  * The relay among many callers and destinations (docs/api.md, "Destinations"): fair shares of the workers, limits
@@ -341,4 +341,42 @@ t.test('alerts: a Feishu bot, signed, told once per destination per interval wit
   t.ok(await waitFor(() => one.logs.text.includes('the alert webhook did not take a message')), 'the bot\'s refusal is logged')
   t.match(one.logs.text, /"reason":"127\.0\.0\.1:\d+ answered 200 with code 19021"/, 'naming its host and code')
   t.notOk(one.logs.text.includes('hook-token-0123456789'), 'never the webhook\'s token')
+})
+
+t.test('a job whose age runs out while its host is paused fails saying so, without another attempt', { skip }, async (t) => {
+  const host = await startUpstream(t, (_request, res) => { sendJson(res, 503, {}) })
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: host.url, RESEND_MAX_AGE: '2s', RESEND_RETRY_SCHEDULE: '100ms', RESEND_BREAKER_FAILURES: 1 }) as [Instance]
+  const { id } = (await one.call('POST', '/resend', queue(`${host.url}/x`))).data
+  const view = async (): Promise<Record<string, unknown>> => (await one.call('GET', `/resend/jobs/${String(id)}`)).data
+  t.ok(await waitFor(async () => (await view()).waiting_for === 'destination_paused'), 'held by the breaker')
+  t.ok(await waitFor(async () => (await view()).status === 'failed'))
+  t.match(await view(), { attempts: 1, last_attempt: { error: 'destination_paused' }, waiting_for: null })
+  t.equal(host.requests.length, 1, 'one attempt reached the host')
+})
+
+t.test('the breaker\'s alerts: paused, then back', { skip }, async (t) => {
+  const texts: string[] = []
+  const bot = await startUpstream(t, (request, res) => {
+    texts.push((JSON.parse(request.body) as { content: { text: string } }).content.text)
+    sendJson(res, 200, { code: 0, msg: 'success' })
+  })
+  const host = await flappingDestination(t)
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: host.url, RESEND_BREAKER_FAILURES: 2, RESEND_BREAKER_COOLDOWN: '1s', RESEND_RETRY_SCHEDULE: '100ms', RESEND_ALERT_WEBHOOK: `${bot.url}/hook/t`, RESEND_ALERT_INTERVAL: '1s' }) as [Instance]
+  for (let i = 0; i < 3; i++) await one.call('POST', '/resend', queue(`${host.url}/r${i}`))
+  t.ok(await waitFor(() => texts.some((text) => text.includes('目标已暂停'))), 'paused: told')
+  host.up()
+  t.ok(await waitFor(() => host.delivered.size === 3), 'delivered once it is back')
+  t.ok(await waitFor(() => texts.some((text) => text.includes('目标已恢复'))), 'back: told')
+  t.notOk(texts.some((text) => text.includes('最终失败')), 'no job failed for good: none told')
+})
+
+t.test('GET /resend/destinations with its Redis away: 503, never a hang', { skip }, async (t) => {
+  const redis = await startRedisServer(t)
+  // (Closing waits SHUTDOWN_GRACE_MS for a Redis that is away: short here.)
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: 'open.feishu.cn', REDIS_URL: redis.url, SHUTDOWN_GRACE_MS: 500 }) as [Instance]
+  t.equal((await one.call('GET', '/resend/destinations')).status, 200)
+  await redis.stop()
+  const started = Date.now()
+  t.match(await one.call('GET', '/resend/destinations'), { status: 503, data: { error: 'SERVICE_UNAVAILABLE', reason: 'queue_unavailable' } })
+  t.ok(Date.now() - started < 5000)
 })

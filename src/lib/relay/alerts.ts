@@ -1,5 +1,5 @@
 import { createHmac } from 'node:crypto'
-import { request } from 'undici'
+import { Agent } from 'undici'
 import { readBodyLimited, USER_AGENT, withDeadline } from '../http/index.js'
 import type { RedisClient } from '../redis/index.js'
 
@@ -60,6 +60,8 @@ export function alertText (host: string, pending: Record<string, string>, interv
 
 export function createAlerts (options: AlertsOptions): Alerts {
   const { redis } = options
+  // Its own connections, closed with it (an aborted request may leave a spare one open: nodejs/undici#5845).
+  const agent = new Agent({ connections: 4, keepAliveTimeout: 10_000 })
   const flushes = new Map<string, NodeJS.Timeout>()
   const sending = new Set<Promise<void>>()
   let closed = false
@@ -74,14 +76,15 @@ export function createAlerts (options: AlertsOptions): Alerts {
     const where = options.webhook.host
     try {
       await withDeadline(options.timeoutMs, async (signal) => {
-        const response = await request(options.webhook, { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': USER_AGENT }, body: JSON.stringify(body), signal })
+        const response = await agent.request({ origin: options.webhook.origin, path: options.webhook.pathname + options.webhook.search, method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': USER_AGENT }, body: JSON.stringify(body), signal })
         const raw = await readBodyLimited(response.body, 65_536)
         let code: unknown
         try { code = (JSON.parse(raw.toString('utf8')) as { code?: unknown }).code } catch { code = undefined }
         if (response.statusCode !== 200 || code !== 0) throw new Error(`${where} answered ${response.statusCode}${code === undefined ? '' : ` with code ${String(code)}`}`)
       })
     } catch (err) {
-      options.onFailure((err as Error).message.startsWith(where) ? (err as Error).message : `${where}: ${String((err as NodeJS.ErrnoException).code ?? (err as Error).name)}`)
+      const { code, name, message } = err as NodeJS.ErrnoException
+      options.onFailure(message.startsWith(where) ? message : `${where}: ${typeof code === 'string' ? code : name}`)
     }
   }
 
@@ -128,6 +131,7 @@ export function createAlerts (options: AlertsOptions): Alerts {
       for (const timer of flushes.values()) clearTimeout(timer)
       flushes.clear()
       await Promise.all([...sending])
+      await agent.destroy()
     }
   }
 }

@@ -309,13 +309,14 @@ export function createDestinations (options: DestinationsOptions): Destinations 
     async waiting (id, owner, host, at) { await run(host, 'waiting', flowOf(owner, host), id, Math.round(at)) },
     async forget (id, owner, host) { await run(host, 'forget', flowOf(owner, host), id) },
     async admit (id, owner, host) {
-      const [go, at, reason, waiting, holding] = await decide('admit', host, flowOf(owner, host), id) as [number, number, HoldReason, number?, number?]
+      // (A hold for the share comes with the flow's waiting jobs and the deliveries it holds.)
+      const [go, at, reason, waiting, holding] = await decide('admit', host, flowOf(owner, host), id) as [number, number, HoldReason, number, number]
       if (go === 1) return { go: true, probe: at === 1 }
       if (reason === 'share') {
         // Back when this flow's next slot may be free: its waiting jobs spread over a tenth of a second per job
         // and slot, between half a second and ten seconds, so that a long backlog is not turned over every moment
         // (each turn costs Redis a script) nor kept away long once the other flows are served.
-        const spread = Math.min(10_000, Math.max(500, ((waiting ?? 1) / Math.max(1, holding ?? 1)) * 100))
+        const spread = Math.min(10_000, Math.max(500, (waiting / Math.max(1, holding)) * 100))
         return { go: false, at: at + spread * (0.5 + Math.random()), reason }
       }
       // Jobs waiting for the same end of a pause or a limit's slot come back spread over a second, not at once.

@@ -43,6 +43,9 @@ t.test('RESEND_HOST_LIMITS: ENTRY=N/s, the entry as in RESEND_ALLOWED_HOSTS; the
   t.equal(gate.limitFor('127.0.0.1:8080'), 5, 'an http:// origin with its port')
   t.equal(gate.limitFor('127.0.0.1:8081'), undefined, 'another port: "*" allows no private address, so it limits none')
   t.equal(gate.limitFor('example.com'), 100, '"*" limits each host it matches')
+  // What each host's limit is is remembered, for 10,000 hosts at most.
+  for (let i = 0; i <= 10_001; i++) gate.limitFor(`h${i}.example.com`)
+  t.equal(gate.limitFor('open.feishu.cn'), 50, 'and read again after')
   client.disconnect()
 })
 
@@ -112,6 +115,7 @@ t.test('the breaker: opens after RESEND_BREAKER_FAILURES, holds, lets one probe 
   const probe = await gate.admit('j1', '*', host)
   t.same(probe, { go: true, probe: true }, 'after the cooldown one attempt probes')
   t.match(await gate.admit('j2', '*', host), { go: false, reason: 'breaker' }, 'and only one')
+  t.match((await gate.list(null))[0], { state: 'paused', paused_by: 'breaker' }, 'paused while its probe is out')
   await fail(true)
   t.equal(events.length, 1, 'a failed probe pauses again without a new alert')
   await sleep(420)

@@ -1,7 +1,8 @@
 import t from 'tap'
 import { createJsonPathPool } from '../../../src/lib/relay/json-path-pool.js'
 import { outgoingHeaders } from '../../../src/lib/relay/request.js'
-import { backoffMillis, createRelay, isRetryableTransportError, retryAfterMillis } from '../../../src/lib/relay/send.js'
+import { attemptOutcome, backoffMillis, createRelay, isRetryableTransportError, type RelayAnswer, retryAfterMillis } from '../../../src/lib/relay/send.js'
+import { ServiceError } from '../../../src/lib/http/errors.js'
 import { parseAllowList } from '../../../src/lib/http/upstream-policy.js'
 import { sendJson, startUpstream } from '../../helper.js'
 import { TEST_WORKER_HEAP_MB } from '../../fixtures/worker-heap.js'
@@ -48,4 +49,19 @@ t.test('the relay alone: POST and one attempt by default, the trace beside the a
   const failed = await relay.send(await relay.prepare({ location: `${upstream.url}/fail` })).then(() => undefined, (err: unknown) => err)
   t.match(failed, { code: 'UPSTREAM_ERROR', details: { status: 500, attempts: 1 }, logFields: { destination: '127.0.0.1/fail', upstream_status: 500 } })
   t.same(outcomes, [['success', 1], ['upstream_error', 1]])
+})
+
+t.test('attemptOutcome: how an attempt counts for its host, and the pauses it asks for', async (t) => {
+  const answer = (status: number, body: unknown = {}): RelayAnswer => ({ status, body, attempts: 1 })
+  const now = 1_000_000
+  t.same(attemptOutcome({ answer: answer(200) }, false, now), { kind: 'ok', pauseUntil: undefined })
+  t.same(attemptOutcome({ answer: answer(404) }, false, now), { kind: 'ok', pauseUntil: undefined }, 'a 4xx is an answer: the host is up')
+  t.same(attemptOutcome({ answer: answer(502) }, false, now), { kind: 'failed', error: 'status_502', pauseUntil: undefined })
+  t.same(attemptOutcome({ answer: answer(429), askedRetryInMs: 5000 }, false, now), { kind: 'ok', pauseUntil: now + 5000 }, 'a 429 that says when pauses the host')
+  t.same(attemptOutcome({ answer: answer(429) }, false, now), { kind: 'ok', pauseUntil: undefined }, 'one that does not, does not')
+  t.same(attemptOutcome({ answer: answer(400, { code: 99991400 }) }, true, now), { kind: 'ok', pauseUntil: now + 1000 }, 'Feishu\'s limit without a reset: a second')
+  t.same(attemptOutcome({ answer: answer(400, { code: 99991400 }), askedRetryInMs: 3000 }, true, now), { kind: 'ok', pauseUntil: now + 3000 })
+  t.same(attemptOutcome({ answer: answer(400, { code: 99991400 }) }, false, now), { kind: 'ok', pauseUntil: undefined }, 'not from Feishu: just a body')
+  t.same(attemptOutcome({ failure: new ServiceError('UPSTREAM_TIMEOUT'), connectionFailed: false }, false, now), { kind: 'failed', error: 'UPSTREAM_TIMEOUT' })
+  t.same(attemptOutcome({ failure: new ServiceError('FEISHU_TOKEN_FAILED'), connectionFailed: false }, true, now), { kind: 'none' }, 'nothing reached the host')
 })
