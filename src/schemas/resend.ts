@@ -136,7 +136,7 @@ const bulk = (status: 'failed' | 'queued', at: string) => Type.Object({
   destination: Type.Optional(Type.String({ minLength: 1, maxLength: 300, description: 'A host (open.feishu.cn, 127.0.0.1:8080), or a host and the start of a path, as a job\'s destination says.' })),
   since: Type.Optional(Type.String({ format: 'date-time', description: `Jobs ${at} at or after this instant.` })),
   until: Type.Optional(Type.String({ format: 'date-time', description: `Jobs ${at} before this instant.` })),
-  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: BULK_LIMIT, default: BULK_LIMIT, description: `At most this many jobs (1 to ${BULK_LIMIT}).` }))
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: BULK_LIMIT, description: `At most this many jobs (1 to ${BULK_LIMIT}; default ${BULK_LIMIT}).` }))
 }, { additionalProperties: false })
 
 export const BulkRetryBody = bulk('failed', 'that failed')

@@ -144,6 +144,7 @@ t.test('fair shares, broker mode: another caller\'s job is delivered within one 
   const seen = async (key: string): Promise<string[]> => ((await one.call('GET', '/resend/destinations', undefined, key)).data.destinations as Array<{ host: string }>).map((view) => view.host)
   t.same(await seen(keys.a), [new URL(dead.url).host])
   t.same(await seen(keys.b), [], 'b has nothing waiting or in flight')
+  t.equal((await one.call('DELETE', '/resend/jobs', { status: 'queued' }, keys.b)).data.count, 0, 'b\'s bulk cancel touches none of a\'s jobs')
 })
 
 t.test('RESEND_HOST_LIMITS: 30 jobs over two instances reach a 5/s destination at no more than 6 in any second, all of them', { skip }, async (t) => {
@@ -187,6 +188,7 @@ t.test('the breaker: a host refusing connections gets about 10 attempts in 10 s 
   t.match(now.headers['retry-after'], /^\d+$/)
   const job = (await one.call('GET', `/resend/jobs/${ids[49] as string}`)).data
   t.match(job, { status: 'queued', attempts: 0, waiting_for: 'destination_paused' }, 'a held job has spent no attempt')
+  t.ok(await waitFor(async () => (await one.app.inject('/metrics')).body.includes(`resend_destination_paused{host="${new URL(host.url).host}"} 1`)), 'and the metric says it is paused')
   host.up()
   t.ok(await waitFor(() => host.delivered.size === 50, 90_000), `all 50 arrived once it was back (${host.delivered.size})`)
   t.same([...host.delivered.values()].filter((count) => count !== 1), [], 'each once')
@@ -273,6 +275,7 @@ t.test('bulk: POST /resend/jobs/retry puts back the failed jobs a filter matches
   })
   const other = await startUpstream(t, (_request, res) => { sendJson(res, 400, {}) })
   const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: `${host.url},${other.url}`, RESEND_RETRY_SCHEDULE: '1h', RESEND_BREAKER_FAILURES: 1000 }) as [Instance]
+  t.same((await one.call('POST', '/resend/jobs/retry', { status: 'failed' })).data, { count: 0, ids: [] }, 'nothing failed yet')
   const failing: string[] = []
   for (let i = 0; i < 5; i++) failing.push((await one.call('POST', '/resend', queue(`${host.url}/records/${i}`))).data.id as string)
   const elsewhere = (await one.call('POST', '/resend', queue(`${other.url}/x`))).data.id as string
@@ -292,7 +295,7 @@ t.test('bulk: POST /resend/jobs/retry puts back the failed jobs a filter matches
   const waiting: string[] = []
   for (let i = 0; i < 4; i++) waiting.push((await one.call('POST', '/resend', queue(`${host.url}/later/${i}`))).data.id as string)
   t.ok(await waitFor(async () => (await Promise.all(waiting.map(async (id) => (await one.call('GET', `/resend/jobs/${id}`)).data.attempts))).every((n) => n === 1)), 'each tried once')
-  const cancelled = await one.call('DELETE', '/resend/jobs', { status: 'queued', destination: `${hostOnly}/later`, limit: 3 })
+  const cancelled = await one.call('DELETE', '/resend/jobs', { status: 'queued', destination: `${hostOnly}/later/`, limit: 3 })
   t.equal(cancelled.data.count, 3, 'the limit holds')
   t.equal((await one.call('DELETE', '/resend/jobs', { status: 'queued' })).data.count, 1, 'then the last one')
   for (const id of waiting) t.equal((await one.call('GET', `/resend/jobs/${id}`)).status, 404)
@@ -379,4 +382,31 @@ t.test('GET /resend/destinations with its Redis away: 503, never a hang', { skip
   const started = Date.now()
   t.match(await one.call('GET', '/resend/destinations'), { status: 503, data: { error: 'SERVICE_UNAVAILABLE', reason: 'queue_unavailable' } })
   t.ok(Date.now() - started < 5000)
+})
+
+t.test('a job whose age runs out waiting for its host\'s limit fails saying so', { skip }, async (t) => {
+  const host = await startUpstream(t, (_request, res) => { sendJson(res, 200, {}) })
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: host.url, RESEND_MAX_AGE: '2s', RESEND_HOST_LIMITS: `${host.url}=0.2/s` }) as [Instance]
+  const first = (await one.call('POST', '/resend', queue(`${host.url}/1`))).data.id as string
+  const second = (await one.call('POST', '/resend', queue(`${host.url}/2`))).data.id as string
+  const view = async (id: string): Promise<Record<string, unknown>> => (await one.call('GET', `/resend/jobs/${id}`)).data
+  t.ok(await waitFor(async () => (await view(first)).status === 'delivered'))
+  t.ok(await waitFor(async () => (await view(second)).waiting_for === 'destination_limit'), 'the second waits for the next slot, 5 s on')
+  t.ok(await waitFor(async () => (await view(second)).status === 'failed'))
+  t.match(await view(second), { attempts: 0, last_attempt: { error: 'destination_limit' } })
+  t.equal(host.requests.length, 1)
+})
+
+t.test('RESEND_DESTINATION_CONTROLS=off: first come, first served, nothing held or listed', { skip }, async (t) => {
+  const host = await startUpstream(t, (request, res) => { sendJson(res, request.url === '/bad' ? 400 : 200, {}) })
+  const [one] = await instances(t, 1, { RESEND_ALLOWED_HOSTS: host.url, RESEND_DESTINATION_CONTROLS: 'off' }) as [Instance]
+  const ids: string[] = []
+  for (let i = 0; i < 5; i++) ids.push((await one.call('POST', '/resend', queue(`${host.url}/${i}`))).data.id as string)
+  t.ok(await waitFor(async () => (await Promise.all(ids.map(async (id) => (await one.call('GET', `/resend/jobs/${id}`)).data.status))).every((s) => s === 'delivered')))
+  const bad = (await one.call('POST', '/resend', queue(`${host.url}/bad`))).data.id as string
+  t.ok(await waitFor(async () => (await one.call('GET', `/resend/jobs/${bad}`)).data.status === 'failed'), 'a job fails as it would')
+  t.equal((await one.call('POST', '/resend', { location: `${host.url}/now`, params: {} })).status, 200)
+  const cancelledNone = await one.call('DELETE', '/resend/jobs', { status: 'queued' })
+  t.equal(cancelledNone.data.count, 0)
+  t.same((await one.call('GET', '/resend/destinations')).data.destinations, [])
 })

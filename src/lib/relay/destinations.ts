@@ -98,8 +98,6 @@ export interface Destinations {
    * jobs wait for or are being delivered to, with its own counts of them.
    */
   list (owner: string | null): Promise<DestinationView[]>
-  /** The limit that applies to a host, per second, or undefined. */
-  limitFor (host: string): number | undefined
 }
 
 export const MAX_COOLDOWN_MS = 600_000
@@ -281,12 +279,11 @@ export function parseHostLimits (text: string): HostLimit[] {
 // The most specific entry wins: a host (or origin) over a suffix over "*".
 const SPECIFICITY: Record<PolicyEntry['kind'], number> = { host: 0, suffix: 1, any: 2 }
 
-export function createDestinations (options: DestinationsOptions): Destinations {
-  const { client } = options
-  client.defineCommand('aibillDestinations', { numberOfKeys: 7, lua: SCRIPT })
-  const limits = [...options.limits].sort((a, b) => SPECIFICITY[a.entry.kind] - SPECIFICITY[b.entry.kind])
+/** The limit that applies to a host (host and port), per second, or undefined: remembered for 10,000 hosts. */
+export function createLimitFinder (hostLimits: HostLimit[]): (host: string) => number | undefined {
+  const limits = [...hostLimits].sort((a, b) => SPECIFICITY[a.entry.kind] - SPECIFICITY[b.entry.kind])
   const cache = new Map<string, number | undefined>()
-  function limitFor (host: string): number | undefined {
+  return function limitFor (host) {
     if (!cache.has(host)) {
       if (cache.size > 10_000) cache.clear()
       // The host as a URL of each scheme an entry may name: an entry limits the destinations it would allow.
@@ -295,6 +292,12 @@ export function createDestinations (options: DestinationsOptions): Destinations 
     }
     return cache.get(host)
   }
+}
+
+export function createDestinations (options: DestinationsOptions): Destinations {
+  const { client } = options
+  client.defineCommand('aibillDestinations', { numberOfKeys: 7, lua: SCRIPT })
+  const limitFor = createLimitFinder(options.limits)
   const keysOf = (tag: string): string[] => ['hosts', 'leases', 'held', 'waiting', 'waiting-counts', 'later', 'seen'].map((name) => `${tag}:dest:${name}`)
   const flowOf = (owner: string, host: string): string => `${owner}>${host}`
   async function run (host: string, op: string, flow = '', id = '', ...rest: Array<string | number>): Promise<unknown[]> {
@@ -305,7 +308,6 @@ export function createDestinations (options: DestinationsOptions): Destinations 
     await run(host, op, flow, id, options.leaseMs, options.attemptMs, interval(host))
 
   return {
-    limitFor,
     async waiting (id, owner, host, at) { await run(host, 'waiting', flowOf(owner, host), id, Math.round(at)) },
     async forget (id, owner, host) { await run(host, 'forget', flowOf(owner, host), id) },
     async admit (id, owner, host) {
@@ -387,7 +389,6 @@ export function createDestinations (options: DestinationsOptions): Destinations 
 
 /** RESEND_DESTINATION_CONTROLS=off: first come, first served, and nothing held back or counted (to compare). */
 export const NO_DESTINATION_CONTROLS: Destinations = {
-  limitFor: () => undefined,
   waiting: async () => {},
   forget: async () => {},
   admit: async () => ({ go: true, probe: false }),

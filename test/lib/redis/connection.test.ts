@@ -1,8 +1,9 @@
 import { writeFile } from 'node:fs/promises'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import type { Cluster, Redis } from 'ioredis'
 import t from 'tap'
-import { connectionTrouble, createRedisClient, redisSettings } from '../../../src/lib/redis/connection.js'
+import { connectRedis, connectionTrouble, createRedisClient, redisSettings } from '../../../src/lib/redis/connection.js'
 import { loadConfig } from '../../../src/schemas/config.js'
 import { tempDir } from '../../helper.js'
 
@@ -44,4 +45,18 @@ t.test('REDIS_TLS_CA_FILE is read at start: unreadable, or without a certificate
   const load = (file: string) => () => loadConfig({ overrides: { REDIS_TLS_CA_FILE: file }, env: false })
   t.throws(load(join(dir, 'missing.pem')), { message: `REDIS_TLS_CA_FILE (${join(dir, 'missing.pem')}) cannot be read (ENOENT)` })
   t.throws(load(join(dir, 'not-a-ca.pem')), { message: `REDIS_TLS_CA_FILE (${join(dir, 'not-a-ca.pem')}) holds no PEM certificate` })
+})
+
+t.test('a node that takes the connection and never answers stops the start within its deadline, saying so', async (t) => {
+  const sockets: Socket[] = []
+  const silent = createServer((socket) => { sockets.push(socket) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise((resolve) => silent.close(resolve))
+  })
+  const settings = redisSettings(`redis://127.0.0.1:${(silent.address() as AddressInfo).port}`, false, undefined)
+  const started = Date.now()
+  await t.rejects(connectRedis(settings, 'test:', 'STATE_STORE=redis', () => {}), { message: /STATE_STORE=redis: Redis at 127\.0\.0\.1:\d+ \(REDIS_URL\).*does not answer \(no answer\)/ })
+  t.ok(Date.now() - started < 10_000, `refused in ${Date.now() - started} ms`)
 })
