@@ -78,15 +78,15 @@ async function clusterEnabled (url: URL, settings: RedisSettings): Promise<{ ena
   let last: NodeJS.ErrnoException | undefined
   const probe = new Redis({ ...address(url), ...access(url, settings), lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, connectTimeout: 2000, retryStrategy: () => null })
   probe.on('error', (err: NodeJS.ErrnoException) => { last = err })
-  try {
+  const ask = async (): Promise<{ enabled: boolean }> => {
     await Promise.race([probe.connect(), new Promise((_resolve, reject) => setTimeout(reject, START_TIMEOUT_MS, new Error('no answer')).unref())])
     return { enabled: /cluster_enabled:1/.test(await probe.info('cluster')) }
-  } catch (err) {
-    // A failed connection says why in its error event; a node that connects and never answers only times out.
-    return { error: last ?? err as NodeJS.ErrnoException }
-  } finally {
-    probe.disconnect()
   }
+  // A failed connection says why in its error event (its rejection only says the connection closed); a node that
+  // connects and never answers only times out.
+  const found = await ask().catch((err: unknown) => ({ error: last ?? err as NodeJS.ErrnoException }))
+  probe.disconnect()
+  return found
 }
 
 /**
