@@ -109,7 +109,7 @@ const FORGOTTEN_AFTER_MS = 86_400_000
 // One script for every step. KEYS (one hash tag): 1 hosts (hash: "<host>\t<field>" -> value), 2 leases (zset:
 // "<flow>\t<id>" -> expiry), 3 held (hash: flow -> leases), 4 waiting (zset: "<flow>\t<id>" -> since),
 // 5 waiting counts (hash: flow -> jobs), 6 later (zset: "<flow>\t<id>" -> when it may be sent), 7 seen (zset: host
-// -> last attempt). ARGV: 1 operation, 2 now, 3 host, 4 flow, 5 id, then the operation's own.
+// -> last attempt). ARGV: 1 operation, 2 now, 3 host, 4 flow, 5 id, 6 RESEND_MAX_AGE (ms), then the operation's own.
 const SCRIPT = `
 local now = tonumber(ARGV[2])
 local host, flow, id = ARGV[3], ARGV[4], ARGV[5]
@@ -252,7 +252,7 @@ end
 
 if op == 'list' then
   -- Hosts idle for a day are forgotten; the rest, with their fields and their flows' waits and leases.
-  for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, 100)) do
+  for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - tonumber(ARGV[7]), 'LIMIT', 0, 100)) do
     redis.call('ZREM', KEYS[7], h)
     for _, name in ipairs({'paused', 'open', 'probe', 'tat', 'last_at', 'window', 'n', 'f', 'prev_n', 'prev_f', 'failures', 'last_error', 'cooldown', 'opened_after'}) do
       redis.call('HDEL', KEYS[1], h .. '\\t' .. name)
@@ -342,7 +342,7 @@ export function createDestinations (options: DestinationsOptions): Destinations 
       const now = Date.now()
       const views: DestinationView[] = []
       for (const tag of options.tags) {
-        const [hosts, fields, counts, held] = await (client as WithScript).aibillDestinations(...keysOf(tag), 'list', now, '', '', '', FORGOTTEN_AFTER_MS) as [string[], string[], string[], string[]]
+        const [hosts, fields, counts, held] = await (client as WithScript).aibillDestinations(...keysOf(tag), 'list', now, '', '', '', options.maxAgeMs, FORGOTTEN_AFTER_MS) as [string[], string[], string[], string[]]
         const byField = new Map<string, string>()
         for (let i = 0; i < fields.length; i += 2) byField.set(fields[i] as string, fields[i + 1] as string)
         // Each flow is "<owner>><host>": the host's sums over every caller, or over one.
