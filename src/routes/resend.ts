@@ -84,10 +84,7 @@ const resendRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     ...gate,
     schema: { operationId: 'listResendDestinations', summary: 'Each destination host: its state (ok, paused, limited), recent failures and waiting jobs; the caller\'s own in broker mode.', security: [{ apiKey: [] }], tags: ['resend'], headers: ApiKeyHeaders, response: { 200: Envelope(DestinationListData), ...errorResponses } }
   }, async (request, reply) => {
-    const destinations = await jobs().destinations.list(owner(request)).catch((err: unknown) => {
-      throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_unavailable', detail: 'Redis (REDIS_URL) does not answer' }, { cause: err })
-    })
-    return reply.ok('RESEND_DESTINATIONS', { destinations })
+    return reply.ok('RESEND_DESTINATIONS', { destinations: await jobs().listDestinations(owner(request)) })
   })
 
   // Bulk: every failed job (or queued one) the filter matches, up to its limit, as one by one would.

@@ -108,6 +108,8 @@ export interface JobQueue {
   readonly writesRefused: boolean
   /** Each destination's limit, breaker and shares, shared by every instance: sending now goes through it too. */
   readonly destinations: Destinations
+  /** The destinations' states (a caller's own hosts in broker mode), within the queue's Redis deadline. */
+  listDestinations (owner: string | null): Promise<DestinationView[]>
   /**
    * Counts by status, the age of the oldest job not yet delivered (seconds), the bytes kept, and each
    * destination's state (destinations.ts), as last read.
@@ -593,6 +595,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     snapshot: () => snapshot,
     get writesRefused () { return writesRefused },
     destinations,
+    async listDestinations (owner) { return await deadline(destinations.list(owner)) },
     async probe () {
       // Every slot the queue writes to: each partition's, and the byte count's.
       const found = await Promise.all([...tags, `{${options.keyPrefix}resend-bytes}`].map(async (tag) => await probeRedis(client, `${tag}:probe`)))
