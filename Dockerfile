@@ -20,4 +20,4 @@ EXPOSE 9000
 # bash's /dev/tcp asks /health without starting a second Node process every 30 s.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${PORT:-9000} && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '\"success\":true' <&3"]
-CMD ["node", "dist/server.js"]
+CMD ["node", "--import", "./dist/instrument.js", "dist/server.js"]

@@ -2,6 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import app from './app.js'
+import { stopTracing } from './lib/tracing/index.js'
 import { connectionLimits, serverOptions } from './options.js'
 import { loadConfig, type LoadedConfig, trustProxySetting } from './schemas/config.js'
 
@@ -34,6 +35,8 @@ closeWithGrace({ delay: server.config.SHUTDOWN_GRACE_MS, logger: graceLogger }, 
   if (err !== undefined) server.log.error({ err }, 'closing after an error')
   else server.log.info({ signal }, 'closing')
   await server.close()
+  // The spans still held go to the collector, within a bound of their own.
+  await stopTracing()
 })
 
 await server.listen({ port: server.config.PORT, host: server.config.HOST })

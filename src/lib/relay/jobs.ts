@@ -2,6 +2,7 @@ import { createHash, createHmac, hkdfSync, randomUUID } from 'node:crypto'
 import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
 import { RawJson, ServiceError } from '../http/index.js'
 import { createRedisClient, createSealer, isRedisFull, probeRedis, type RedisClient, type RedisSettings } from '../redis/index.js'
+import { annotate, queueTelemetry } from '../tracing/index.js'
 import { withClientToken } from './feishu.js'
 import { type Admission, type AttemptOutcome, createDestinations, NO_DESTINATION_CONTROLS, type Destinations, type DestinationsOptions, type DestinationView, type HostLimit } from './destinations.js'
 import { createFootprint } from './footprint.js'
@@ -172,7 +173,10 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const client = createRedisClient(options.redisSettings, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, connectTimeout: 2000, retryStrategy: reconnect })
   client.on('error', () => {})
   await client.connect()
-  const queues = tags.map((prefix) => new Queue<{ sealed: string }, string>('resend', { connection: client, prefix }))
+  // With tracing on, a job keeps the trace context of the request that queued it, and each of its deliveries is a
+  // span of that trace (BullMQ's own, through bullmq-otel).
+  const telemetry = queueTelemetry()
+  const queues = tags.map((prefix) => new Queue<{ sealed: string }, string>('resend', { connection: client, prefix, telemetry }))
   for (const queue of queues) queue.on('error', (err) => { options.onError?.(err) })
   /** A destination host's partition: a host's jobs stay together, with its state (destinations.ts). */
   const partitionOf = (host: string): number => createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length
@@ -258,6 +262,20 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   /** What a job's request costs in Redis while it may be sent: the sealed bytes, its name, BullMQ's fields. */
   const requestBytes = (job: { name: string, data: { sealed: string } }): number => job.data.sealed.length + job.name.length + JOB_OVERHEAD_BYTES
 
+  /** A delivery as its trace shows it: BullMQ's span of the job, with the destination and how it went. */
+  async function deliverTraced (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
+    annotate({ 'aibill.resend.job_id': job.id as string, 'aibill.resend.destination': nameOf(job).destination, 'aibill.resend.attempt': progressOf(job).attempts + 1 })
+    try {
+      const delivered = await deliver(job, token)
+      annotate({ 'aibill.resend.outcome': 'delivered' })
+      return delivered
+    } catch (err) {
+      // A wait (a retry, a hold) said what it was where it was decided.
+      if (err instanceof UnrecoverableError) annotate({ 'aibill.resend.outcome': 'failed', 'aibill.resend.error': progressOf(job).last?.error ?? err.message })
+      throw err
+    }
+  }
+
   async function deliver (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
     const id = job.id as string
     const { owner } = nameOf(job)
@@ -296,7 +314,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const headers: Record<string, string> = 'idempotency-key' in payload.headers ? {} : { 'idempotency-key': id }
       let result: AttemptResult
       try {
-        result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers })
+        result = await relay.attempt(prepared, attempt, { url: withClientToken(url, payload.method, payload.clientToken), headers, jobId: id })
       } catch (err) {
         // The policy refused it at connect time (the name now resolves elsewhere, a Feishu app's token would go to
         // another origin), or the answer is too large.
@@ -318,6 +336,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
         nextAt = nextAttemptAt({ now: Date.now(), attempt, scheduleMs: options.scheduleMs, askedMs: verdict.askedMs, endsAt: progress.since + options.maxAgeMs })
         if (nextAt !== undefined) {
           await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: nextAt, held: undefined, last })
+          annotate({ 'aibill.resend.outcome': 'retry', 'aibill.resend.next_attempt_at': new Date(nextAt).toISOString() })
           await job.moveToDelayed(nextAt, token)
           throw new DelayedError()
         }
@@ -356,6 +375,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     const at = Math.min(Math.round(admission.at), endsAt)
     // What holds it, for its view; a wait for the flow's share is short and frequent, and not written down.
     if (admission.reason !== 'share') await job.updateProgress({ ...progress, next_attempt_at: at, held: admission.reason === 'limited' ? 'limited' : 'paused' })
+    annotate({ 'aibill.resend.outcome': 'held', 'aibill.resend.held_by': admission.reason, 'aibill.resend.next_attempt_at': new Date(at).toISOString() })
     await job.moveToDelayed(at, token)
     throw new DelayedError()
   }
@@ -364,10 +384,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   // than workers, an instance delivers one job per partition at once.
   const workers = options.concurrency === 0
     ? []
-    : tags.map((prefix) => new Worker<{ sealed: string }, string>('resend', deliver, {
+    : tags.map((prefix) => new Worker<{ sealed: string }, string>('resend', deliverTraced, {
       // Blocking reads wait for Redis instead of failing: a worker outlives an outage.
       connection: createRedisClient(options.redisSettings, { maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy: reconnect }),
       prefix,
+      telemetry,
       concurrency: Math.ceil(options.concurrency / tags.length),
       lockDuration: options.lockMs,
       stalledInterval: options.lockMs,

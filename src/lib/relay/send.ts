@@ -1,6 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Dispatcher } from 'undici'
 import { createPolicyAgents, isDestinationRefusal, jsonDeeperThan, mayLoseNumbers, outcomeOf, type PolicyEntry, RawJson, readBodyLimited, type Resolver, ResponseTooLargeError, ServiceError, transportError, withDeadline } from '../http/index.js'
+import type { Attributes } from '@opentelemetry/api'
+import { inSpan } from '../tracing/index.js'
 import type { CommandReport } from './commands.js'
 import type { AttemptOutcome, Destinations } from './destinations.js'
 import { allowedDestination, destinationRefused } from './destination.js'
@@ -37,9 +39,12 @@ export interface Relay {
   /** Whether answers from this origin speak Feishu's body codes: Feishu's and Lark's, and the apps' bases. */
   speaksFeishu (origin: string): boolean
   /** One attempt of a prepared request; `extra` adds a URL (client_token) and headers (Idempotency-Key). */
-  attempt (prepared: PreparedRequest, attemptNo: number, extra?: { url?: URL, headers?: Record<string, string> }, trace?: RelayTrace): Promise<AttemptResult>
+  attempt (prepared: PreparedRequest, attemptNo: number, extra?: AttemptExtra, trace?: RelayTrace): Promise<AttemptResult>
   close (): Promise<void>
 }
+
+/** What a queued attempt adds: a URL (client_token), headers (Idempotency-Key), and the job, for its span. */
+export interface AttemptExtra { url?: URL, headers?: Record<string, string>, jobId?: string }
 
 export interface RelayOptions {
   allowList: PolicyEntry[]
@@ -153,7 +158,21 @@ export function createRelay (options: RelayOptions): Relay {
    * One attempt, within RESEND_TIMEOUT_MS from sending to the last byte. With a Feishu app, a token the answer
    * says is invalid is replaced once and the same attempt repeated. Refusals of the policy are thrown.
    */
-  async function attempt (prepared: PreparedRequest, attemptNo: number, extra: { url?: URL, headers?: Record<string, string> } = {}, trace: RelayTrace = {}): Promise<AttemptResult> {
+  async function attempt (prepared: PreparedRequest, attemptNo: number, extra: AttemptExtra = {}, trace: RelayTrace = {}): Promise<AttemptResult> {
+    // A span per attempt, now or queued: the destination without its query, the attempt, the job, the outcome.
+    const attributes: Attributes = { 'server.address': prepared.url.hostname, 'url.path': prepared.url.pathname, 'aibill.resend.destination': `${prepared.url.host}${prepared.url.pathname}`, 'aibill.resend.attempt': attemptNo }
+    if (extra.jobId !== undefined) attributes['aibill.resend.job_id'] = extra.jobId
+    return await inSpan('resend attempt', attributes, async (span) => {
+      const result = await attemptOnce(prepared, attemptNo, extra, trace)
+      span.setAttributes('answer' in result
+        ? { 'aibill.resend.outcome': 'answered', 'http.response.status_code': result.answer.status }
+        : { 'aibill.resend.outcome': result.failure.code.toLowerCase() })
+      if (trace.token_refreshed === true) span.setAttribute('aibill.feishu.token_refreshed', true)
+      return result
+    })
+  }
+
+  async function attemptOnce (prepared: PreparedRequest, attemptNo: number, extra: AttemptExtra, trace: RelayTrace): Promise<AttemptResult> {
     const url = extra.url ?? prepared.url
     const dispatcher = agents.dispatcherFor(prepared.allowPrivate)
     trace.attempts = attemptNo

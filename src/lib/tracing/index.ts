@@ -1,0 +1,8 @@
+/**
+ * Tracing with OpenTelemetry, on when an OTLP endpoint is set: `sdk.ts` starts the SDK (loaded first, by
+ * `src/instrument.ts`) with Fastify's and undici's instrumentations, `scrub.ts` keeps secrets out of every span,
+ * and `spans.ts` is what the relay and the queue add (a span per attempt, the job's trace context).
+ */
+export { startTracing, stopTracing, tracingStarted, tracingWanted, tracesProtocol, TRACING_SERVICE_NAME } from './sdk.js'
+export { annotate, inSpan, queueTelemetry } from './spans.js'
+export { scrubAttributes, withoutQuery } from './scrub.js'
