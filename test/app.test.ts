@@ -9,6 +9,7 @@ import { serverOptions } from '../src/options.js'
 import { toServiceError } from '../src/lib/http/error-answers.js'
 import errors from '../src/plugins/errors.js'
 import { ConfigSchema, didYouMean, loadConfig } from '../src/schemas/config.js'
+import { TRACING_VARIABLES } from '../src/lib/tracing/index.js'
 import { build, LogCapture, tempDir, testKeys } from './helper.js'
 
 t.test('GET /health: cheap, the envelope, zh-CN by default and English on request', async (t) => {
@@ -180,10 +181,11 @@ t.test('.env.example lists exactly the variables of the configuration schema, wi
   const example = await readFile(new URL('../.env.example', import.meta.url), 'utf8')
   const lines = example.split('\n').map((line) => /^(# )?([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)).filter((match) => match !== null)
   const listed = new Map(lines.map((match) => [match[2] as string, match[3] as string]))
-  t.same([...listed.keys()].sort(), Object.keys(ConfigSchema.properties).sort())
+  t.same([...listed.keys()].sort(), [...Object.keys(ConfigSchema.properties), ...Object.keys(TRACING_VARIABLES)].sort(), 'the schema\'s, and the OpenTelemetry SDK\'s it documents')
   for (const [name, schema] of Object.entries(ConfigSchema.properties) as Array<[string, { default?: unknown }]>) {
     t.equal(listed.get(name), schema.default === undefined ? '' : String(schema.default), `${name}: the documented default`)
   }
+  for (const [name, value] of Object.entries(TRACING_VARIABLES)) t.equal(listed.get(name), value, `${name}: the documented default`)
   const set = lines.filter((match) => match[1] === undefined)
   t.same(set.filter((match) => match[3] !== ''), [], 'only empty secrets are left uncommented: a copy sets no default explicitly')
 
@@ -198,10 +200,10 @@ t.test('.env.example lists exactly the variables of the configuration schema, wi
   t.equal(broker.broker?.apps[0]?.name, 'bills', 'the broker starts from a copy of .env.example')
 })
 
-t.test('the README and docs/configuration.md name every variable of the configuration schema', async (t) => {
+t.test('the README and docs/configuration.md name every variable of the configuration schema, and of tracing', async (t) => {
   for (const file of ['../README.md', '../docs/configuration.md']) {
     const text = await readFile(new URL(file, import.meta.url), 'utf8')
-    const missing = Object.keys(ConfigSchema.properties).filter((name) => !new RegExp(`\`${name}\``).test(text))
+    const missing = [...Object.keys(ConfigSchema.properties), ...Object.keys(TRACING_VARIABLES)].filter((name) => !new RegExp(`\`${name}\``).test(text))
     t.same(missing, [], `${file} names every variable`)
   }
 })

@@ -33,7 +33,8 @@ t.test('the ECS task definition parses and agrees with the configuration schema'
   // A variable of the service, or one a Feishu app's app_secret_env names.
   const named = Object.values(JSON.parse(container.environment.find(({ name }) => name === 'FEISHU_APPS')?.value ?? '{}') as Record<string, { app_secret_env: string }>).map((app) => app.app_secret_env)
   const known = [...Object.keys(ConfigSchema.properties), ...named]
-  for (const { name } of [...container.environment, ...container.secrets]) t.ok(known.includes(name), `${name} is a variable of the service`)
+  // (OTEL_* are OpenTelemetry's own variables, read by its SDK.)
+  for (const { name } of [...container.environment, ...container.secrets]) t.ok(known.includes(name) || name.startsWith('OTEL_'), `${name} is a variable of the service`)
   for (const secret of ['JWT_PRIVATE_KEY', 'EXPECTED_COZE_API_KEY', 'METRICS_TOKEN']) {
     t.notOk(container.environment.some(({ name }) => name === secret), `${secret} is not written in the task definition`)
     t.match(container.secrets.find(({ name }) => name === secret)?.valueFrom, /^arn:aws:(secretsmanager|ssm):/, `${secret} comes from a secret store`)
@@ -70,7 +71,7 @@ t.test('the broker-mode task definition starts the broker, its keys and caller k
   for (const name of named) t.match(secrets.get(name), /^arn:aws:(secretsmanager|ssm):/, `${name}, named by the document, comes from a secret store`)
   for (const name of ['TOKEN_CACHE_SECRET', 'REDIS_URL', 'METRICS_TOKEN']) t.ok(secrets.has(name), `${name} is a secret`)
   const known = Object.keys(ConfigSchema.properties)
-  for (const { name } of container.environment) t.ok(known.includes(name), `${name} is a variable of the service`)
+  for (const { name } of container.environment) t.ok(known.includes(name) || name.startsWith('OTEL_'), `${name} is a variable of the service`)
   // With stand-ins for the secrets, the configuration loads as the service would load it: the broker, no refusal.
   // ElastiCache Serverless: one endpoint, cluster mode, TLS (the REDIS_URL secret holds rediss://<endpoint>:6379).
   t.equal(environment.REDIS_CLUSTER, 'true')
@@ -81,6 +82,20 @@ t.test('the broker-mode task definition starts the broker, its keys and caller k
   t.equal(loaded.config.TOKEN_CACHE, 'redis')
   t.equal(container.user, 'node')
   t.equal(container.readonlyRootFilesystem, true)
+})
+
+t.test('both task definitions trace through an ADOT collector beside the service, whose role may write to X-Ray', async (t) => {
+  const policy = JSON.parse(await read('deploy/task-role-tracing-policy.json')) as { Statement: Array<{ Action: string[] }> }
+  const allowed = policy.Statement.flatMap((statement) => statement.Action)
+  for (const action of ['xray:PutTraceSegments', 'xray:PutTelemetryRecords', 'xray:GetSamplingRules', 'xray:GetSamplingTargets']) t.ok(allowed.includes(action), `the task role's policy allows ${action}`)
+  for (const file of ['deploy/ecs-task-definition.json', 'deploy/ecs-task-definition.broker.json']) {
+    const task = JSON.parse(await read(file)) as { containerDefinitions: Array<ContainerDefinition & { name: string, image: string, essential: boolean, command?: string[], dependsOn?: Array<{ containerName: string, condition: string }> }> }
+    const [service, collector] = task.containerDefinitions
+    t.match(collector, { name: 'aws-otel-collector', image: /^public\.ecr\.aws\/aws-observability\/aws-otel-collector:v\d+\.\d+\.\d+$/, essential: false }, `${file}: the collector, pinned; its failure does not stop the task`)
+    t.same(service?.dependsOn, [{ containerName: 'aws-otel-collector', condition: 'START' }], `${file}: the service starts after the collector`)
+    const environment = Object.fromEntries((service?.environment ?? []).map(({ name, value }) => [name, value]))
+    t.equal(environment.OTEL_EXPORTER_OTLP_ENDPOINT, 'http://localhost:4318', `${file}: the service exports to the collector over OTLP/HTTP`)
+  }
 })
 
 t.test('the health checks of the image, Compose and ECS pass against a live service and fail without one', async (t) => {

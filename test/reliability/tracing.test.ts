@@ -184,6 +184,11 @@ t.test('a request without traceparent starts a trace, and its log line carries i
   t.equal(request?.parentSpanId ?? '', '', 'a new trace: the request is its root')
   t.match(logLine(server, '/resend'), { trace_id: traceId, span_id: request?.spanId })
   t.notOk(receiver.spans().some((span) => span.name.includes('/health')), '/health has no span')
+  t.equal((await fetch(`${server.url}/no-such-route?x=1`)).status, 404)
+  t.ok(await waitFor(() => receiver.spans().some((span) => span.kind === SERVER_KIND && span.attributes['http.response.status_code'] === 404)), 'a path without a route has a span')
+  const unrouted = receiver.spans().find((span) => span.kind === SERVER_KIND && span.attributes['http.response.status_code'] === 404)
+  t.equal(unrouted?.name, 'GET', 'named by its method alone (a path is not a route)')
+  t.equal(unrouted?.attributes['url.path'], '/no-such-route')
   t.notOk(logLine(server, '/health')?.trace_id, 'nor its log line a trace')
 })
 

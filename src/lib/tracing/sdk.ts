@@ -6,6 +6,21 @@ import { ScrubbingSpanExporter, withoutQuery } from './scrub.js'
 /** The service's name in traces unless OTEL_SERVICE_NAME says another. */
 export const TRACING_SERVICE_NAME = 'aibill-token-service'
 
+/**
+ * The OpenTelemetry SDK's variables the documentation names (the SDK reads them, and others of its own), with the
+ * defaults this service gives them ('' where there is none).
+ */
+export const TRACING_VARIABLES: Record<string, string> = {
+  OTEL_EXPORTER_OTLP_ENDPOINT: '',
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
+  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+  OTEL_SERVICE_NAME: TRACING_SERVICE_NAME,
+  OTEL_RESOURCE_ATTRIBUTES: '',
+  OTEL_TRACES_SAMPLER: 'parentbased_always_on',
+  OTEL_TRACES_SAMPLER_ARG: '',
+  OTEL_PROPAGATORS: 'tracecontext'
+}
+
 /** Routes probes and scrapers call every few seconds: no trace of their own (they would drown the rest). */
 const UNTRACED_PATHS = new Set(['/health', '/ready', '/metrics', '/favicon.ico'])
 

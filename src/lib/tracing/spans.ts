@@ -10,17 +10,15 @@ const tracer = trace.getTracer('aibill-token-service')
  * span is OpenTelemetry's no-op one.
  */
 export async function inSpan<T> (name: string, attributes: Attributes, work: (span: Span) => Promise<T>): Promise<T> {
-  return await tracer.startActiveSpan(name, { kind: SpanKind.INTERNAL, attributes }, async (span) => {
-    try {
-      return await work(span)
-    } catch (err) {
-      const code = (err as { code?: unknown }).code
-      span.setStatus({ code: SpanStatusCode.ERROR, message: typeof code === 'string' ? code : (err as Error).name })
-      throw err
-    } finally {
-      span.end()
-    }
-  })
+  return await tracer.startActiveSpan(name, { kind: SpanKind.INTERNAL, attributes }, async (span) => await work(span).then((value) => {
+    span.end()
+    return value
+  }, (err: unknown) => {
+    const code = (err as { code?: unknown }).code
+    span.setStatus({ code: SpanStatusCode.ERROR, message: typeof code === 'string' ? code : (err as Error).name })
+    span.end()
+    throw err
+  }))
 }
 
 /** Adds attributes to the active span (the job's delivery, a request's), if there is one. */
