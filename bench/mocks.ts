@@ -2,7 +2,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 
 /**
- * The upstreams of the bench, on 127.0.0.1: a Coze token endpoint, a Feishu-like API and an Augment tenant.
+ * The upstreams of the bench, on 127.0.0.1: a Coze token endpoint, a Feishu-like API, an Augment tenant, and an
+ * OTLP/HTTP collector that takes every export (an empty 200, as a collector answers a full success).
  * Plain node:http with keep-alive and no logging, so they are never what limits a scenario.
  */
 function json (res: ServerResponse, body: string): void {
@@ -26,5 +27,5 @@ async function listen (answer: string): Promise<number> {
   return (server.address() as AddressInfo).port
 }
 
-const ports = { coze: await listen(COZE_ANSWER), feishu: await listen(FEISHU_ANSWER), augment: await listen(AUGMENT_ANSWER) }
+const ports = { coze: await listen(COZE_ANSWER), feishu: await listen(FEISHU_ANSWER), augment: await listen(AUGMENT_ANSWER), otlp: await listen('') }
 process.stdout.write(`${JSON.stringify(ports)}\n`)

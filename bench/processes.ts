@@ -15,9 +15,12 @@ export interface Child {
   stop: () => Promise<void>
 }
 
-/** Starts a node process, waits for the first line of its stdout that is a JSON handshake, and drains the rest. */
-export async function startNode (script: string, env: Record<string, string>, handshake: (line: string) => unknown): Promise<{ child: Child, value: unknown }> {
-  const child = spawn(process.execPath, [script], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+/**
+ * Starts a node process (after `imports`, each given to --import), waits for the first line of its stdout that is
+ * a JSON handshake, and drains the rest.
+ */
+export async function startNode (script: string, env: Record<string, string>, handshake: (line: string) => unknown, imports: string[] = []): Promise<{ child: Child, value: unknown }> {
+  const child = spawn(process.execPath, [...imports.flatMap((file) => ['--import', `./${file}`]), script], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   let buffer = ''
   const value = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => { reject(new Error(`${script} did not start`)) }, 20_000)

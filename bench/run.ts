@@ -33,7 +33,7 @@ async function main (): Promise<void> {
     process.stderr.write('starting the mock upstreams\n')
     const mocks = await startNode('build/bench/mocks.js', {}, (line) => jsonLine<{ coze: number }>(line, 'coze'))
     children.push(mocks.child)
-    const ports = mocks.value as { coze: number, feishu: number, augment: number }
+    const ports = mocks.value as { coze: number, feishu: number, augment: number, otlp: number }
     const cozeUrl = `http://127.0.0.1:${ports.coze}/api/permission/oauth2/token`
 
     const serviceEnv = (port: number, extra: Record<string, string>): Record<string, string> => ({
@@ -52,7 +52,8 @@ async function main (): Promise<void> {
     })
     const startService = async (extra: Record<string, string>): Promise<{ port: number, pid: number, child: Child }> => {
       const port = await freePort()
-      const service = await startNode('dist/server.js', serviceEnv(port, extra), (line) => (line.includes('Server listening at') ? true : undefined))
+      // As npm start runs it: instrument.js first (tracing, when extra sets an OTLP endpoint).
+      const service = await startNode('dist/server.js', serviceEnv(port, extra), (line) => (line.includes('Server listening at') ? true : undefined), ['dist/instrument.js'])
       children.push(service.child)
       return { port, pid: service.child.process.pid as number, child: service.child }
     }
@@ -144,6 +145,28 @@ async function main (): Promise<void> {
     const resendPlain = await sequentialLatency('POST /resend without commands (one at a time)', `${base}/resend`, plainBody, { 'x-api-key': API_KEY })
     const direct = await sequentialLatency('ceiling: the same request straight to the mock (one at a time)', location, JSON.stringify({ records: [{ fields: JSON.parse(FIELDS) }] }), {})
     const resendThroughput = await measure('POST /resend', { ...jsonPost(`${base}/resend`, resendBody), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, service.pid)
+    // Tracing on (every request sampled, exported over OTLP/HTTP protobuf to a collector on loopback) against the
+    // same service with tracing off: cached /token and /resend, alternating, ROUNDS times.
+    process.stderr.write('measuring tracing on against off\n')
+    const traced = await startService({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${ports.otlp}`, OTEL_TRACES_SAMPLER: 'always_on' })
+    const tracedBase = `http://127.0.0.1:${traced.port}`
+    const tracing = { token: [] as number[], resend: [] as number[], tokenOn: [] as Measured[], resendOn: [] as Measured[], resendOff: [] as Measured[] }
+    for (let round = 1; round <= ROUNDS; round++) {
+      const tokenTraced = await measure('POST /token, cache on, tracing on', jsonPost(`${tracedBase}/token`, tokenBody), traced.pid)
+      const tokenPlain = round === 1 ? tokenOn : await measure('POST /token, cache on', jsonPost(`${base}/token`, tokenBody), service.pid)
+      tracing.token.push(tokenTraced.rps / tokenPlain.rps)
+      tracing.tokenOn.push(tokenTraced)
+      const resendTraced = await measure('POST /resend, tracing on', { ...jsonPost(`${tracedBase}/resend`, resendBody), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, traced.pid)
+      const resendPlain = round === 1 ? resendThroughput : await measure('POST /resend', { ...jsonPost(`${base}/resend`, resendBody), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, service.pid)
+      tracing.resend.push(resendTraced.rps / resendPlain.rps)
+      tracing.resendOn.push(resendTraced)
+      tracing.resendOff.push(resendPlain)
+    }
+    await traced.child.stop()
+    if (process.env.BENCH_ONLY === 'tracing') {
+      process.stdout.write(`${JSON.stringify({ token_cached_on_over_off: tracing.token, resend_on_over_off: tracing.resend, rps: { token_on: tracing.tokenOn.map((m) => m.rps), resend_on: tracing.resendOn.map((m) => m.rps), resend_off: tracing.resendOff.map((m) => m.rps) } })}\n`)
+      return
+    }
     process.stderr.write('measuring queued delivery (Redis at REDIS_URL)\n')
     const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })
 
@@ -178,7 +201,9 @@ async function main (): Promise<void> {
       broker: [brokerCached.rps / singleCached.rps],
       tokenOffVsSignAndPost: [tokenOff.rps / signAndPost.rps],
       tokenOnVsHealth: [tokenOn.rps / health.rps],
-      healthOverhead: [health.rps / sameHealth.rps]
+      healthOverhead: [health.rps / sameHealth.rps],
+      tracingToken: tracing.token,
+      tracingResend: tracing.resend
     }
     const push = (key: string, value: number): void => { (rounds[key] as number[]).push(value) }
     for (let round = 2; round <= ROUNDS; round++) {
@@ -232,6 +257,8 @@ async function main (): Promise<void> {
       { scenario: 'POST /resend, json_parse over the same relay without commands (ms at p50)', key: '', measured: resend, ceiling: resendPlain, value: resend.p50 - resendPlain.p50, target: '<= 1 ms', ok: resend.p50 - resendPlain.p50 <= 1, limit: 'the hand-over to a worker thread and back' },
       { scenario: 'queued /resend: accepting over validating (ms at p50)', key: '', measured: queue.accept, ceiling: queue.validated, value: queue.accept.p50 - queue.validated.p50, target: '<= 2 ms', ok: queue.accept.p50 - queue.validated.p50 <= 2, limit: 'sealing the job, and its Redis round trips (the job, the age index)' },
       { scenario: 'queued /resend: jobs accepted per second by one instance', key: '', measured: queue.acceptThroughput, ceiling: queue.acceptThroughput, value: queue.acceptThroughput.rps, target: '>= 2000', ok: queue.acceptThroughput.rps >= 2000, limit: 'BullMQ\'s add script in Redis, and the service beside the load generator on 2 cores' },
+      { scenario: 'POST /token, cache on, tracing on (always_on, OTLP to loopback) vs off', key: 'tracingToken', measured: tracing.tokenOn[0] as Measured, ceiling: tokenOn, value: ratio('tracingToken'), target: '>= 0.85', ok: ratio('tracingToken') >= 0.85, limit: 'two spans per request (the request, its handler), their export in batches' },
+      { scenario: 'POST /resend (json_parse), tracing on vs off', key: 'tracingResend', measured: tracing.resendOn[0] as Measured, ceiling: tracing.resendOff[0] as Measured, value: ratio('tracingResend'), target: '>= 0.85', ok: ratio('tracingResend') >= 0.85, limit: 'four spans per request (the request, its handler, the attempt, the HTTP client span) and traceparent on the request out' },
       { scenario: 'queued delivery with fair shares, limits and breakers vs without (RESEND_DESTINATION_CONTROLS=off), no limits set', key: '', measured: queue.syncThroughput, ceiling: queue.syncThroughput, value: queue.deliveryRps / queue.deliveryRpsWithoutControls, target: '>= 0.9', ok: queue.deliveryRps / queue.deliveryRpsWithoutControls >= 0.9, limit: 'two more scripts in Redis per attempt: the admission (share, limit, breaker) and the settling' },
       { scenario: 'queued delivery vs the relay answering now, same body (throughput)', key: '', measured: queue.syncThroughput, ceiling: queue.syncThroughput, value: queue.deliveryRps / queue.syncThroughput.rps, target: '>= 0.8', ok: queue.deliveryRps / queue.syncThroughput.rps >= 0.8, limit: 'each job takes, delivers and completes in Redis: about five round trips beside the one to the destination' }
     ]

@@ -4,6 +4,7 @@ import { LogController, type FastifyServerOptions } from 'fastify'
 import { answerClientError, type ConnectionLimits, createGuardedServer, DEFAULT_CONNECTION_LIMITS, sendError } from './lib/http/index.js'
 import type { DestinationStream } from 'pino'
 import type { Config, TrustProxy } from './schemas/config.js'
+import { traceLogFields, tracingStarted } from './lib/tracing/index.js'
 
 export interface ServerOptionsInput {
   /** Where log lines go; tests pass a stream they read. Default: stdout. */
@@ -46,6 +47,8 @@ export function serverOptions ({ logStream, logLevel = 'info', trustProxy = fals
     logger: {
       level: logLevel,
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+      // With tracing on, a line logged within a span carries its ids (the request's own line has them already).
+      ...(tracingStarted() ? { mixin: traceLogFields } : {}),
       ...(logStream !== undefined ? { stream: logStream } : {}),
       ...(transport !== undefined ? { transport } : {})
     },

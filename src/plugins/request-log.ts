@@ -5,6 +5,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Fields a route adds to the request's one log line (never secrets). */
     logFields: Record<string, unknown> | null
+    /** The request's trace_id and span_id, set when tracing is on (lib/tracing). */
+    traceIds: Record<string, string> | null
   }
 }
 
@@ -21,6 +23,7 @@ export function logRef (value: string): string {
  */
 export default fp(async function requestLog (fastify) {
   fastify.decorateRequest('logFields', null)
+  fastify.decorateRequest('traceIds', null)
   fastify.addHook('onResponse', (request, reply, done) => {
     const line = {
       method: request.method,
@@ -29,6 +32,7 @@ export default fp(async function requestLog (fastify) {
       statusCode: reply.statusCode,
       durationMs: Math.round(reply.elapsedTime * 10) / 10
     }
+    if (request.traceIds !== null) Object.assign(line, request.traceIds)
     request.log.info(request.logFields === null ? line : Object.assign(line, request.logFields), 'request completed')
     done()
   })

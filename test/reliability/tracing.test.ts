@@ -107,6 +107,7 @@ t.test('/token: the server span is in the caller\'s trace, with a client span fo
   t.equal(request?.attributes['http.response.status_code'], 200)
   const exchange = spans.find((span) => span.kind === CLIENT_KIND)
   t.equal(exchange?.attributes['url.full'], `${coze.url}/api/permission/oauth2/token`, 'the exchange, as a client span')
+  t.equal(exchange?.parentSpanId, request?.spanId, 'a child of the request\'s span')
   t.equal(traceOf(coze.requests[0]?.headers.traceparent) !== undefined && (coze.requests[0]?.headers.traceparent as string).split('-')[2], exchange?.spanId, 'the traceparent Coze got names the client span')
   t.equal(request?.resource['service.name'], 'aibill-token-service', 'the service\'s name by default')
   t.equal(request?.resource['deployment.environment.name'], 'test', 'OTEL_RESOURCE_ATTRIBUTES')

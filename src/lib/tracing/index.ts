@@ -4,5 +4,5 @@
  * and `spans.ts` is what the relay and the queue add (a span per attempt, the job's trace context).
  */
 export { startTracing, stopTracing, tracingStarted, tracingWanted, tracesProtocol, TRACING_SERVICE_NAME, TRACING_VARIABLES } from './sdk.js'
-export { annotate, inSpan, queueTelemetry } from './spans.js'
+export { annotate, inSpan, queueTelemetry, traceLogFields } from './spans.js'
 export { scrubAttributes, withoutQuery } from './scrub.js'

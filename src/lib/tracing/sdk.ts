@@ -1,7 +1,7 @@
 import type { Span } from '@opentelemetry/api'
 import type { NodeSDK } from '@opentelemetry/sdk-node'
 import type { SpanExporter } from '@opentelemetry/sdk-trace'
-import { ScrubbingSpanExporter, withoutQuery } from './scrub.js'
+import { ScrubbingSpanExporter } from './scrub.js'
 
 /** The service's name in traces unless OTEL_SERVICE_NAME says another. */
 export const TRACING_SERVICE_NAME = 'aibill-token-service'
@@ -48,14 +48,18 @@ async function exporterFor (protocol: Protocol): Promise<SpanExporter> {
   return new (await import('@opentelemetry/exporter-trace-otlp-proto')).OTLPTraceExporter()
 }
 
-/** Names the span of a request by its route (`POST /resend`) and binds its ids to the request's log lines. */
-function onRequestSpan (span: Span, request: { method: string, url: string, routeOptions: { url?: string | undefined }, log: { child: (bindings: Record<string, string>) => unknown } }): void {
+/**
+ * Names the span of a request by its route (`POST /resend`) and keeps its ids for the request's log line (read by
+ * the request-log plugin; a child logger per request would cost more than the span).
+ */
+function onRequestSpan (span: Span, request: { method: string, url: string, routeOptions: { url?: string | undefined }, traceIds: Record<string, string> | null }): void {
+  const { traceId, spanId } = span.spanContext()
+  request.traceIds = { trace_id: traceId, span_id: spanId }
+  if (!span.isRecording()) return
   const route = request.routeOptions.url
   span.updateName(route === undefined ? request.method : `${request.method} ${route}`)
   // The path as it came, without its query (it may carry a caller's data).
-  span.setAttribute('url.path', withoutQuery(`http://service${request.url}`).slice('http://service'.length))
-  const { traceId, spanId } = span.spanContext()
-  request.log = request.log.child({ trace_id: traceId, span_id: spanId }) as typeof request.log
+  span.setAttribute('url.path', request.url.split(/[?#]/, 1)[0] as string)
 }
 
 let running: NodeSDK | undefined
@@ -86,14 +90,15 @@ export async function startTracing (env: NodeJS.ProcessEnv = process.env): Promi
     instrumentations: [
       new FastifyOtelInstrumentation({
         registerOnInitialization: true,
-        // One span for the request and one for its handler (whose context the handler's calls out inherit); the
-        // hooks' spans would be a dozen more per request for little.
+        // One span per request: the handler's calls out are its children (the context flows from its onRequest
+        // hook). A span for the handler and one per hook would double and treble the cost for little.
         instrumentHooks: false,
+        instrumentHandler: false,
         ignorePaths: ({ url }) => UNTRACED_PATHS.has(url.split('?', 1)[0] as string),
         requestHook: onRequestSpan as never
       }),
-      // No header is copied into a span; the query is left out (scrub.ts).
-      new UndiciInstrumentation({ startSpanHook: (request) => ({ 'url.full': withoutQuery(`${request.origin}${request.path}`), 'url.query': '' }) })
+      // No header is copied into a span; the URL's query is taken out on export (scrub.ts).
+      new UndiciInstrumentation()
     ]
   })
   sdk.start()

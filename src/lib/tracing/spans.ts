@@ -27,6 +27,18 @@ export function annotate (attributes: Attributes): void {
 }
 
 /**
+ * The ids of the active span, for a log line (pino's mixin), unless the line names them already; nothing outside a
+ * span.
+ */
+export function traceLogFields (line: object): { trace_id?: string, span_id?: string } {
+  if ('trace_id' in line) return {}
+  const span = trace.getActiveSpan()
+  if (span === undefined) return {}
+  const { traceId, spanId } = span.spanContext()
+  return { trace_id: traceId, span_id: spanId }
+}
+
+/**
  * BullMQ's telemetry while tracing is on (bullmq-otel): adding a job stores the trace context with it (its
  * `traceparent`: ids, nothing secret), and each delivery, on whichever instance and however late, is a span of that
  * trace. Undefined while tracing is off, and BullMQ traces nothing.

@@ -2,7 +2,7 @@ import { createServer, type Socket } from 'node:net'
 import { SpanStatusCode, trace } from '@opentelemetry/api'
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace'
 import t from 'tap'
-import { annotate, inSpan, queueTelemetry, scrubAttributes, startTracing, stopTracing, tracesProtocol, tracingStarted, tracingWanted, withoutQuery } from '../../../src/lib/tracing/index.js'
+import { annotate, inSpan, queueTelemetry, scrubAttributes, startTracing, stopTracing, traceLogFields, tracesProtocol, tracingStarted, tracingWanted, withoutQuery } from '../../../src/lib/tracing/index.js'
 import { ScrubbingSpanExporter } from '../../../src/lib/tracing/scrub.js'
 
 t.test('withoutQuery keeps the origin and path of a URL, and the path of anything else', async (t) => {
@@ -25,6 +25,9 @@ t.test('scrubAttributes: queries, headers and user info go; the rest stays', asy
   }
   scrubAttributes(attributes)
   t.same(attributes, { 'url.full': 'http://127.0.0.1:9/x', 'http.url': 'http://127.0.0.1:9/y', 'url.path': '/x', 'http.target': '/y', 'http.route': '/resend', 'server.port': 9 })
+  const clean: Record<string, unknown> = { 'url.full': 'http://127.0.0.1:9/x', 'url.path': '/x', 'http.target': '/y' }
+  scrubAttributes(clean)
+  t.same(clean, { 'url.full': 'http://127.0.0.1:9/x', 'url.path': '/x', 'http.target': '/y' }, 'nothing to take out: nothing changes')
   const numeric: Record<string, unknown> = { 'url.full': 42, 'url.path': 7 }
   scrubAttributes(numeric)
   t.same(numeric, { 'url.full': 42, 'url.path': 7 }, 'values that are not text are left alone')
@@ -37,8 +40,12 @@ t.test('the exporter wrapper scrubs what it hands on, and leaves the span itself
   span.addEvent('redirect', { 'url.full': 'http://127.0.0.1:9/y?k=secret-value' })
   span.addEvent('plain')
   span.end()
+  const plain = provider.getTracer('test').startSpan('resend attempt', { attributes: { 'url.path': '/x', 'http.route': '/resend' } })
+  plain.addEvent('note', { 'aibill.resend.attempt': 1 })
+  plain.end()
   await provider.forceFlush()
-  const [exported] = memory.getFinishedSpans()
+  const [exported, untouched] = memory.getFinishedSpans()
+  t.equal(untouched, plain, 'a span with nothing to take out is handed on as it is')
   t.same(exported?.attributes, { 'url.full': 'http://127.0.0.1:9/x' })
   t.same(exported?.events.map((event) => event.attributes), [{ 'url.full': 'http://127.0.0.1:9/y' }, undefined])
   t.equal(exported?.spanContext().spanId, span.spanContext().spanId, 'the same span, seen through the copy')
@@ -67,6 +74,7 @@ t.test('inSpan and annotate do nothing visible with tracing off; errors keep the
   t.equal(tracingStarted(), false)
   t.equal(queueTelemetry(), undefined, 'BullMQ traces nothing')
   annotate({ 'aibill.resend.outcome': 'none' })
+  t.same(traceLogFields({ msg: 'x' }), {}, 'a log line outside a span gets no ids')
   t.equal(await inSpan('work', {}, async () => 7), 7)
   await t.rejects(inSpan('work', {}, async () => { throw Object.assign(new Error('x'), { code: 'UPSTREAM_ERROR' }) }), { code: 'UPSTREAM_ERROR' })
 })
@@ -88,6 +96,8 @@ t.test('started (gRPC to a collector that never answers): spans are made, errors
   await t.rejects(inSpan('failing', {}, async (span) => {
     annotate({ 'aibill.test': true })
     seen = { recording: span.isRecording(), traceId: trace.getActiveSpan()?.spanContext().traceId ?? '' }
+    t.same(traceLogFields({ msg: 'x' }), { trace_id: span.spanContext().traceId, span_id: span.spanContext().spanId }, 'a log line within a span carries its ids')
+    t.same(traceLogFields({ trace_id: 'named' }), {}, 'unless it names them already')
     throw new TypeError('no code')
   }), TypeError)
   t.equal(seen?.recording, true, 'a recording span')
