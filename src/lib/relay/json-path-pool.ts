@@ -1,6 +1,6 @@
 import { Piscina } from 'piscina'
 import type { JsonPathOutcome, JsonPathTask } from './json-path-worker.js'
-import { MAX_MATCHED_VALUES, type Rewritten } from './json-path.js'
+import { isPlainPath, JsonParseRefusal, MAX_MATCHED_VALUES, rewriteParams, type Rewritten } from './json-path.js'
 import { ServiceError } from '../http/index.js'
 
 export interface JsonPathPoolOptions {
@@ -18,6 +18,11 @@ export interface JsonPathPoolOptions {
   maxWaitMs?: number
   /** Told when a worker fails outside a task (at start, say); piscina replaces it, or stops trying. */
   onWorkerError?: (err: Error) => void
+  /**
+   * Whether plain paths (json-path.ts) over a body of at most PLAIN_ON_EVENT_LOOP_MAX_CHARS are evaluated on the
+   * event loop (the default); false sends every request to a worker.
+   */
+  plainOnEventLoop?: boolean
 }
 
 export interface JsonPathPool {
@@ -26,12 +31,20 @@ export interface JsonPathPool {
   close (): Promise<void>
 }
 
+/**
+ * The largest body whose plain paths are evaluated on the event loop: the matched strings are parsed exactly
+ * (lossless-json, several times JSON.parse), which for 64 KiB is a few milliseconds at worst; a larger body goes to
+ * a worker whatever its expressions.
+ */
+export const PLAIN_ON_EVENT_LOOP_MAX_CHARS = 64 * 1024
+
 const commandFailed = (details: Record<string, unknown>): ServiceError => new ServiceError('COMMAND_FAILED', { command: 'json_parse', ...details })
 
 /**
  * JSONPath evaluation in worker threads (piscina). An expression's cost cannot be counted from inside a library,
  * so it is bounded from outside: a deadline per request, after which the worker is ended and replaced, and a heap
- * limit per worker. The event loop only hands the text over and reads the result.
+ * limit per worker. The event loop only hands the text over and reads the result, except for plain paths: their
+ * cost is bounded by the body's size, and they are evaluated at once, with the same limits and answers.
  */
 export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool {
   const pool = new Piscina<JsonPathTask, JsonPathOutcome>({
@@ -74,6 +87,15 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
 
   return {
     async rewrite (bodyText, expressions) {
+      if (options.plainOnEventLoop !== false && bodyText.length <= PLAIN_ON_EVENT_LOOP_MAX_CHARS && expressions.length > 0 && expressions.every((expression) => isPlainPath(expression, options.maxDepth))) {
+        try {
+          return rewriteParams(bodyText, expressions, { maxDepth: options.maxDepth, maxMatches })
+        } catch (err) {
+          if (err instanceof JsonParseRefusal) throw commandFailed(err.details)
+          /* c8 ignore next - rewriteParams throws nothing else for text the event loop parsed */
+          throw err
+        }
+      }
       if (waiting >= options.maxQueue + options.workers) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'jsonpath_queue', limit: options.maxQueue })
       waiting++
       let started = false

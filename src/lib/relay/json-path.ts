@@ -1,4 +1,4 @@
-import { JSONPathEnvironment, JSONPathError, type JSONPathNode, type JSONPathQuery, type JSONValue } from 'json-p3'
+import { jsonpath, JSONPathEnvironment, JSONPathError, type JSONPathNode, type JSONPathQuery, type JSONValue } from 'json-p3'
 import { DEFAULT_MAX_JSON_DEPTH, jsonDeeperThan, mayLoseNumbers, parseExact, stringifyExact } from '../http/index.js'
 
 /** What all the expressions of one request may match together. */
@@ -62,11 +62,31 @@ export function compileJsonPath (expression: string, maxDepth = DEFAULT_MAX_JSON
   }
 }
 
+const { IndexSelector, NameSelector, SliceSelector, WildcardSelector } = jsonpath.selectors
+
+/**
+ * Whether an expression is a plain path: child segments only, each of one name, index, wildcard or slice. Such a
+ * path reaches each node of the body at most once, so its cost is bounded by the body's size (already bounded)
+ * and it may run on the event loop. Descents, filters, functions and lists of selectors (`[*,*]` doubles at each
+ * step) go to the workers; so does an expression that does not compile (the worker's answer names the error).
+ */
+export function isPlainPath (expression: string, maxDepth = DEFAULT_MAX_JSON_DEPTH): boolean {
+  let query: JSONPathQuery
+  try {
+    query = compileJsonPath(expression, maxDepth)
+  } catch {
+    return false
+  }
+  return query.segments.every((segment) => !segment.toString().startsWith('..') && segment.selectors.length === 1 &&
+    segment.selectors.every((selector) => selector instanceof NameSelector || selector instanceof IndexSelector || selector instanceof WildcardSelector || selector instanceof SliceSelector))
+}
+
 /**
  * json_parse: each string an expression matches is replaced by the JSON it holds. Expressions see the request's
  * params as `$.params` (so `$..fields` and `$.params..fields` both work, and nothing else of the request is in
- * reach). Numbers keep their exact text throughout. Runs in a worker thread (json-path-pool.ts), which bounds its
- * time and memory: the work of an expression is not counted here, only its matches.
+ * reach). Numbers keep their exact text throughout. Plain paths run on the event loop; the rest in a worker thread
+ * (json-path-pool.ts), which bounds their time and memory: the work of an expression is not counted here, only its
+ * matches.
  */
 export function rewriteParams (bodyText: string, expressions: readonly string[], { maxDepth, maxMatches = MAX_MATCHED_VALUES }: RewriteLimits): Rewritten {
   const queries = expressions.map((expression) => compileJsonPath(expression, maxDepth))

@@ -7,7 +7,7 @@ const SLOW = '$.params[?search(@, "(a|aa)+$")]'
 const slowBody = JSON.stringify({ params: [`${'a'.repeat(40)}b`] })
 
 function pool (t: Test, options: Partial<JsonPathPoolOptions> = {}) {
-  const created = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64, ...options })
+  const created = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64, plainOnEventLoop: false, ...options })
   t.teardown(async () => { await created.close() })
   return created
 }
@@ -57,9 +57,31 @@ t.test('a request that waits for a worker longer than its bound is turned away, 
 })
 
 t.test('closing: a request in flight gets its answer or 503', async (t) => {
-  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 5000, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64 })
+  const jsonPath = createJsonPathPool({ workers: 1, timeoutMs: 5000, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 8, maxDepth: 64, plainOnEventLoop: false })
   const inFlight = jsonPath.rewrite(slowBody, [SLOW]).then(() => 'answered', (err: { code?: string, details?: unknown }) => [err.code, err.details])
   await new Promise((resolve) => setTimeout(resolve, 100))
   await jsonPath.close()
   t.same(await inFlight, ['SERVICE_UNAVAILABLE', { reason: 'closing' }])
+})
+
+t.test('plain paths over a small body are evaluated on the event loop, with the workers\' answers and refusals', async (t) => {
+  const onLoop = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 0, maxDepth: 64, maxWaitMs: 1 })
+  const inWorker = pool(t)
+  t.teardown(async () => { await onLoop.close() })
+  const fields = '{"收支类型":"支出","款项金额":14.91,"id":12345678901234567890}'
+  const body = JSON.stringify({ params: { records: [{ fields }, { fields }, { fields: 'not json' }] } })
+  for (const expressions of [['$.params.records[0:2].fields'], ['$.params.records[*].fields'], ['$.params.records[-1].fields'], ['$.params.nothing']]) {
+    const [here, there] = await Promise.all([onLoop.rewrite(body, expressions).catch((err: unknown) => err), inWorker.rewrite(body, expressions).catch((err: unknown) => err)])
+    t.same(here, there, `${expressions.join(' ')}: the same answer or refusal`)
+  }
+  t.match(await onLoop.rewrite(body, ['$.params.records[0:2].fields']), { body: /"id":12345678901234567890/ }, 'numbers stay exact')
+  // No worker is free to take anything at once (maxQueue 0, a wait of 1 ms): what needs one is turned away, a plain
+  // path is not.
+  const busy = onLoop.rewrite(slowBody, [SLOW]).catch((err: unknown) => err)
+  t.same((await onLoop.rewrite('{"params":{"a":"[1]"}}', ['$.params.a'])).body, '{"a":[1]}', 'a plain path while the worker is busy')
+  await t.rejects(onLoop.rewrite('{"params":{"a":"[1]"}}', ['$..a']), { code: 'SERVICE_UNAVAILABLE' }, 'a descent waits for a worker')
+  await busy
+  const big = JSON.stringify({ params: { a: '[1]', pad: 'x'.repeat(70_000) } })
+  await t.rejects(onLoop.rewrite(big, ['$.params.a']), { code: 'SERVICE_UNAVAILABLE' }, 'a body over 64 KiB goes to a worker, plain or not')
+  await t.rejects(onLoop.rewrite('{"params":{"n":12345678901234567890}}', []), { code: 'SERVICE_UNAVAILABLE' }, 'as does re-serializing exact numbers')
 })

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { compileJsonPath, MAX_REPORTED_PATHS, rewriteParams } from '../../../src/lib/relay/json-path.js'
+import { compileJsonPath, isPlainPath, MAX_REPORTED_PATHS, rewriteParams } from '../../../src/lib/relay/json-path.js'
 
 interface ComplianceCase {
   name: string
@@ -41,6 +41,16 @@ t.test('RFC 9535: every valid case of the compliance suite answered right, every
   }
   t.same([valid, invalid], [456, 247], 'the suite as vendored: 703 cases')
   t.same(wrong, [], 'no case answered wrong')
+})
+
+t.test('plain paths (run on the event loop): child segments of one name, index, wildcard or slice, and nothing else', async (t) => {
+  for (const plain of ['$', '$.params.records[*].fields', "$['params'][0][-1][1:3][::2].a", '$.params.*']) t.ok(isPlainPath(plain), plain)
+  for (const other of ['$..fields', '$.params[?@.a]', '$.params[*,*]', "$['a','b']", '$.params[0,1]', '$.params[', '$.params[?length(@) > 1]']) t.notOk(isPlainPath(other), other)
+  // Every valid case of the compliance suite answers the same through rewriteParams, on whichever side it runs: the
+  // classification only decides where. Both sides are counted, so that neither is empty.
+  const sides = { plain: 0, other: 0 }
+  for (const test of tests) if (test.invalid_selector !== true) sides[isPlainPath(test.selector) ? 'plain' : 'other']++
+  t.ok(sides.plain > 100 && sides.other > 100, `the suite has cases of both kinds (${sides.plain} plain, ${sides.other} other)`)
 })
 
 t.test('a syntax error names the expression, the position and why', async (t) => {
