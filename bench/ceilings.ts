@@ -19,6 +19,9 @@ import { TokenBody, TokenData } from '../src/schemas/token.js'
  * validation), sent by a bare server with nothing else: what the service adds to its answers, not the answers'
  * own cost. GET /reference/auth-url and POST /reference/complete-auth: the sign-in as a bare server would do it
  * (the same PKCE work, a Map for the states, the same round trip to the tenant, the same schemas).
+ * POST /bare-relay: the relay with nothing but the work itself: the body parsed by Fastify, the seed's json_parse
+ * done inline with JSON.parse when asked for, the params sent with the caller's headers through an undici pool to
+ * the Feishu mock, the answer read and returned. No policy, no envelope, no limits: the ceiling of POST /resend.
  */
 // The service's name and version, as its /health says them (build/bench/ sits two levels below the root).
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { name: string, version: string }
@@ -52,6 +55,14 @@ app.post('/sign-and-post', async () => {
   })
   return await response.body.json()
 })
+const feishuPool = new Pool(process.env.FEISHU_ORIGIN as string, { connections: 64, keepAliveTimeout: 30_000 })
+interface RelayBody { location: string, headers?: Record<string, string>, params: { records: Array<{ fields: unknown }> }, commands?: { json_parse?: string[] } }
+app.post('/bare-relay', async (request) => {
+  const { location, headers, params, commands } = request.body as RelayBody
+  if (commands?.json_parse !== undefined) for (const record of params.records) if (typeof record.fields === 'string') record.fields = JSON.parse(record.fields)
+  const response = await feishuPool.request({ path: new URL(location).pathname, method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: JSON.stringify(params) })
+  return { status: response.statusCode, body: await response.body.json() }
+})
 const tenant = new URL(process.env.TENANT_URL as string)
 const tenantPool = new Pool(tenant.origin, { connections: 64, keepAliveTimeout: 30_000 })
 const states = new Map<string, string>()
@@ -78,4 +89,4 @@ app.post('/reference/complete-auth', { schema: { body: CompleteAuthBody, respons
 await app.listen({ port: 0, host: '127.0.0.1' })
 const address = app.server.address() as { port: number }
 process.stdout.write(`${JSON.stringify({ port: address.port })}\n`)
-process.on('SIGTERM', () => { void app.close().then(async () => { await Promise.all([pool.close(), tenantPool.close()]) }) })
+process.on('SIGTERM', () => { void app.close().then(async () => { await Promise.all([pool.close(), tenantPool.close(), feishuPool.close()]) }) })

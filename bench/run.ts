@@ -59,7 +59,7 @@ async function main (): Promise<void> {
     }
 
     process.stderr.write('starting the ceilings\n')
-    const ceilings = await startNode('build/bench/ceilings.js', { JWT_PRIVATE_KEY: pem, COZE_API_URL: cozeUrl, TENANT_URL: `http://127.0.0.1:${ports.augment}/`, LOG_LEVEL: 'info' }, (line) => jsonLine<{ port: number }>(line, 'port'))
+    const ceilings = await startNode('build/bench/ceilings.js', { JWT_PRIVATE_KEY: pem, COZE_API_URL: cozeUrl, TENANT_URL: `http://127.0.0.1:${ports.augment}/`, FEISHU_ORIGIN: `http://127.0.0.1:${ports.feishu}`, LOG_LEVEL: 'info' }, (line) => jsonLine<{ port: number }>(line, 'port'))
     children.push(ceilings.child)
     const ceilingPort = (ceilings.value as { port: number }).port
     const ceilingPid = ceilings.child.process.pid as number
@@ -145,6 +145,24 @@ async function main (): Promise<void> {
     const resendPlain = await sequentialLatency('POST /resend without commands (one at a time)', `${base}/resend`, plainBody, { 'x-api-key': API_KEY })
     const direct = await sequentialLatency('ceiling: the same request straight to the mock (one at a time)', location, JSON.stringify({ records: [{ fields: JSON.parse(FIELDS) }] }), {})
     const resendThroughput = await measure('POST /resend', { ...jsonPost(`${base}/resend`, resendBody), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, service.pid)
+    // The relay against the bare relay (bench/ceilings.ts), with the seed's json_parse and without commands,
+    // alternating, ROUNDS times.
+    process.stderr.write('measuring the relay against the bare relay\n')
+    const relayPost = (url: string, body: string): Options => ({ ...jsonPost(url, body), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } })
+    const bare = { jsonParse: [] as number[], plain: [] as number[], first: [] as Measured[] }
+    for (let round = 1; round <= ROUNDS; round++) {
+      const ours = round === 1 ? resendThroughput : await measure('POST /resend', relayPost(`${base}/resend`, resendBody), service.pid)
+      const theirs = await measure('ceiling: the bare relay, json_parse inline', relayPost(`http://127.0.0.1:${ceilingPort}/bare-relay`, resendBody), ceilingPid)
+      bare.jsonParse.push(ours.rps / theirs.rps)
+      const oursPlain = await measure('POST /resend without commands', relayPost(`${base}/resend`, plainBody), service.pid)
+      const theirsPlain = await measure('ceiling: the bare relay without commands', relayPost(`http://127.0.0.1:${ceilingPort}/bare-relay`, plainBody), ceilingPid)
+      bare.plain.push(oursPlain.rps / theirsPlain.rps)
+      if (round === 1) bare.first.push(ours, theirs, oursPlain, theirsPlain)
+    }
+    if (process.env.BENCH_ONLY === 'relay') {
+      process.stdout.write(`${JSON.stringify({ json_parse_vs_bare: bare.jsonParse, plain_vs_bare: bare.plain, first_round_rps: bare.first.map((m) => [m.name, Math.round(m.rps)]) })}\n`)
+      return
+    }
     // Tracing on (every request sampled, exported over OTLP/HTTP protobuf to a collector on loopback) against the
     // same service with tracing off: cached /token and /resend, alternating, ROUNDS times.
     process.stderr.write('measuring tracing on against off\n')
@@ -203,6 +221,8 @@ async function main (): Promise<void> {
       tokenOnVsHealth: [tokenOn.rps / health.rps],
       healthOverhead: [health.rps / sameHealth.rps],
       tracingToken: tracing.token,
+      bareJsonParse: bare.jsonParse,
+      barePlain: bare.plain,
       tracingResend: tracing.resend
     }
     const push = (key: string, value: number): void => { (rounds[key] as number[]).push(value) }
@@ -257,6 +277,8 @@ async function main (): Promise<void> {
       { scenario: 'POST /resend, json_parse over the same relay without commands (ms at p50)', key: '', measured: resend, ceiling: resendPlain, value: resend.p50 - resendPlain.p50, target: '<= 1 ms', ok: resend.p50 - resendPlain.p50 <= 1, limit: 'the hand-over to a worker thread and back' },
       { scenario: 'queued /resend: accepting over validating (ms at p50)', key: '', measured: queue.accept, ceiling: queue.validated, value: queue.accept.p50 - queue.validated.p50, target: '<= 2 ms', ok: queue.accept.p50 - queue.validated.p50 <= 2, limit: 'sealing the job, and its Redis round trips (the job, the age index)' },
       { scenario: 'queued /resend: jobs accepted per second by one instance', key: '', measured: queue.acceptThroughput, ceiling: queue.acceptThroughput, value: queue.acceptThroughput.rps, target: '>= 2000', ok: queue.acceptThroughput.rps >= 2000, limit: 'BullMQ\'s add script in Redis, and the service beside the load generator on 2 cores' },
+      { scenario: 'POST /resend with the seed\'s json_parse vs the bare relay doing JSON.parse inline', key: 'bareJsonParse', measured: bare.first[0] as Measured, ceiling: bare.first[1] as Measured, value: ratio('bareJsonParse'), target: '>= 0.8', ok: ratio('bareJsonParse') >= 0.8, limit: 'the policy, the body parsed twice (Fastify, then json_parse over the text), the envelope, log and metrics' },
+      { scenario: 'POST /resend without commands vs the bare relay', key: 'barePlain', measured: bare.first[2] as Measured, ceiling: bare.first[3] as Measured, value: ratio('barePlain'), target: '>= 0.85', ok: ratio('barePlain') >= 0.85, limit: 'the destination policy, header checks, the connection guard, the envelope, log and metrics' },
       { scenario: 'POST /token, cache on, tracing on (always_on, OTLP to loopback) vs off', key: 'tracingToken', measured: tracing.tokenOn[0] as Measured, ceiling: tokenOn, value: ratio('tracingToken'), target: '>= 0.85', ok: ratio('tracingToken') >= 0.85, limit: 'two spans per request (the request, its handler), their export in batches' },
       { scenario: 'POST /resend (json_parse), tracing on vs off', key: 'tracingResend', measured: tracing.resendOn[0] as Measured, ceiling: tracing.resendOff[0] as Measured, value: ratio('tracingResend'), target: '>= 0.85', ok: ratio('tracingResend') >= 0.85, limit: 'four spans per request (the request, its handler, the attempt, the HTTP client span) and traceparent on the request out' },
       { scenario: 'queued delivery with fair shares, limits and breakers vs without (RESEND_DESTINATION_CONTROLS=off), no limits set', key: '', measured: queue.syncThroughput, ceiling: queue.syncThroughput, value: queue.deliveryRps / queue.deliveryRpsWithoutControls, target: '>= 0.9', ok: queue.deliveryRps / queue.deliveryRpsWithoutControls >= 0.9, limit: 'two more scripts in Redis per attempt: the admission (share, limit, breaker) and the settling' },

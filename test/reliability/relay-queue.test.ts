@@ -213,12 +213,14 @@ for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
     t.ok(await waitFor(() => feishu.records.size === 200, 120_000), `every record arrived (${feishu.records.size})`)
     t.same([...feishu.records.values()].filter((count) => count !== 1), [], 'none twice')
     let delivered = 0
+    let others: unknown[] = []
     await waitFor(async () => {
       const views = await Promise.all(ids.map(async (id) => await call(b.url, 'GET', `/resend/jobs/${id}`)))
       delivered = views.filter((view) => view.data.status === 'delivered').length
+      others = views.filter((view) => view.data.status !== 'delivered').map((view) => view.data)
       return delivered === 200
-    }, 60_000)
-    t.equal(delivered, 200, 'the survivor reports every job delivered')
+    }, 120_000)
+    t.equal(delivered, 200, `the survivor reports every job delivered${others.length === 0 ? '' : `; not yet: ${JSON.stringify(others)}`}`)
   })
 }
 
