@@ -91,9 +91,8 @@ export function createJsonPathPool (options: JsonPathPoolOptions): JsonPathPool 
         try {
           return rewriteParams(bodyText, expressions, { maxDepth: options.maxDepth, maxMatches })
         } catch (err) {
-          if (err instanceof JsonParseRefusal) throw commandFailed(err.details)
-          /* c8 ignore next - rewriteParams throws nothing else for text the event loop parsed */
-          throw err
+          // Anything else is a defect of the caller (text that is not JSON, which the route never hands over): as it is.
+          throw err instanceof JsonParseRefusal ? commandFailed(err.details) : err
         }
       }
       if (waiting >= options.maxQueue + options.workers) throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'jsonpath_queue', limit: options.maxQueue })

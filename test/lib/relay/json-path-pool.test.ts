@@ -66,7 +66,8 @@ t.test('closing: a request in flight gets its answer or 503', async (t) => {
 
 t.test('plain paths over a small body are evaluated on the event loop, with the workers\' answers and refusals', async (t) => {
   const onLoop = createJsonPathPool({ workers: 1, timeoutMs: 200, memoryMb: TEST_WORKER_HEAP_MB, maxQueue: 0, maxDepth: 64, maxWaitMs: 1 })
-  const inWorker = pool(t)
+  // (A worker may take seconds to start on a loaded machine: this one waits for it.)
+  const inWorker = pool(t, { maxWaitMs: 120_000 })
   t.teardown(async () => { await onLoop.close() })
   const fields = '{"收支类型":"支出","款项金额":14.91,"id":12345678901234567890}'
   const body = JSON.stringify({ params: { records: [{ fields }, { fields }, { fields: 'not json' }] } })
@@ -81,6 +82,7 @@ t.test('plain paths over a small body are evaluated on the event loop, with the 
   t.same((await onLoop.rewrite('{"params":{"a":"[1]"}}', ['$.params.a'])).body, '{"a":[1]}', 'a plain path while the worker is busy')
   await t.rejects(onLoop.rewrite('{"params":{"a":"[1]"}}', ['$..a']), { code: 'SERVICE_UNAVAILABLE' }, 'a descent waits for a worker')
   await busy
+  await t.rejects(onLoop.rewrite('{"params":', ['$.params.a']), SyntaxError, 'text that is not JSON (the route never hands it over) is thrown as it is')
   const big = JSON.stringify({ params: { a: '[1]', pad: 'x'.repeat(70_000) } })
   await t.rejects(onLoop.rewrite(big, ['$.params.a']), { code: 'SERVICE_UNAVAILABLE' }, 'a body over 64 KiB goes to a worker, plain or not')
   await t.rejects(onLoop.rewrite('{"params":{"n":12345678901234567890}}', []), { code: 'SERVICE_UNAVAILABLE' }, 'as does re-serializing exact numbers')
