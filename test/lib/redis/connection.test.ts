@@ -1,11 +1,11 @@
 import { writeFile } from 'node:fs/promises'
-import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import type { Cluster, Redis } from 'ioredis'
 import t from 'tap'
 import { connectRedis, connectionTrouble, createRedisClient, redisSettings } from '../../../src/lib/redis/connection.js'
 import { loadConfig } from '../../../src/schemas/config.js'
 import { tempDir } from '../../helper.js'
+import { startSilentServer } from '../../fixtures/silent-server.js'
 
 t.test('a URL becomes a node\'s address, its credentials, its database and its TLS; a cluster gives them to every node', async (t) => {
   const one = createRedisClient(redisSettings('rediss://user:p%40ss@cache.example:6380/2', false), { lazyConnect: true }) as Redis
@@ -48,14 +48,7 @@ t.test('REDIS_TLS_CA_FILE is read at start: unreadable, or without a certificate
 })
 
 t.test('a node that takes the connection and never answers stops the start within its deadline, saying so', async (t) => {
-  const sockets: Socket[] = []
-  const silent = createServer((socket) => { sockets.push(socket) })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => silent.close(resolve))
-  })
-  const settings = redisSettings(`redis://127.0.0.1:${(silent.address() as AddressInfo).port}`, false, undefined)
+  const settings = redisSettings(`redis://127.0.0.1:${await startSilentServer(t)}`, false, undefined)
   const started = Date.now()
   await t.rejects(connectRedis(settings, 'test:', 'STATE_STORE=redis', () => {}), { message: /STATE_STORE=redis: Redis at 127\.0\.0\.1:\d+ \(REDIS_URL\).*does not answer \(no answer\)/ })
   t.ok(Date.now() - started < 10_000, `refused in ${Date.now() - started} ms`)

@@ -1,9 +1,9 @@
-import { createServer, type Socket } from 'node:net'
 import { SpanStatusCode, trace } from '@opentelemetry/api'
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace'
 import t from 'tap'
 import { annotate, inSpan, queueTelemetry, scrubAttributes, startTracing, stopTracing, traceLogFields, tracesProtocol, tracingStarted, tracingWanted, withoutQuery } from '../../../src/lib/tracing/index.js'
 import { ScrubbingSpanExporter } from '../../../src/lib/tracing/scrub.js'
+import { startSilentServer } from '../../fixtures/silent-server.js'
 
 t.test('withoutQuery keeps the origin and path of a URL, and the path of anything else', async (t) => {
   t.equal(withoutQuery('https://user:pass@open.feishu.cn/open-apis/x?token=secret#frag'), 'https://open.feishu.cn/open-apis/x')
@@ -80,14 +80,7 @@ t.test('inSpan and annotate do nothing visible with tracing off; errors keep the
 })
 
 t.test('started (gRPC to a collector that never answers): spans are made, errors marked; stopping is bounded', async (t) => {
-  const sockets: Socket[] = []
-  const silent = createServer((socket) => { sockets.push(socket) })
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => silent.close(resolve))
-  })
-  const env: NodeJS.ProcessEnv = { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(silent.address() as { port: number }).port}`, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }
+  const env: NodeJS.ProcessEnv = { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await startSilentServer(t)}`, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }
   await startTracing(env)
   t.equal(tracingStarted(), true)
   t.match(env, { OTEL_SERVICE_NAME: 'aibill-token-service', OTEL_PROPAGATORS: 'tracecontext', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }, 'the defaults, set where unset')
