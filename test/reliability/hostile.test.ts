@@ -298,6 +298,26 @@ t.test('a request that arrives too slowly is 408 in the envelope', async (t) => 
   t.match(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)), { data: { error: 'REQUEST_TIMEOUT' } })
 })
 
+t.test('a reset or already closed connection gets nothing written, and no log line', async (t) => {
+  const { app, logs } = await build(t)
+  const listener = createNetServer()
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { listener.close() })
+  const port = (listener.address() as { port: number }).port
+  const accepted = new Promise<Socket>((resolve) => listener.once('connection', resolve))
+  const client = connect(port, '127.0.0.1')
+  t.teardown(() => { client.destroy() })
+  const socket = await accepted
+  const before = socket.bytesWritten
+  answerClientError.call(app, Object.assign(new Error('reset'), { code: 'ECONNRESET' }), socket)
+  t.equal(socket.bytesWritten, before, 'nothing written to a reset connection')
+  t.notOk(socket.destroyed, 'Node closes it itself')
+  socket.destroy()
+  answerClientError.call(app, Object.assign(new Error('bad'), { code: 'HPE_INVALID_METHOD' }), socket)
+  t.equal(socket.bytesWritten, before, 'nothing written to a destroyed socket')
+  t.notOk(logs.records().some((line) => line.msg === 'malformed request refused'), 'neither is logged')
+})
+
 t.test('TRUST_PROXY: a hop count believes only what the balancer appended; true warns at start', async (t) => {
   const { app } = await build(t, { TRUST_PROXY: '1', RATE_LIMIT_MAX: 100, RATE_LIMIT_AUTH_URL_MAX: 20 })
   const statuses: number[] = []
