@@ -15,6 +15,7 @@ WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+COPY public ./public
 USER node
 EXPOSE 9000
 # bash's /dev/tcp asks /health without starting a second Node process every 30 s.

@@ -8,6 +8,7 @@ import body from './plugins/body.js'
 import broker from './plugins/broker.js'
 import config, { type ConfigOptions } from './plugins/config.js'
 import connections from './plugins/connections.js'
+import consolePages from './plugins/console.js'
 import cors from './plugins/cors.js'
 import coze from './plugins/coze.js'
 import docs from './plugins/docs.js'
@@ -50,6 +51,8 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(coze, { dispatcher: opts.cozeDispatcher })
   await fastify.register(resend, { resolver: opts.resolver })
   await fastify.register(augment, { resolver: opts.resolver })
+  // The operators' pages read what the plugins above hold: the queue, the apps, the callers.
+  await fastify.register(consolePages)
 
   for (const routes of [healthRoutes, metricsRoutes, tokenRoutes, resendRoutes]) await fastify.register(routes)
   await fastify.register(augmentRoutes, { prefix: '/api' })

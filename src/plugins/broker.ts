@@ -52,7 +52,10 @@ export default fp<BrokerPluginOptions>(async function broker (fastify, opts) {
     jwtTtlSeconds: config.COZE_JWT_TTL_SECONDS,
     dispatcher: opts.dispatcher,
     onExchange: serviceMetrics.cozeExchange,
-    onToken: serviceMetrics.brokerToken,
+    onToken: (app, caller, outcome, logid) => {
+      serviceMetrics.brokerToken(app, caller, outcome)
+      fastify.activity.record('coze', app, outcome, logid)
+    },
     onForcedExchange: serviceMetrics.forcedExchange,
     onFailover: (app, fromKid, toKid) => {
       fastify.log.warn({ app, kid: fromKid, next_kid: toKid }, 'Coze does not know this key of the app: trying its next key')

@@ -8,6 +8,9 @@ declare module 'fastify' {
   }
 }
 
+/** The single app's name where apps are listed (the console). */
+export const SINGLE_APP = 'default'
+
 export interface CozePluginOptions {
   dispatcher?: Dispatcher
 }
@@ -26,7 +29,11 @@ export default fp<CozePluginOptions>(async function coze (fastify, opts) {
     reuseSeconds: config.COZE_TOKEN_REUSE_SECONDS,
     maxPending: config.COZE_MAX_PENDING_EXCHANGES,
     dispatcher: opts.dispatcher,
-    onExchange: fastify.serviceMetrics.cozeExchange,
+    onExchange: (outcome, seconds, logid) => {
+      fastify.serviceMetrics.cozeExchange(outcome, seconds)
+      // The single app's exchanges, as the console shows them (the broker's are counted by app where they are minted).
+      if (fastify.brokerSetup === null) fastify.activity.record('coze', SINGLE_APP, outcome, logid)
+    },
     onToken: fastify.serviceMetrics.tokenRequest
   })
   if (fastify.brokerSetup === null) {

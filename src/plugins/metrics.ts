@@ -1,6 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
-import { createMetricsServer, createPrometheus, createServiceMetrics, disabledMetrics, type Prometheus, type ServiceMetrics } from '../lib/ops/index.js'
+import { type Activity, createActivity, createMetricsServer, createPrometheus, createServiceMetrics, disabledMetrics, type Prometheus, type ServiceMetrics } from '../lib/ops/index.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -8,6 +8,8 @@ declare module 'fastify' {
     serviceMetrics: ServiceMetrics
     /** The registry and the scrape's access rule; null with METRICS_ENABLED=false. */
     prometheus: Prometheus | null
+    /** What this instance saw of each Coze and Feishu app lately (the console reads it), metrics on or off. */
+    activity: Activity
   }
   interface FastifyContextConfig {
     /** Leaves the route out of http_request_duration_seconds (probes, the scrape). */
@@ -23,6 +25,7 @@ declare module 'fastify' {
  */
 export default fp(async function metrics (fastify) {
   const { config } = fastify
+  fastify.decorate('activity', createActivity())
   if (!config.METRICS_ENABLED) {
     fastify.decorate('serviceMetrics', disabledMetrics)
     fastify.decorate('prometheus', null)

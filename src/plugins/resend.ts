@@ -41,7 +41,10 @@ export default fp<ResendPluginOptions>(async function resend (fastify, opts) {
     onOutcome: serviceMetrics.resend,
     onRefusedAddress: (trace) => { log.warn({ destination: trace.destination, method: trace.upstream_method }, 'resend refused: destination resolves to a non-public address') },
     onJob: serviceMetrics.resendJob,
-    onFeishuFetch: serviceMetrics.feishuTokenFetch,
+    onFeishuFetch: (app, outcome) => {
+      serviceMetrics.feishuTokenFetch(app, outcome)
+      fastify.activity.record('feishu', app, outcome)
+    },
     onFeishuSettingsRefused: (app, code, msg) => { log.error({ feishu_app: app, feishu_code: code, feishu_msg: msg }, 'Feishu refuses the app\'s id or secret: fix its settings (queued jobs that need its token fail at once)') },
     onWarning: (message) => { log.warn(message) },
     onError: (err) => { log.warn({ err: { message: err.message } }, 'resend queue: Redis failed') },

@@ -41,7 +41,8 @@ export const BrokerCaller = Type.Object({
   }, { additionalProperties: false })),
   device: Type.Optional(Type.Boolean()),
   feishu_apps: Type.Optional(Type.Array(Type.String({ pattern: FEISHU_APP_NAME }), { maxItems: 256, description: 'The Feishu apps whose tokens the caller\'s relayed requests may carry.' })),
-  max_queued_bytes: Type.Optional(Type.Integer({ minimum: 1024, maximum: 1099511627776, description: 'The bytes of queued delivery the caller may hold in Redis (default: a quarter of RESEND_MAX_QUEUED_BYTES).' }))
+  max_queued_bytes: Type.Optional(Type.Integer({ minimum: 1024, maximum: 1099511627776, description: 'The bytes of queued delivery the caller may hold in Redis (default: a quarter of RESEND_MAX_QUEUED_BYTES).' })),
+  console: Type.Optional(Type.Union([Type.Boolean(), Type.Literal('admin')], { description: 'Signs in to /console with its key: true sees its own jobs and apps, "admin" everything.' }))
 }, { additionalProperties: false })
 
 export const BrokerDocument = Type.Object({
@@ -72,6 +73,7 @@ function describeDocumentIssue (issue: ValueError, document: unknown): string {
     if (schema.properties === undefined) return `${parent}: ${name} is not a valid name (${NAME_RULE})`
     return `${parent}: ${name} is not a field (${Object.keys(schema.properties).join(', ')})`
   }
+  if (issue.type === ValueErrorType.Union && /^callers\.[^.]+\.console$/.test(field)) return `${field} takes true, false or "admin"`
   if (issue.type === ValueErrorType.Union) {
     // The key sources: { kid, private_key_env } or { kid, private_key_file }.
     const variants = (issue.schema as unknown as { anyOf: Array<{ properties: Record<string, unknown> }> }).anyOf.map((variant) => Object.keys(variant.properties))
@@ -165,7 +167,8 @@ export function resolveBroker (loaded: { document: BrokerDocument, source: strin
       scope: caller.scope === undefined ? undefined : { permissions: caller.scope.permissions, botIds: caller.scope.bot_ids },
       device: caller.device ?? false,
       feishuApps: caller.feishu_apps ?? [],
-      maxQueuedBytes: caller.max_queued_bytes
+      maxQueuedBytes: caller.max_queued_bytes,
+      console: caller.console === 'admin' ? 'admin' : caller.console === true ? 'own' : false
     }))
   }
   // One key, one caller: otherwise the later caller would silently take the key, and the other's rights with it.

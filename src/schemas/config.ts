@@ -106,7 +106,12 @@ export const ConfigSchema = Type.Object({
   PRESSURE_MAX_EVENT_LOOP_DELAY_MS: Type.Integer({ minimum: 0, maximum: 60000, default: 1000 }),
   PRESSURE_WARMUP_MS: Type.Integer({ minimum: 0, maximum: 600000, default: 10000 }),
   PRESSURE_MAX_HEAP_USED_BYTES: Type.Integer({ minimum: 0, default: 0 }),
-  PRESSURE_MAX_RSS_BYTES: Type.Integer({ minimum: 0, default: 0 })
+  PRESSURE_MAX_RSS_BYTES: Type.Integer({ minimum: 0, default: 0 }),
+
+  // Console
+  CONSOLE_TOKEN: Type.Optional(Type.String({ minLength: 32, maxLength: 256, description: 'Turns on GET /console; signs in as its administrator (at least 32 characters: openssl rand -base64 32)' })),
+  CONSOLE_SESSION_MINUTES: Type.Integer({ minimum: 1, maximum: 1440, default: 60 }),
+  CONSOLE_SESSION_SECRET: Type.Optional(Type.String({ description: 'base64 of 32 bytes: signs console sessions (default: derived from CONSOLE_TOKEN; needed for broker callers with console and no CONSOLE_TOKEN)' }))
 })
 
 export type Config = Static<typeof ConfigSchema>
@@ -286,6 +291,14 @@ export function loadConfig ({ overrides = {}, env = process.env, dotenvPath = '.
   if (config.REDIS_TLS_CA_FILE !== undefined) readCaFile(config.REDIS_TLS_CA_FILE)
   if (config.TOKEN_CACHE === 'redis' && !/^[A-Za-z0-9+/]{43}=$/.test(config.TOKEN_CACHE_SECRET ?? '')) {
     throw new ConfigError('TOKEN_CACHE=redis needs TOKEN_CACHE_SECRET: 32 random bytes in base64 (openssl rand -base64 32)')
+  }
+  if (config.CONSOLE_SESSION_SECRET !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(config.CONSOLE_SESSION_SECRET)) {
+    throw new ConfigError('CONSOLE_SESSION_SECRET is not 32 random bytes in base64 (openssl rand -base64 32)')
+  }
+  // Every instance signs and checks the console's sessions with the same key: one the operator gives.
+  const consoleCaller = broker?.callers.find((caller) => caller.console !== false)
+  if (consoleCaller !== undefined && config.CONSOLE_TOKEN === undefined && config.CONSOLE_SESSION_SECRET === undefined) {
+    throw new ConfigError(`callers.${consoleCaller.name} has console access: set CONSOLE_SESSION_SECRET (openssl rand -base64 32), which signs the console's sessions on every instance`)
   }
   // A token list of spaces or commas would leave /metrics open while looking protected. (Empty is unset.)
   if (config.METRICS_TOKEN !== undefined && config.METRICS_TOKEN.split(',').every((token) => token.trim() === '')) {

@@ -107,6 +107,13 @@ export const JobData = Type.Object({
     error: Type.Optional(Type.String({ description: 'Why it was not delivered: an error code, or feishu_<code>.' }))
   }), Type.Null()]),
   waiting_for: Type.Union([Type.Literal('destination_paused'), Type.Literal('destination_limit'), Type.Null()], { description: 'What holds a queued job back without spending an attempt: its destination paused (its breaker, or a rate limit it answered with), or at its RESEND_HOST_LIMITS entry.' }),
+  history: Type.Optional(Type.Array(Type.Object({
+    at: Type.String({ format: 'date-time' }),
+    status: Type.Optional(Type.Integer()),
+    error: Type.Optional(Type.String()),
+    next_attempt_at: Type.Optional(Type.String({ format: 'date-time', description: 'When the next attempt was due, for an attempt followed by a wait.' })),
+    instance: Type.String({ description: 'The host name of the instance that made it.' })
+  }), { description: 'Its latest attempts, oldest first (at most 8): in the answer about one job, not in a listing.' })),
   answer: Type.Optional(Type.Object({ status: Type.Integer(), body: Type.Unknown() }, { description: 'The destination\'s answer: when delivered, or when it failed the job.' })),
   status_url: Type.String()
 })

@@ -6,9 +6,12 @@ import { ConfigError } from '../http/index.js'
 export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }
 
 /** The apps-and-callers document with what it names looked up in the environment (schemas/broker.ts reads it). */
+/** What a caller sees in /console: nothing, its own jobs and apps, or everything. */
+export type ConsoleAccess = false | 'own' | 'admin'
+
 export interface BrokerSetup {
   apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
-  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[], maxQueuedBytes?: number | undefined }>
+  callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[], maxQueuedBytes?: number | undefined, console: ConsoleAccess }>
 }
 
 /** Imports every key once, at start; a key that does not import stops the start naming the app and the key. */
@@ -39,6 +42,7 @@ export function brokerCallers (setup: BrokerSetup): BrokerCaller[] {
     scope: caller.scope === undefined ? undefined : { permissions: new Set(caller.scope.permissions), botIds: caller.scope.botIds === undefined ? undefined : new Set(caller.scope.botIds) },
     device: caller.device,
     feishuApps: new Set(caller.feishuApps),
-    maxQueuedBytes: caller.maxQueuedBytes
+    maxQueuedBytes: caller.maxQueuedBytes,
+    console: caller.console
   }))
 }

@@ -1,7 +1,7 @@
 import { RE2JS } from 're2js'
 import type { Dispatcher } from 'undici'
 import { matchKeyDigest, outcomeOf, ServiceError } from '../http/index.js'
-import { cozePool, isUnknownKid, JWT_BEARER_GRANT, postCozeExchange } from './client.js'
+import { cozePool, isUnknownKid, JWT_BEARER_GRANT, logidOf, postCozeExchange } from './client.js'
 import type { Signer } from './jwt.js'
 import type { CozeToken, StoreOutcome, TokenStore } from './token-store.js'
 
@@ -44,6 +44,8 @@ export interface BrokerCaller {
   feishuApps: ReadonlySet<string>
   /** Its share of RESEND_MAX_QUEUED_BYTES (max_queued_bytes); undefined: a quarter. */
   maxQueuedBytes?: number | undefined
+  /** What it sees in /console: nothing, its own jobs and apps, or everything. */
+  console: false | 'own' | 'admin'
 }
 
 export interface Scope {
@@ -74,7 +76,7 @@ export interface Minted {
 
 export interface BrokerEvents {
   /** Every mint or reuse, and every failure: by app and caller. */
-  onToken?: (app: string, caller: string, outcome: StoreOutcome | string) => void
+  onToken?: (app: string, caller: string, outcome: StoreOutcome | string, logid?: string) => void
   /** A cached token was valid, but not for the min_validity_seconds asked: a new one was made. */
   onForcedExchange?: (app: string, caller: string) => void
   /** Coze did not know the signing key, and the next one was tried. */
@@ -219,7 +221,7 @@ export function createBroker (options: BrokerOptions): Broker {
         const token = { access_token: made.access_token, expires_in: made.expires_in, token_type: made.token_type }
         return { token, app: app.name, kid: made.kid, outcome: result.outcome, logid: result.logid }
       } catch (err) {
-        options.onToken?.(app.name, caller.name, outcomeOf(err))
+        options.onToken?.(app.name, caller.name, outcomeOf(err), logidOf(err))
         throw err
       }
     },

@@ -44,7 +44,7 @@ export interface CozeClientOptions {
   /** Tests and the bench may pass their own; the client closes only a pool it created. */
   dispatcher?: Dispatcher | undefined
   /** Told the outcome (`success` or the error code, lower case) and duration of every exchange. */
-  onExchange?: (outcome: string, seconds: number) => void
+  onExchange?: (outcome: string, seconds: number, logid?: string) => void
   /** Told how each token request was served (hit, miss, shared, off). */
   onToken?: (outcome: StoreOutcome) => void
 }
@@ -64,6 +64,12 @@ export function describeCozeError (status: number, body: Record<string, unknown>
     details.hint = 'public_key must be the key fingerprint shown on the Coze OAuth app page, and COZE_API_URL must be on the same site as the app (api.coze.cn or api.coze.com)'
   }
   return details
+}
+
+/** Coze's logid of a failed exchange, when Coze answered one. */
+export function logidOf (err: unknown): string | undefined {
+  const logid = (err as { details?: { logid?: unknown } }).details?.logid
+  return typeof logid === 'string' ? logid : undefined
 }
 
 /** One exchange at a Coze token URL: the token and Coze's logid, or COZE_EXCHANGE_FAILED with what Coze said. */
@@ -108,13 +114,13 @@ export function createCozeClient (options: CozeClientOptions): CozeClient {
 
   async function exchangeCozeToken (jwt: string, durationSeconds: number): Promise<CozeExchange> {
     const started = performance.now()
-    const report = (outcome: string): void => options.onExchange?.(outcome, (performance.now() - started) / 1000)
+    const report = (outcome: string, logid?: string): void => options.onExchange?.(outcome, (performance.now() - started) / 1000, logid)
     try {
       const exchange = await exchangeOnce(jwt, durationSeconds)
-      report('success')
+      report('success', exchange.logid)
       return exchange
     } catch (err) {
-      report(outcomeOf(err))
+      report(outcomeOf(err), logidOf(err))
       throw err
     }
   }

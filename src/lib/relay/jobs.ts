@@ -1,5 +1,6 @@
 import { createHash, createHmac, hkdfSync, randomUUID } from 'node:crypto'
-import { DelayedError, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
+import { hostname } from 'node:os'
+import { DelayedError, MetricsTime, Queue, UnrecoverableError, Worker, type Job, type JobType } from 'bullmq'
 import { RawJson, ServiceError } from '../http/index.js'
 import { createRedisClient, createSealer, isRedisFull, probeRedis, type RedisClient, type RedisSettings } from '../redis/index.js'
 import { annotate, queueTelemetry } from '../tracing/index.js'
@@ -10,8 +11,9 @@ import { idempotentJobId } from './idempotency.js'
 import { packPayload, unpackPayload, type Payload } from './payload.js'
 import type { PreparedRequest } from './request.js'
 import { attemptOutcome, type AttemptResult, type Relay, type RelayAnswer } from './send.js'
+import { addSeries, perMinute, THROUGHPUT_MINUTES } from './throughput.js'
 import { judge, nextAttemptAt } from './verdict.js'
-import { JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf, viewOf, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
+import { historyOf, JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf, viewOf, withAttempt, type Delivered, type JobStatus, type JobView, type Progress } from './views.js'
 
 /** The answer as stored: JSON with its numbers exact keeps its text. */
 interface StoredAnswer { status: number, body?: unknown, raw?: string }
@@ -100,6 +102,8 @@ export interface JobQueue {
    */
   retryMany (owner: string | null, filter: JobFilter): Promise<string[]>
   cancelMany (owner: string | null, filter: JobFilter): Promise<string[]>
+  /** How many failed (or queued) jobs a filter matches, up to its limit: what a bulk action would touch now. */
+  countMany (owner: string | null, filter: JobFilter, status: 'failed' | 'queued'): Promise<number>
   /**
    * A real round trip to the queue's Redis (a key written and read back): `ok`, or `degraded: ...` saying that
    * Redis does not answer or refuses writes (queued delivery answers 503 then; delivery now goes on).
@@ -111,6 +115,8 @@ export interface JobQueue {
   readonly destinations: Destinations
   /** The destinations' states (a caller's own hosts in broker mode), within the queue's Redis deadline. */
   listDestinations (owner: string | null): Promise<DestinationView[]>
+  /** Jobs delivered and failed in each of the last THROUGHPUT_MINUTES minutes, oldest first, by every instance. */
+  throughput (): Promise<{ delivered: number[], failed: number[] }>
   /**
    * Counts by status, the age of the oldest job not yet delivered (seconds), the bytes kept, and each
    * destination's state (destinations.ts), as last read.
@@ -127,6 +133,8 @@ const FAILED_KEEP_SECONDS = 7 * 86_400
  * destinations' state (a wait, a lease: under 200 bytes): counted with each job.
  */
 const JOB_OVERHEAD_BYTES = 1024
+/** Which instance made an attempt, as a job's history says: the task's host name. */
+const INSTANCE = hostname().slice(0, 64)
 /** Jobs a listing reads at most, per state, before it filters by caller. */
 export const LIST_SCAN = 1000
 const REDIS_DEADLINE_MS = 3000
@@ -328,14 +336,14 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
         const dropped = await job.updateData({ sealed: '' }).then(() => true, () => false)
         /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted */
         footprint.set(id, owner, answerBytes + JOB_OVERHEAD_BYTES + (dropped ? 0 : requestBytes(job)), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
-        const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status } }
+        const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status }, instance: INSTANCE }
         return JSON.stringify(delivered)
       }
       const last = { at: now, ...verdict.last }
       if (verdict.kind === 'retry') {
         nextAt = nextAttemptAt({ now: Date.now(), attempt, scheduleMs: options.scheduleMs, askedMs: verdict.askedMs, endsAt: progress.since + options.maxAgeMs })
         if (nextAt !== undefined) {
-          await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: nextAt, held: undefined, last })
+          await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: nextAt, held: undefined, last, history: withAttempt(progress, { ...last, next_at: nextAt, instance: INSTANCE }) })
           annotate({ 'aibill.resend.outcome': 'retry', 'aibill.resend.next_attempt_at': new Date(nextAt).toISOString() })
           await job.moveToDelayed(nextAt, token)
           throw new DelayedError()
@@ -343,7 +351,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       }
       // A failed job keeps its request, so that it can be put back (POST /resend/jobs/{id}/retry).
       const answerBytes = verdict.answer === undefined ? 0 : await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
-      await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last })
+      await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last, history: withAttempt(progress, { ...last, instance: INSTANCE }) })
       footprint.set(id, owner, requestBytes(job) + answerBytes, Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
       throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
     } finally {
@@ -354,7 +362,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
 
   /** A job the policy refuses now (or whose answer is too large): it fails at once, kept for the operator. */
   async function failAtOnce (job: Job<{ sealed: string }, string>, progress: Progress, attempt: number, error: string): Promise<never> {
-    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last: { at: Date.now(), error } })
+    const last = { at: Date.now(), error }
+    await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last, history: withAttempt(progress, { ...last, instance: INSTANCE }) })
     footprint.set(job.id as string, nameOf(job).owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
     throw new UnrecoverableError(error)
   }
@@ -393,7 +402,9 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       lockDuration: options.lockMs,
       stalledInterval: options.lockMs,
       // A job whose instance died mid-delivery goes back to the queue; past this many times it fails.
-      maxStalledCount: 10
+      maxStalledCount: 10,
+      // Deliveries and failures a minute over the last hour, counted by BullMQ's own scripts as jobs end.
+      metrics: { maxDataPoints: MetricsTime.ONE_HOUR }
     }))
   for (const worker of workers) {
     worker.on('error', (err) => { options.onError?.(err) })
@@ -437,7 +448,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     if ((status === 'delivered' || status === 'failed') && job.finishedOn === undefined) {
       job = await deadline(locate(job.id as string)) as Job<{ sealed: string }, string>
     }
-    return await withAnswer(viewOf(job, status, options.statusPath))
+    return await withAnswer({ ...viewOf(job, status, options.statusPath), history: historyOf(job, status) })
   }
 
   const fingerprintOf = (request: string): string => createHmac('sha256', idempotencySecret).update(request).digest('base64url')
@@ -499,7 +510,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
    * `act` on each job of the status the filter matches (the caller's own in broker mode), newest first, up to the
    * filter's limit; each state read BULK_SCAN jobs deep at most. A job that changed meanwhile (409) is left out.
    */
-  async function eachMatching (owner: string | null, filter: JobFilter, status: 'failed' | 'queued', act: (job: Job<{ sealed: string }, string>) => Promise<void>): Promise<string[]> {
+  /** The jobs a filter matches, up to its limit, each acted on; without an act, only their ids (a count to confirm). */
+  async function eachMatching (owner: string | null, filter: JobFilter, status: 'failed' | 'queued', act?: (job: Job<{ sealed: string }, string>) => Promise<void>): Promise<string[]> {
     const touched: string[] = []
     const matches = (name: string, at: number): boolean => {
       const job = nameOf({ name })
@@ -518,11 +530,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
           const [name, at] = (rows[index] as [Error | null, Array<string | null>])[1]
           return typeof name === 'string' && matches(name, Number(at))
         }).slice(0, filter.limit - touched.length)
-        for (const id of wanted) {
+        if (act === undefined) touched.push(...wanted)
+        for (const id of act === undefined ? [] : wanted) {
           const job = await deadline(queue.getJob(id))
           /* c8 ignore next - removed between the listing and this read */
           if (job === undefined) continue
-          const done = await act(job).then(() => true, (err: unknown) => {
+          const done = await (act as (job: Job<{ sealed: string }, string>) => Promise<void>)(job).then(() => true, (err: unknown) => {
             /* c8 ignore next 2 - the window between listing a job and acting on it (it started, or ended) */
             if ((err as ServiceError).code === 'CONFLICT') return false
             throw err
@@ -610,6 +623,9 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     async retryMany (owner, filter) {
       return await eachMatching(owner, filter, 'failed', async (job) => { await putBack(job) })
     },
+    async countMany (owner, filter, status) {
+      return (await eachMatching(owner, filter, status)).length
+    },
     async cancelMany (owner, filter) {
       return await eachMatching(owner, filter, 'queued', async (job) => { await remove(job) })
     },
@@ -617,6 +633,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     get writesRefused () { return writesRefused },
     destinations,
     async listDestinations (owner) { return await deadline(destinations.list(owner)) },
+    async throughput () {
+      const now = Date.now()
+      const read = async (type: 'completed' | 'failed'): Promise<number[]> =>
+        addSeries(await deadline(Promise.all(queues.map(async (queue) => perMinute(await queue.getMetrics(type, 0, THROUGHPUT_MINUTES - 1), now)))))
+      return { delivered: await read('completed'), failed: await read('failed') }
+    },
     async probe () {
       // Every slot the queue writes to: each partition's, and the byte count's.
       const found = await Promise.all([...tags, `{${options.keyPrefix}resend-bytes}`].map(async (tag) => await probeRedis(client, `${tag}:probe`)))

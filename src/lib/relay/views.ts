@@ -23,10 +23,38 @@ export interface JobView {
    * limit it answered with) or at its limit (RESEND_HOST_LIMITS); null otherwise.
    */
   waiting_for: 'destination_paused' | 'destination_limit' | null
+  /** Its latest attempts, oldest first (a single job's view only; a listing leaves it out). */
+  history?: AttemptView[]
   /** The destination's answer: when delivered, and when it failed the job (a 4xx). */
   answer?: { status: number, body: unknown }
   status_url: string
 }
+
+/** One attempt as the job keeps it: when, how it ended, when the next was due, and which instance made it. */
+export interface AttemptRecord {
+  at: number
+  status?: number | undefined
+  error?: string | undefined
+  next_at?: number | undefined
+  instance: string
+}
+
+export interface AttemptView { at: string, status?: number, error?: string, next_attempt_at?: string, instance: string }
+
+/** Attempts a job keeps: its latest, about 100 bytes each, within the overhead a job is counted for. */
+export const HISTORY_KEPT = 8
+
+/** The job's history with one more attempt, the oldest dropped past HISTORY_KEPT. */
+export const withAttempt = (progress: Progress, attempt: AttemptRecord): AttemptRecord[] =>
+  [...(progress.history ?? []), attempt].slice(-HISTORY_KEPT)
+
+const attemptView = (record: AttemptRecord): AttemptView => ({
+  at: iso(record.at),
+  ...(record.status === undefined ? {} : { status: record.status }),
+  ...(record.error === undefined ? {} : { error: record.error }),
+  ...(record.next_at === undefined ? {} : { next_attempt_at: iso(record.next_at) }),
+  instance: record.instance
+})
 
 /** A job's progress, kept beside it in the clear: counts and times, never a header, a body or an answer. */
 export interface Progress {
@@ -37,12 +65,16 @@ export interface Progress {
   /** What held it back at its last turn (destinations.ts), until its next attempt. */
   held?: 'paused' | 'limited' | undefined
   last?: { at: number, status?: number, error?: string } | undefined
+  /** Its latest attempts (HISTORY_KEPT), oldest first. */
+  history?: AttemptRecord[] | undefined
 }
 
 /** A delivered job's return value: small, so that a listing reads it cheaply (the answer is kept apart). */
 export interface Delivered {
   attempts: number
   last: { at: number, status: number }
+  /** The instance that delivered it. */
+  instance?: string
 }
 
 /**
@@ -80,6 +112,16 @@ export function progressOf (job: Pick<Job, 'progress' | 'timestamp'>): Progress 
   const progress = job.progress as Partial<Progress> | number
   if (typeof progress === 'object' && typeof progress.attempts === 'number') return progress as Progress
   return { attempts: 0, since: job.timestamp }
+}
+
+/** A job's attempts, oldest first: those its progress kept, and the delivery. */
+export function historyOf (job: JobFields, status: JobStatus): AttemptView[] {
+  const records = [...progressOf(job).history ?? []]
+  if (status === 'delivered' && typeof job.returnvalue === 'string') {
+    const delivered = JSON.parse(job.returnvalue) as Delivered
+    records.push({ at: delivered.last.at, status: delivered.last.status, instance: delivered.instance ?? '' })
+  }
+  return records.slice(-HISTORY_KEPT).map(attemptView)
 }
 
 /** What a caller sees of a job, from its small fields only: a listing never reads a request or an answer. */

@@ -1,0 +1,285 @@
+import { createHash, hkdfSync, randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { sign } from '@fastify/cookie'
+import t, { type Test } from 'tap'
+import { loadConfig } from '../../src/schemas/config.js'
+import { API_KEY, build, REDIS_URL, redisKeyPrefix, registerSecret, sendJson, skipWithoutRedis, startUpstream, testKeys } from '../helper.js'
+import { ConsoleClient } from './client.js'
+
+const skip = await skipWithoutRedis()
+const SECRET = randomBytes(32).toString('base64')
+const CONSOLE_TOKEN = 'console-token-0123456789-0123456789-xyz'
+registerSecret(SECRET)
+registerSecret(CONSOLE_TOKEN)
+const sha256 = (value: string): string => createHash('sha256').update(value).digest('hex')
+
+/** A destination on loopback whose answer the test sets: 400 until fixed. */
+async function destination (t: Test) {
+  const state = { status: 400 }
+  const upstream = await startUpstream(t, (_request, res) => { sendJson(res, state.status, state.status === 200 ? { code: 0, data: { ok: true } } : { code: 1254000, msg: 'WrongRequestBody' }) })
+  return { ...upstream, state }
+}
+
+async function consoleApp (t: Test, config: Record<string, unknown> = {}) {
+  const upstream = await destination(t)
+  const built = await build(t, {
+    EXPECTED_COZE_API_KEY: API_KEY,
+    RESEND_ALLOWED_HOSTS: upstream.url,
+    RESEND_QUEUE: 'redis',
+    RESEND_QUEUE_SECRET: SECRET,
+    REDIS_URL,
+    REDIS_KEY_PREFIX: redisKeyPrefix(t, 'console'),
+    RESEND_RETRY_SCHEDULE: '50ms',
+    CONSOLE_TOKEN,
+    ...config
+  })
+  const queue = async (path: string, params: unknown = { a: 1 }, key = API_KEY, headers: Record<string, string> = {}) => {
+    const res = await built.app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': key, ...headers }, payload: { location: `${upstream.url}${path}`, params, delivery: 'queued' } })
+    t.equal(res.statusCode, 202, res.body)
+    return res.json().data.id as string
+  }
+  /** Waits for a job's status through the JSON route (a loaded machine: up to 60 s). */
+  const until = async (id: string, status: string, key = API_KEY) => {
+    for (let i = 0; i < 1200; i++) {
+      const res = await built.app.inject({ url: `/resend/jobs/${id}`, headers: { 'x-api-key': key } })
+      if (res.json().data?.status === status) return
+      await sleep(50)
+    }
+    t.fail(`job ${id} did not become ${status}`)
+  }
+  return { ...built, upstream, queue, until }
+}
+
+t.test('off unless configured: /console is 404 in the envelope', async (t) => {
+  const { app } = await build(t, {})
+  const res = await app.inject({ url: '/console' })
+  t.equal(res.statusCode, 404)
+  t.match(res.json(), { success: false, data: { error: 'NOT_FOUND' } })
+  t.equal((await app.inject({ url: '/console/assets/console.js' })).statusCode, 404)
+})
+
+t.test('configuration: a short token, a wrong secret, a console caller without a key to sign with', async (t) => {
+  const load = (overrides: Record<string, unknown>) => () => loadConfig({ overrides, env: false })
+  t.throws(load({ CONSOLE_TOKEN: 'short' }), { message: /CONSOLE_TOKEN/ })
+  t.throws(load({ CONSOLE_TOKEN: CONSOLE_TOKEN, CONSOLE_SESSION_SECRET: 'not-base64' }), { message: /CONSOLE_SESSION_SECRET is not 32 random bytes/ })
+  const doc = { apps: { a: { app_id: '1', api_base: 'https://api.coze.cn', keys: [{ kid: 'k', private_key_env: 'K' }] } }, callers: { ops: { key_sha256: sha256('x'), apps: ['a'], console: true } } }
+  t.throws(load({ COZE_APPS: JSON.stringify(doc), K: testKeys().pkcs8 }), { message: 'callers.ops has console access: set CONSOLE_SESSION_SECRET (openssl rand -base64 32), which signs the console\'s sessions on every instance' })
+  t.doesNotThrow(load({ COZE_APPS: JSON.stringify(doc), K: testKeys().pkcs8, CONSOLE_SESSION_SECRET: SECRET }))
+  t.throws(load({ COZE_APPS: JSON.stringify({ ...doc, callers: { ops: { ...doc.callers.ops, console: 'root' } } }), K: testKeys().pkcs8 }), { message: 'COZE_APPS: callers.ops.console takes true, false or "admin"' })
+})
+
+t.test('sign-in: a wrong token gets the sign-in page only; the right one a signed, HttpOnly, SameSite=Strict session', { skip }, async (t) => {
+  const { app } = await consoleApp(t)
+  const stranger = new ConsoleClient(app)
+  const first = await stranger.get('/console')
+  t.equal(first.statusCode, 200)
+  t.match(first.body, /<form method="post" action="\/console\/sign-in">/)
+  const wrong = await stranger.post('/console/sign-in', { token: 'not-the-token-0123456789-0123456789' })
+  t.equal(wrong.statusCode, 401)
+  t.match(wrong.body, /That token does not open the console/)
+  t.notOk(stranger.cookies.has('aibill_console'), 'no session')
+  for (const path of ['/console/jobs', '/console/destinations', '/console/apps', '/console/replay', '/console/jobs/00000000-0000-0000-0000-000000000000']) {
+    const res = await stranger.get(path)
+    t.equal(res.statusCode, 401, path)
+    t.match(res.body, /action="\/console\/sign-in"/, `${path}: the sign-in page`)
+    t.notMatch(res.body, /<nav/, `${path}: nothing else`)
+  }
+  const refusedAction = await stranger.post('/console/jobs/00000000-0000-0000-0000-000000000000/retry')
+  t.equal(refusedAction.statusCode, 401)
+
+  const operator = new ConsoleClient(app)
+  const signedIn = await operator.signIn(CONSOLE_TOKEN)
+  t.equal(signedIn.statusCode, 303)
+  t.equal(signedIn.headers.location, '/console')
+  const cookie = String([signedIn.headers['set-cookie']].flat().find((line) => String(line).startsWith('aibill_console=')))
+  t.match(cookie, /; Max-Age=3600; Path=\/console; HttpOnly; SameSite=Strict$/)
+  t.notMatch(cookie, /Secure/, 'not Secure over plain HTTP')
+  t.notOk(cookie.includes(CONSOLE_TOKEN), 'the session does not carry the token')
+  const now = await operator.get('/console')
+  t.equal(now.statusCode, 200)
+  t.match(now.body, /<h1>Now<\/h1>/)
+  t.match(now.body, /administrator/)
+
+  const signedOut = await operator.post('/console/sign-out')
+  t.equal(signedOut.statusCode, 303)
+  t.notOk(operator.cookies.has('aibill_console'), 'the session cookie is cleared')
+  t.equal((await operator.get('/console/jobs')).statusCode, 401)
+})
+
+t.test('a session behind TLS is Secure; one that expired, was forged or altered opens nothing', { skip }, async (t) => {
+  const { app } = await consoleApp(t, { TRUST_PROXY: '1', CONSOLE_SESSION_MINUTES: 1 })
+  const operator = new ConsoleClient(app, { 'x-forwarded-proto': 'https' })
+  const signedIn = await operator.signIn(CONSOLE_TOKEN)
+  t.match(String([signedIn.headers['set-cookie']].flat().find((line) => String(line).startsWith('aibill_console='))), /; Max-Age=60; .*Secure/)
+  const key = Buffer.from(hkdfSync('sha256', Buffer.from(CONSOLE_TOKEN), Buffer.alloc(0), 'aibill console session', 32)).toString('base64')
+  const opens = async (value: string) => (await app.inject({ url: '/console/jobs', headers: { cookie: `aibill_console=${encodeURIComponent(value)}` } })).statusCode
+  t.equal(await opens(sign(`.${Date.now() + 30_000}`, key)), 200, 'a session signed with the key opens')
+  t.equal(await opens(sign(`.${Date.now() - 1}`, key)), 401, 'expired')
+  t.equal(await opens(sign(`.${Date.now() + 3_600_000}`, key)), 401, 'further ahead than a session lasts')
+  t.equal(await opens(sign('nobody.' + String(Date.now() + 30_000), key)), 401, 'no such caller')
+  t.equal(await opens(sign('garbage', key)), 401, 'not a session')
+  t.equal(await opens(sign(`.${Date.now() + 30_000}`, randomBytes(32).toString('base64'))), 401, 'signed with another key')
+  t.equal(await opens(`.${Date.now() + 30_000}`), 401, 'unsigned')
+})
+
+t.test('pages: CSP with no inline script and no foreign origin, no-store, the assets from the service', { skip }, async (t) => {
+  const { app } = await consoleApp(t)
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  for (const path of ['/console', '/console/destinations', '/console/apps', '/console/jobs', '/console/replay']) {
+    const res = await operator.get(path)
+    t.equal(res.statusCode, 200, path)
+    t.equal(res.headers['content-security-policy'], "default-src 'none';script-src 'self';style-src 'self';img-src 'self';connect-src 'self';form-action 'self';frame-ancestors 'none';base-uri 'none'", path)
+    t.equal(res.headers['cache-control'], 'no-store', path)
+    t.equal(res.headers['x-content-type-options'], 'nosniff')
+    t.equal(res.headers['referrer-policy'], 'no-referrer')
+    t.notOk(res.headers['strict-transport-security'], 'HSTS is left to the TLS terminator')
+    t.notMatch(res.body, /<script>|<script(?![^>]*\bsrc=)|\bstyle=|\bon[a-z]+=|https?:\/\//, `${path}: no inline script or style, no absolute URL`)
+  }
+  const script = await app.inject({ url: '/console/assets/console.js' })
+  t.equal(script.statusCode, 200)
+  t.equal(script.headers['content-type'], 'text/javascript; charset=utf-8')
+  t.match(script.body, /data-refresh|dataset\.refresh/)
+  const style = await app.inject({ url: '/console/assets/console.css' })
+  t.equal(style.headers['content-type'], 'text/css; charset=utf-8')
+  t.equal(style.headers['cache-control'], 'no-cache')
+  t.equal((await app.inject({ url: '/api/auth-url' })).headers['content-security-policy'], undefined, 'the API keeps its own headers')
+})
+
+t.test('a failed job: seen with its attempts, replayed after the destination is fixed, delivered', { skip }, async (t) => {
+  const { app, upstream, queue, until } = await consoleApp(t)
+  const id = await queue('/records')
+  await until(id, 'failed')
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  // The counts are read every few seconds, for every page at once.
+  let now = await operator.get('/console')
+  for (let i = 0; i < 600 && !/<span class="count">1<\/span> failed/.test(now.body); i++) {
+    await sleep(50)
+    now = await operator.get('/console')
+  }
+  t.match(now.body, /<span class="count">1<\/span> failed/)
+  t.match(now.body, /1 failed in the last hour/)
+  t.match(now.body, /<rect class="failed"/)
+  const failed = await operator.get('/console/jobs?status=failed')
+  t.match(failed.body, new RegExp(`href="/console/jobs/${id}"`))
+  t.match(failed.body, /127\.0\.0\.1:\d+\/records/)
+  const page = await operator.get(`/console/jobs/${id}`)
+  t.match(page.body, /HTTP 400 UPSTREAM_ERROR/, 'the attempt in the timeline')
+  t.match(page.body, /<span class="muted">on [^<]+<\/span>/, 'with the instance')
+  t.match(page.body, /1254000/, 'the destination\'s answer')
+  t.match(page.body, /action="\/console\/jobs\/[^"]+\/retry"/)
+  const destinations = await operator.get('/console/destinations')
+  t.match(destinations.body, /127\.0\.0\.1:\d+/)
+  t.match(destinations.body, /<td>1<\/td><td>0 %<\/td>/, 'one attempt, answered (a 400 is the destination\'s verdict, not a failure of it)')
+
+  upstream.state.status = 200
+  const retried = await operator.post(`/console/jobs/${id}/retry`)
+  t.equal(retried.statusCode, 303)
+  t.equal(retried.headers.location, `/console/jobs/${id}?done=retried`)
+  t.match((await operator.get(String(retried.headers.location))).body, /Put back in the queue\./)
+  await until(id, 'delivered')
+  const delivered = await operator.get(`/console/jobs/${id}`)
+  t.match(delivered.body, /<span class="state delivered">delivered<\/span>/)
+  t.match(delivered.body, /HTTP 200 delivered/)
+  t.match(delivered.body, /HTTP 400 UPSTREAM_ERROR[\s\S]*HTTP 200 delivered/, 'both attempts, oldest first')
+  const again = await operator.post(`/console/jobs/${id}/retry`)
+  t.equal(again.headers.location, `/console/jobs/${id}?refused=retry`, 'a delivered job is not retried')
+  t.match((await operator.get(String(again.headers.location))).body, /Not retried: only a failed job can be\./)
+  t.equal((await operator.get('/console/jobs/not-a-job')).statusCode, 404)
+  t.equal((await operator.get('/console/jobs/00000000-0000-0000-0000-000000000000')).statusCode, 404)
+})
+
+t.test('replay the failed jobs of a filter: a confirmation that says how many, then each put back once', { skip }, async (t) => {
+  const { app, upstream, queue, until } = await consoleApp(t)
+  const ids = [await queue('/a/1'), await queue('/a/2'), await queue('/b/1')]
+  for (const id of ids) await until(id, 'failed')
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  const host = new URL(upstream.url).host
+  const confirm = await operator.get(`/console/replay?destination=${encodeURIComponent(`${host}/a`)}`)
+  t.match(confirm.body, /2 failed jobs to 127\.0\.0\.1:\d+\/a will be put back/)
+  t.match(confirm.body, /Replay 2 jobs/)
+  t.notMatch(confirm.body, /data-refresh/, 'a confirmation does not refresh under the operator')
+  const none = await operator.get('/console/replay?destination=nowhere.example')
+  t.match(none.body, /No failed job to nowhere\.example to replay/)
+
+  upstream.state.status = 200
+  const replayed = await operator.post('/console/replay', { destination: `${host}/a`, expected: '2' })
+  t.equal(replayed.statusCode, 303)
+  t.match(String(replayed.headers.location), /^\/console\/jobs\?replayed=2&destination=/)
+  t.match((await operator.get(String(replayed.headers.location))).body, /2 failed jobs put back in the queue\./)
+  await until(ids[0] as string, 'delivered')
+  await until(ids[1] as string, 'delivered')
+  const other = await app.inject({ url: `/resend/jobs/${ids[2] as string}`, headers: { 'x-api-key': API_KEY } })
+  t.equal(other.json().data.status, 'failed', 'the job outside the filter stays failed')
+  t.equal(upstream.requests.filter((request) => request.url.startsWith('/a/')).length, 4, 'each once more')
+})
+
+t.test('cancel a queued job; a job that is not queued is not cancelled', { skip }, async (t) => {
+  const { app, upstream, queue, until } = await consoleApp(t, { RESEND_RETRY_SCHEDULE: '1h' })
+  upstream.state.status = 503
+  const id = await queue('/later')
+  for (let i = 0; i < 1200 && upstream.requests.length === 0; i++) await sleep(50)
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  await until(id, 'queued')
+  const page = await operator.get(`/console/jobs/${id}`)
+  t.match(page.body, /HTTP 503 UPSTREAM_ERROR · next at/)
+  const cancelled = await operator.post(`/console/jobs/${id}/cancel`)
+  t.equal(cancelled.headers.location, '/console/jobs?done=cancelled')
+  t.match((await operator.get('/console/jobs?done=cancelled')).body, /Cancelled: the job is removed\./)
+  t.equal((await app.inject({ url: `/resend/jobs/${id}`, headers: { 'x-api-key': API_KEY } })).statusCode, 404)
+
+  upstream.state.status = 400
+  const failed = await queue('/now')
+  await until(failed, 'failed')
+  const refused = await operator.post(`/console/jobs/${failed}/cancel`)
+  t.equal(refused.headers.location, `/console/jobs/${failed}?refused=cancel`)
+  t.match((await operator.get(String(refused.headers.location))).body, /Not cancelled: only a queued job can be/)
+})
+
+t.test('cross-site and token-less POSTs change nothing', { skip }, async (t) => {
+  const { app, upstream, queue, until } = await consoleApp(t)
+  const id = await queue('/x')
+  await until(id, 'failed')
+  upstream.state.status = 200
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  await operator.get('/console/jobs')
+  const noToken = await operator.post(`/console/jobs/${id}/retry`, { _csrf: '' })
+  t.equal(noToken.statusCode, 403)
+  t.match(noToken.body, /403 FORBIDDEN/)
+  const wrongToken = await operator.post(`/console/jobs/${id}/retry`, { _csrf: 'x'.repeat(40) })
+  t.equal(wrongToken.statusCode, 403)
+  const crossSite = await operator.post(`/console/jobs/${id}/retry`, {}, { 'sec-fetch-site': 'cross-site' })
+  t.equal(crossSite.statusCode, 403)
+  // Another site's form: no cookies (SameSite=Strict), no token.
+  const foreign = await app.inject({ method: 'POST', url: `/console/jobs/${id}/retry`, payload: 'a=1', headers: { 'content-type': 'application/x-www-form-urlencoded', origin: 'https://evil.example' } })
+  t.equal(foreign.statusCode, 401)
+  // A token from a signed-out page does not serve a signed-in session.
+  const visitor = new ConsoleClient(app)
+  await visitor.get('/console')
+  const borrowed = await operator.post(`/console/jobs/${id}/retry`, { _csrf: visitor.csrf })
+  t.equal(borrowed.statusCode, 403, 'a token is bound to who is signed in')
+  const json = await app.inject({ method: 'POST', url: '/console/replay', payload: { destination: 'x' }, headers: { cookie: [...operator.cookies].map(([name, value]) => `${name}=${value}`).join('; ') } })
+  t.equal(json.statusCode, 403, 'a JSON body has no token either')
+  t.equal((await app.inject({ url: `/resend/jobs/${id}`, headers: { 'x-api-key': API_KEY } })).json().data.status, 'failed', 'still failed')
+  t.equal(upstream.requests.length, 1, 'never sent again')
+  const tooLong = await operator.post('/console/replay', { destination: 'd'.repeat(600) })
+  t.equal(tooLong.statusCode, 400)
+  t.match(tooLong.body, /400 VALIDATION_FAILED/)
+})
+
+t.test('bad sign-ins are rate-limited', { skip }, async (t) => {
+  const { app } = await consoleApp(t, { RATE_LIMIT_AUTH_URL_MAX: 3 })
+  const guesser = new ConsoleClient(app)
+  await guesser.get('/console')
+  const statuses: number[] = []
+  for (let i = 0; i < 5; i++) statuses.push((await guesser.post('/console/sign-in', { token: `guess-${i}-0123456789-0123456789-0123` })).statusCode)
+  t.same(statuses, [401, 401, 401, 429, 429])
+  const limited = await guesser.post('/console/sign-in', { token: CONSOLE_TOKEN })
+  t.equal(limited.statusCode, 429, 'the right token waits too')
+  t.ok(Number(limited.headers['retry-after']) > 0)
+  t.match(limited.body, /429 RATE_LIMITED/)
+})
