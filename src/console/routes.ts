@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import { STATUS_CODES } from 'node:http'
 import fastifyCsrf from '@fastify/csrf-protection'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isServiceError, ServiceError, stringifyWithRaw } from '../lib/http/index.js'
@@ -127,12 +128,13 @@ export async function consoleRoutes (fastify: FastifyInstance, options: ConsoleR
     else done()
   })
   fastify.setErrorHandler(async (error, request, reply) => {
-    const known = isServiceError(error)
-    const status = known ? error.statusCode : ((error as { statusCode?: number }).statusCode ?? 500)
+    // The service's own errors by their code; a plugin's (the CSRF guard, the form parser) by their status.
+    /* c8 ignore next - every error met here carries a status (the service's, Fastify's, its plugins'); one that did not would be a 500 */
+    const status = (error as { statusCode?: number }).statusCode ?? 500
     if (status >= 500) request.log.error({ err: { message: (error as Error).message } }, 'console: the page failed')
+    const known = isServiceError(error)
     if (known && error.details.retry_after_seconds !== undefined) void reply.header('retry-after', String(error.details.retry_after_seconds))
-    const code = known ? error.code : status === 403 ? 'FORBIDDEN' : status < 500 ? 'BAD_REQUEST' : 'INTERNAL_ERROR'
-    return send(reply, status, errorPage(status, code))
+    return send(reply, status, errorPage(status, known ? error.code : (STATUS_CODES[status] as string).toUpperCase().replace(/ /g, '_')))
   })
 
   for (const file of Object.keys(ASSETS)) {

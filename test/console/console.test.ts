@@ -74,6 +74,7 @@ t.test('sign-in: a wrong token gets the sign-in page only; the right one a signe
   const first = await stranger.get('/console')
   t.equal(first.statusCode, 200)
   t.match(first.body, /<form method="post" action="\/console\/sign-in">/)
+  t.equal((await stranger.post('/console/sign-in')).statusCode, 401, 'no token at all')
   const wrong = await stranger.post('/console/sign-in', { token: 'not-the-token-0123456789-0123456789' })
   t.equal(wrong.statusCode, 401)
   t.match(wrong.body, /That token does not open the console/)
@@ -163,6 +164,9 @@ t.test('a failed job: seen with its attempts, replayed after the destination is 
   t.match(now.body, /<rect class="failed"/)
   const failed = await operator.get('/console/jobs?status=failed')
   t.match(failed.body, new RegExp(`href="/console/jobs/${id}"`))
+  const host = new URL(upstream.url).host
+  for (const prefix of [host, `${host}/`, `${host}/records`]) t.match((await operator.get(`/console/jobs?destination=${encodeURIComponent(prefix)}`)).body, new RegExp(id), `the destination filter ${prefix}`)
+  t.match((await operator.get(`/console/jobs?destination=${encodeURIComponent(`${host}/rec`)}`)).body, /No job matches/, 'a prefix is whole path segments')
   t.match(failed.body, /127\.0\.0\.1:\d+\/records/)
   const page = await operator.get(`/console/jobs/${id}`)
   t.match(page.body, /HTTP 400 UPSTREAM_ERROR/, 'the attempt in the timeline')
@@ -250,6 +254,9 @@ t.test('cross-site and token-less POSTs change nothing', { skip }, async (t) => 
   const noToken = await operator.post(`/console/jobs/${id}/retry`, { _csrf: '' })
   t.equal(noToken.statusCode, 403)
   t.match(noToken.body, /403 FORBIDDEN/)
+  const huge = await operator.post(`/console/jobs/${id}/retry`, { pad: 'p'.repeat(5000) })
+  t.equal(huge.statusCode, 413, 'a form over 4 KiB')
+  t.match(huge.body, /413 PAYLOAD_TOO_LARGE/)
   const wrongToken = await operator.post(`/console/jobs/${id}/retry`, { _csrf: 'x'.repeat(40) })
   t.equal(wrongToken.statusCode, 403)
   const crossSite = await operator.post(`/console/jobs/${id}/retry`, {}, { 'sec-fetch-site': 'cross-site' })
@@ -282,4 +289,133 @@ t.test('bad sign-ins are rate-limited', { skip }, async (t) => {
   t.equal(limited.statusCode, 429, 'the right token waits too')
   t.ok(Number(limited.headers['retry-after']) > 0)
   t.match(limited.body, /429 RATE_LIMITED/)
+})
+
+t.test('broker mode: a caller with console sees its own jobs and apps; "admin" sees all; no secret reaches a page', { skip }, async (t) => {
+  const KEY_A = 'console-caller-a-0123456789abcdef'
+  const KEY_B = 'console-caller-b-0123456789abcdef'
+  const KEY_CHIEF = 'console-chief-key-0123456789abcd'
+  const KEY_NONE = 'caller-without-console-0123456789'
+  const FEISHU_SECRET = 'feishu-secret-MARKER-0123456789'
+  const TENANT_TOKEN = 't-TENANT-MARKER-0123456789'
+  for (const secret of [KEY_A, KEY_B, KEY_CHIEF, KEY_NONE, FEISHU_SECRET, TENANT_TOKEN]) registerSecret(secret)
+  const markers = ['HEADER-MARKER-71', 'PARAM-MARKER-72', 'QUERY-MARKER-73', KEY_A, KEY_B, KEY_CHIEF, FEISHU_SECRET, TENANT_TOKEN]
+  // Coze refuses every key, with its logid; Feishu hands out a token and refuses the records.
+  const coze = await startUpstream(t, (_request, res) => {
+    res.setHeader('x-tt-logid', '20261206LOGIDMARK')
+    sendJson(res, 401, { error_code: 'invalid_client', error_message: 'invalid jwt' })
+  })
+  const feishu = await startUpstream(t, (request, res) => {
+    if (request.url === '/open-apis/auth/v3/tenant_access_token/internal') { sendJson(res, 200, { code: 0, msg: 'ok', tenant_access_token: TENANT_TOKEN, expire: 7200 }); return }
+    sendJson(res, 400, { code: 1254001, msg: 'WrongRequestBody' })
+  })
+  const document = {
+    apps: {
+      bills: { app_id: '1150000000001', api_base: coze.url, keys: [{ kid: 'kid-bills', private_key_env: 'APP_KEY' }] },
+      other: { app_id: '1150000000002', api_base: coze.url, keys: [{ kid: 'kid-other', private_key_env: 'APP_KEY' }] }
+    },
+    callers: {
+      a: { key_sha256: sha256(KEY_A), apps: ['bills'], routes: ['token', 'resend'], feishu_apps: ['ledger'], console: true },
+      b: { key_sha256: sha256(KEY_B), apps: ['other'], routes: ['resend'], console: true },
+      chief: { key_sha256: sha256(KEY_CHIEF), apps: ['bills'], console: 'admin' },
+      none: { key_sha256: sha256(KEY_NONE), apps: ['bills'], routes: ['resend'] }
+    },
+    feishu_apps: {
+      ledger: { app_id: 'cli_ledger', app_secret_env: 'LEDGER_SECRET', base: feishu.url },
+      payroll: { app_id: 'cli_payroll', app_secret_env: 'LEDGER_SECRET', base: feishu.url }
+    }
+  }
+  const { app, logs } = await build(t, {
+    COZE_APPS: JSON.stringify(document),
+    APP_KEY: testKeys().pkcs8,
+    LEDGER_SECRET: FEISHU_SECRET,
+    RESEND_ALLOWED_HOSTS: feishu.url,
+    RESEND_QUEUE: 'redis',
+    RESEND_QUEUE_SECRET: SECRET,
+    REDIS_URL,
+    REDIS_KEY_PREFIX: redisKeyPrefix(t, 'console-broker'),
+    CONSOLE_SESSION_SECRET: SECRET
+  })
+  const queue = async (key: string, body: Record<string, unknown>) => {
+    const res = await app.inject({ method: 'POST', url: `/resend?marker=${markers[2] as string}`, headers: { 'x-api-key': key }, payload: { location: `${feishu.url}/open-apis/bitable/v1/records?user_id_type=${markers[2] as string}`, method: 'POST', headers: { 'x-note': markers[0] }, params: { note: markers[1] }, delivery: 'queued', ...body } })
+    t.equal(res.statusCode, 202, res.body)
+    return res.json().data.id as string
+  }
+  const jobA = await queue(KEY_A, { auth: { feishu_app: 'ledger' } })
+  const jobB = await queue(KEY_B, {})
+  for (const [id, key] of [[jobA, KEY_A], [jobB, KEY_B]] as const) {
+    for (let i = 0; i < 1200 && (await app.inject({ url: `/resend/jobs/${id}`, headers: { 'x-api-key': key } })).json().data.status !== 'failed'; i++) await sleep(50)
+  }
+  const token = await app.inject({ method: 'POST', url: '/token', headers: { 'x-api-key': KEY_A }, payload: { app: 'bills' } })
+  t.equal(token.statusCode, 502, 'Coze refused the exchange')
+
+  const pages: string[] = []
+  const keep = <R extends { body: string, headers: unknown }>(res: R): R => { pages.push(res.body, JSON.stringify(res.headers)); return res }
+  const none = new ConsoleClient(app)
+  t.equal(keep(await none.signIn(KEY_NONE)).statusCode, 401, 'a caller without console is refused')
+
+  const a = new ConsoleClient(app)
+  t.equal(keep(await a.signIn(KEY_A)).statusCode, 303)
+  const listA = keep(await a.get('/console/jobs'))
+  t.match(listA.body, new RegExp(jobA))
+  t.notMatch(listA.body, new RegExp(jobB), 'not another caller\'s job')
+  t.notMatch(listA.body, /<select id="caller"/, 'no caller filter')
+  t.equal(keep(await a.get(`/console/jobs/${jobB}`)).statusCode, 404, 'another caller\'s job is absent')
+  t.equal(keep(await a.get('/console/jobs?caller=b')).body.includes(jobB), false, 'a caller filter does not widen a caller\'s view')
+  const retryB = keep(await a.post(`/console/jobs/${jobB}/retry`))
+  t.equal(retryB.statusCode, 404, 'nor can it be retried')
+  const jobPage = keep(await a.get(`/console/jobs/${jobA}`))
+  t.match(jobPage.body, /HTTP 400 feishu_1254001/, 'Feishu\'s code as the attempt\'s error')
+  t.match(jobPage.body, /open-apis\/bitable\/v1\/records/)
+  t.notMatch(jobPage.body, /user_id_type/, 'the destination without its query')
+  const appsA = keep(await a.get('/console/apps'))
+  t.match(appsA.body, /<td>bills<\/td><td><code>1150000000001<\/code><\/td><td><code>kid-bills<\/code>/)
+  t.notMatch(appsA.body, /<td>other<\/td>/, 'not another caller\'s Coze app')
+  t.match(appsA.body, /coze_exchange_failed [^<]* ago<br><span class="muted">logid<\/span> <code>20261206LOGIDMARK<\/code>/, 'the last failure with Coze\'s logid')
+  t.match(appsA.body, /<td>ledger<\/td><td><code>cli_ledger<\/code><\/td><td>http:\/\/127\.0\.0\.1:\d+<\/td>\n<td>\d+ s ago<\/td>/, 'the token this instance fetched, and when')
+  t.notMatch(appsA.body, /payroll/, 'not a Feishu app the caller may not use')
+  keep(await a.get('/console/destinations'))
+  keep(await a.get('/console'))
+  const replayA = keep(await a.get('/console/replay'))
+  t.match(replayA.body, /1 failed job {2}will be put back/, 'its own failed job only')
+
+  const b = new ConsoleClient(app)
+  await b.signIn(KEY_B)
+  const listB = keep(await b.get('/console/jobs'))
+  t.match(listB.body, new RegExp(jobB))
+  t.notMatch(listB.body, new RegExp(jobA))
+  t.match(keep(await b.get('/console/apps')).body, /No Feishu app is configured/, 'b may use no Feishu app')
+
+  const chief = new ConsoleClient(app)
+  await chief.signIn(KEY_CHIEF)
+  const all = keep(await chief.get('/console/jobs'))
+  t.match(all.body, new RegExp(jobA))
+  t.match(all.body, new RegExp(jobB))
+  t.match(all.body, /<select id="caller" name="caller"><option value="">all<\/option><option>a<\/option><option>b<\/option><option>chief<\/option><option>none<\/option><\/select>/)
+  const onlyB = keep(await chief.get('/console/jobs?caller=b'))
+  t.match(onlyB.body, new RegExp(jobB))
+  t.notMatch(onlyB.body, new RegExp(jobA), 'the caller filter')
+  t.match(keep(await chief.get('/console/apps')).body, /<td>other<\/td>[\s\S]*payroll/, 'every app')
+  t.match(keep(await chief.get('/console/replay?caller=b')).body, /1 failed job of b will be put back/)
+  const replayedB = keep(await chief.post('/console/replay', { caller: 'b' }))
+  t.equal(replayedB.headers.location, '/console/jobs?replayed=1&caller=b', 'an administrator replays one caller\'s failed jobs')
+  keep(await chief.get(`/console/jobs/${jobA}`))
+
+  for (const marker of markers) {
+    t.notOk(pages.some((text) => text.includes(marker)), `${marker.slice(0, 14)}… appears on no page`)
+    t.notOk(logs.text.includes(marker) && marker !== markers[2], `${marker.slice(0, 14)}… is in no log line`)
+  }
+})
+
+t.test('the console reads what it lacks: without queued delivery the pages say so', async (t) => {
+  const { app } = await build(t, { CONSOLE_TOKEN, EXPECTED_COZE_API_KEY: API_KEY, COZE_APP_ID: '1150000000009' })
+  const operator = new ConsoleClient(app)
+  await operator.signIn(CONSOLE_TOKEN)
+  t.match((await operator.get('/console')).body, /Queued delivery is off: it needs RESEND_QUEUE=redis and RESEND_QUEUE_SECRET\./)
+  const jobs = await operator.get('/console/jobs')
+  t.equal(jobs.statusCode, 503)
+  t.match(jobs.body, /503 NOT_CONFIGURED/)
+  const apps = await operator.get('/console/apps')
+  t.match(apps.body, /<td>default<\/td><td><code>1150000000009<\/code><\/td><td><span class="muted">the caller's<\/span>/)
+  t.match(apps.body, /No Feishu app is configured/)
 })
