@@ -49,11 +49,13 @@ t.test('the ECS task definition parses and agrees with the configuration schema'
   const feishuApps = JSON.parse(environment.FEISHU_APPS as string) as Record<string, { app_secret_env: string }>
   const secrets = new Map(container.secrets.map(({ name, valueFrom }) => [name, valueFrom]))
   for (const name of ['RESEND_QUEUE_SECRET', 'REDIS_URL', ...Object.values(feishuApps).map((app) => app.app_secret_env)]) t.match(secrets.get(name), /^arn:aws:(secretsmanager|ssm):/, `${name} comes from a secret store`)
-  const values: Record<string, string> = { RESEND_QUEUE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'redis://127.0.0.1:6379', JWT_PRIVATE_KEY: testKeys().pkcs8, EXPECTED_COZE_API_KEY: 'caller-key-0123456789', METRICS_TOKEN: 'metrics-token-0123456789' }
+  const values: Record<string, string> = { RESEND_QUEUE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'redis://127.0.0.1:6379', JWT_PRIVATE_KEY: testKeys().pkcs8, EXPECTED_COZE_API_KEY: 'caller-key-0123456789', METRICS_TOKEN: 'metrics-token-0123456789', CONSOLE_TOKEN: randomBytes(32).toString('base64') }
   for (const app of Object.values(feishuApps)) values[app.app_secret_env] = 'feishu-secret-0123456789'
   const loaded = loadConfig({ env: { ...environment, ...values }, dotenvPath: '/nonexistent' })
   t.same([loaded.config.RESEND_QUEUE, loaded.feishuApps.map((app) => app.name)], ['redis', Object.keys(feishuApps)], 'it loads as the service loads it, queued delivery and Feishu apps on')
   t.same(loaded.warnings, [], 'with no warning')
+  t.match(secrets.get('CONSOLE_TOKEN'), /^arn:aws:secretsmanager:/, 'the console, as docs/operations.md describes it: its token from a secret store')
+  t.ok(loaded.config.CONSOLE_TOKEN !== undefined, 'and on')
   t.equal(container.readonlyRootFilesystem, true)
   t.equal(container.user, 'node')
   t.equal(container.logConfiguration.logDriver, 'awslogs')
@@ -75,11 +77,13 @@ t.test('the broker-mode task definition starts the broker, its keys and caller k
   // With stand-ins for the secrets, the configuration loads as the service would load it: the broker, no refusal.
   // ElastiCache Serverless: one endpoint, cluster mode, TLS (the REDIS_URL secret holds rediss://<endpoint>:6379).
   t.equal(environment.REDIS_CLUSTER, 'true')
-  const values: Record<string, string> = { TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'rediss://aibill-cache-abc123.serverless.apse1.cache.amazonaws.com:6379', METRICS_TOKEN: 'metrics-token-0123456789' }
+  const values: Record<string, string> = { TOKEN_CACHE_SECRET: randomBytes(32).toString('base64'), REDIS_URL: 'rediss://aibill-cache-abc123.serverless.apse1.cache.amazonaws.com:6379', METRICS_TOKEN: 'metrics-token-0123456789', CONSOLE_SESSION_SECRET: randomBytes(32).toString('base64') }
   for (const name of named) values[name] = name.endsWith('_KEY') && !name.includes('CALLER') ? testKeys().pkcs8 : randomBytes(16).toString('hex')
   const loaded = loadConfig({ env: { ...environment, ...values }, dotenvPath: '/nonexistent' })
   t.same(loaded.broker?.apps.map((app) => app.name), Object.keys(document.apps))
   t.equal(loaded.config.TOKEN_CACHE, 'redis')
+  t.same(loaded.broker?.callers.filter((caller) => caller.console !== false).map((caller) => caller.name), ['workflows'], 'a caller signs in to the console with its key')
+  t.ok(secrets.has('CONSOLE_SESSION_SECRET'), 'its sessions signed with a secret of every instance')
   t.equal(container.user, 'node')
   t.equal(container.readonlyRootFilesystem, true)
 })

@@ -106,7 +106,8 @@ export async function consoleRoutes (fastify: FastifyInstance, options: ConsoleR
   await fastify.register(fastifyCsrf, {
     sessionPlugin: '@fastify/cookie',
     cookieKey: 'aibill_console_csrf',
-    cookieOpts: { ...cookieOptions, maxAge: options.sessionMinutes * 60 },
+    // A browser-session cookie: a page's forms keep working as long as its session does.
+    cookieOpts: cookieOptions,
     getUserInfo: viewerKey,
     csrfOpts: { hmacKey: options.csrfKey }
   })
