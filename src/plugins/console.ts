@@ -18,6 +18,8 @@ export default async function consolePages (fastify: FastifyInstance): Promise<v
   // One key on every instance: the session secret, or one derived from the console token.
   const secret = config.CONSOLE_SESSION_SECRET === undefined ? Buffer.from(config.CONSOLE_TOKEN as string) : Buffer.from(config.CONSOLE_SESSION_SECRET, 'base64')
   const derive = (purpose: string): Buffer => Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), purpose, 32))
+  // Pages for people, not an API: left out of the OpenAPI document.
+  fastify.addHook('onRoute', (route) => { route.schema = { ...route.schema, hide: true } })
   await fastify.register(fastifyCookie, { secret: derive('aibill console session').toString('base64') })
   await fastify.register(fastifyFormbody, { bodyLimit: 4096 })
   // No inline script or style, nothing from another origin, no framing; pages are never stored.

@@ -145,6 +145,8 @@ t.test('pages: CSP with no inline script and no foreign origin, no-store, the as
   t.equal(style.headers['content-type'], 'text/css; charset=utf-8')
   t.equal(style.headers['cache-control'], 'no-cache')
   t.equal((await app.inject({ url: '/api/auth-url' })).headers['content-security-policy'], undefined, 'the API keeps its own headers')
+  const paths = Object.keys((await app.inject({ url: '/docs/json' })).json().paths as object)
+  t.ok(paths.includes('/resend') && !paths.some((path) => path.startsWith('/console')), 'the pages are not in the OpenAPI document')
 })
 
 t.test('a failed job: seen with its attempts, replayed after the destination is fixed, delivered', { skip }, async (t) => {
