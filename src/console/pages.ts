@@ -48,6 +48,12 @@ export function errorPage (status: number, code: string): Html {
   return document('Refused', html`<main id="main"><h1>${status} ${code}</h1><p><a href="/console">Back to the console</a></p></main>`)
 }
 
+/** What a signed-in operator reads when a page cannot be given: what is missing, or the code. */
+export function refusedContent (code: string, missing: string | undefined): Html {
+  if (missing !== undefined) return html`<p class="notice error">Queued delivery is off: it needs ${missing}.</p>`
+  return html`<p>The service answered ${code}.</p><p><a href="/console">Back to the console</a></p>`
+}
+
 /** An age in words: 42 s, 5 min, 3 h. */
 export function age (seconds: number): string {
   if (seconds < 120) return `${Math.round(seconds)} s`

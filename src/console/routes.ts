@@ -7,7 +7,7 @@ import type { Activity } from '../lib/ops/index.js'
 import { BULK_LIMIT, JOB_STATUSES, LIST_SCAN, type JobQueue, type JobStatus, type JobView } from '../lib/relay/index.js'
 import type { ConsoleAccess, ConsoleViewer } from './access.js'
 import type { Html } from './html.js'
-import { appsContent, type CozeAppRow, destinationsContent, errorPage, type FeishuAppRow, jobContent, type JobFilterForm, jobsContent, type Notice, nowContent, page, replayContent, signInPage } from './pages.js'
+import { appsContent, type CozeAppRow, destinationsContent, errorPage, refusedContent, type FeishuAppRow, jobContent, type JobFilterForm, jobsContent, type Notice, nowContent, page, replayContent, signInPage } from './pages.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -130,12 +130,16 @@ export async function consoleRoutes (fastify: FastifyInstance, options: ConsoleR
   })
   fastify.setErrorHandler(async (error, request, reply) => {
     // The service's own errors by their code; a plugin's (the CSRF guard, the form parser) by their status.
-    /* c8 ignore next - every error met here carries a status (the service's, Fastify's, its plugins'); one that did not would be a 500 */
-    const status = (error as { statusCode?: number }).statusCode ?? 500
-    if (status >= 500) request.log.error({ err: { message: (error as Error).message } }, 'console: the page failed')
     const known = isServiceError(error)
+    /* c8 ignore next 2 - every error met here is the service's or carries a status (Fastify's, its plugins'); another would be a 500, logged */
+    const status = (error as { statusCode?: number }).statusCode ?? 500
+    if (!known && status >= 500) request.log.error({ err: { message: (error as Error).message } }, 'console: the page failed')
     if (known && error.details.retry_after_seconds !== undefined) void reply.header('retry-after', String(error.details.retry_after_seconds))
-    return send(reply, status, errorPage(status, known ? error.code : (STATUS_CODES[status] as string).toUpperCase().replace(/ /g, '_')))
+    const code = known ? error.code : (STATUS_CODES[status] as string).toUpperCase().replace(/ /g, '_')
+    // Signed in, the answer keeps the console around it (a page the queue is needed for, without the queue).
+    if (request.consoleViewer === null) return send(reply, status, errorPage(status, code))
+    const missing = known && code === 'NOT_CONFIGURED' ? options.jobsMissing.join(' and ') : undefined
+    return render(request, reply, 'now', `${status} ${code}`, refusedContent(code, missing), undefined, status, false)
   })
 
   for (const file of Object.keys(ASSETS)) {
