@@ -17,7 +17,7 @@ openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$keys/root-on
 chmod 0600 "$keys/root-only.pem"
 install -m 0400 -o 1000 -g 1000 "$keys/root-only.pem" "$keys/coze_private_key.pem"
 chmod 0755 "$keys"
-key_env=(-e JWT_PRIVATE_KEY_FILE=/run/secrets/coze_private_key.pem -e COZE_APP_ID=1150000000001 -e EXPECTED_COZE_API_KEY=smoke-test-caller-key-0123456789)
+key_env=(-e JWT_PRIVATE_KEY_FILE=/run/secrets/coze_private_key.pem -e COZE_APP_ID=1150000000001 -e EXPECTED_COZE_API_KEY=smoke-test-caller-key-0123456789 -e CONSOLE_TOKEN=smoke-test-console-token-0123456789-0123)
 
 echo "[docker] building $image"
 docker build --network host -t "$image" . >"$build_log" 2>&1 || { tail -n 40 "$build_log"; exit 1; }
@@ -35,6 +35,11 @@ grep -q '"success":true' <<<"${body:-}" || { docker logs "$name"; exit 1; }
 ready=$(curl -sS "http://127.0.0.1:$port/ready")
 grep -q '"token":"ok"' <<<"$ready" || { echo "[docker] /ready: $ready"; docker logs "$name"; exit 1; }
 echo "[docker] the mounted key file was read: /token is configured"
+# The console's page and its assets come from the image itself (public/console).
+for path in /console /console/assets/console.js /console/assets/console.css; do
+  curl -fsS -o /dev/null "http://127.0.0.1:$port$path" || { echo "[docker] $path: not served"; docker logs "$name"; exit 1; }
+done
+echo "[docker] the console and its assets are served"
 [ "$(docker inspect -f '{{.Config.User}}' "$name")" = node ] || { echo "[docker] the image does not run as the node user"; exit 1; }
 # The image's own HEALTHCHECK command (["CMD", "bash", "-c", script]), run inside the container as Docker runs it.
 health_cmd=$(docker inspect -f '{{index .Config.Healthcheck.Test 3}}' "$name")

@@ -41,9 +41,7 @@ export interface ConsoleRoutesOptions {
 /** Who a CSRF token is bound to: the signed-out visitor, the administrator, or a caller. */
 const viewerKey = (request: FastifyRequest): string => (request.consoleViewer === null ? '-' : request.consoleViewer.name ?? '*')
 
-/** The script and the style sheet, read once: served from the service itself (no CDN; the CSP allows no other). */
-const ASSETS = Object.fromEntries((['console.js', 'console.css'] as const).map((file) =>
-  [file, readFileSync(new URL(`../../public/console/${file}`, import.meta.url))]))
+/** The script and the style sheet: served from the service itself (no CDN; the CSP allows no other). */
 const TYPES: Record<string, string> = { 'console.js': 'text/javascript; charset=utf-8', 'console.css': 'text/css; charset=utf-8' }
 
 /** Form fields: strings only, each at most this long (a field sent twice, or a longer one, is refused). */
@@ -142,9 +140,11 @@ export async function consoleRoutes (fastify: FastifyInstance, options: ConsoleR
     return render(request, reply, 'now', `${status} ${code}`, refusedContent(code, missing), undefined, status, false)
   })
 
-  for (const file of Object.keys(ASSETS)) {
+  // Read once, when the console is on (a service without it does not need the files).
+  for (const [file, type] of Object.entries(TYPES)) {
+    const content = readFileSync(new URL(`../../public/console/${file}`, import.meta.url))
     fastify.get(`/console/assets/${file}`, { config: { consolePublic: true } }, async (_request, reply) =>
-      await reply.type(TYPES[file] as string).header('cache-control', 'no-cache').send(ASSETS[file]))
+      await reply.type(type).header('cache-control', 'no-cache').send(content))
   }
 
   fastify.get('/console', { config: { consolePublic: true } }, async (request, reply) => {
