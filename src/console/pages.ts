@@ -1,5 +1,5 @@
 import type { AppActivity } from '../lib/ops/index.js'
-import type { DestinationView, JobStatus, JobView } from '../lib/relay/index.js'
+import { type DestinationView, type JobStatus, type JobView, LIST_SCAN } from '../lib/relay/index.js'
 import type { ConsoleViewer } from './access.js'
 import { type Html, html } from './html.js'
 
@@ -66,11 +66,12 @@ const when = (iso: string | null | undefined): Html => (iso === null || iso === 
 export interface Overview {
   counts: Record<JobStatus, number>
   oldestSeconds: number
-  throughput: { delivered: number[], failed: number[] }
+  /** Every caller's deliveries and failures a minute; null for a caller's own view. */
+  throughput: { delivered: number[], failed: number[] } | null
 }
 
 /** Deliveries and failures a minute as bars, in SVG (no script, no inline style: the CSP allows neither). */
-function chart (throughput: Overview['throughput']): Html {
+function chart (throughput: NonNullable<Overview['throughput']>): Html {
   const totals = throughput.delivered.map((count, index) => count + (throughput.failed[index] as number))
   const busiest = Math.max(0, ...totals)
   const high = (count: number): number => Math.round((count / Math.max(1, busiest)) * 1000) / 10
@@ -90,7 +91,7 @@ export function nowContent (overview: Overview | string): Html {
   return html`<section class="tiles" aria-label="Jobs by status">
 ${(['queued', 'delivering', 'delivered', 'failed'] as const).map((status) => html`<a class="tile ${status}" href="/console/jobs?status=${status}"><span class="count">${counts[status]}</span> ${status}</a>`)}
 <div class="tile"><span class="count">${overview.oldestSeconds === 0 ? '—' : age(overview.oldestSeconds)}</span> oldest waiting</div></section>
-<h2>Last hour</h2>${chart(overview.throughput)}`
+${overview.throughput === null ? html`<p class="muted">Your jobs: the newest ${LIST_SCAN} of each status.</p>` : html`<h2>Last hour</h2>${chart(overview.throughput)}`}`
 }
 
 export function destinationsContent (destinations: DestinationView[]): Html {

@@ -7,7 +7,7 @@ import type { Activity } from '../lib/ops/index.js'
 import { BULK_LIMIT, JOB_STATUSES, LIST_SCAN, type JobQueue, type JobStatus, type JobView } from '../lib/relay/index.js'
 import type { ConsoleAccess, ConsoleViewer } from './access.js'
 import type { Html } from './html.js'
-import { appsContent, type CozeAppRow, destinationsContent, errorPage, refusedContent, type FeishuAppRow, jobContent, type JobFilterForm, jobsContent, type Notice, nowContent, page, replayContent, signInPage } from './pages.js'
+import { appsContent, type CozeAppRow, destinationsContent, errorPage, refusedContent, type FeishuAppRow, jobContent, type JobFilterForm, jobsContent, type Notice, nowContent, type Overview, page, replayContent, signInPage } from './pages.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -149,9 +149,17 @@ export async function consoleRoutes (fastify: FastifyInstance, options: ConsoleR
 
   fastify.get('/console', { config: { consolePublic: true } }, async (request, reply) => {
     if (request.consoleViewer === null) return send(reply, 200, signInPage(csrf(request, reply), false))
-    const overview = options.jobs === null
-      ? options.jobsMissing.join(' and ')
-      : { ...options.jobs.snapshot(), throughput: await options.jobs.throughput() }
+    const viewer = request.consoleViewer
+    let overview: Overview | string = options.jobsMissing.join(' and ')
+    if (options.jobs !== null && viewer.admin) overview = { ...options.jobs.snapshot(), throughput: await options.jobs.throughput() }
+    if (options.jobs !== null && !viewer.admin) {
+      // A caller's own jobs only, as its listing reads them (each status's newest LIST_SCAN); the queue's chart is
+      // every caller's, and is not shown.
+      const own = await options.jobs.list(viewer.name, undefined, LIST_SCAN * JOB_STATUSES.length)
+      const counts = Object.fromEntries(JOB_STATUSES.map((status) => [status, own.filter((job) => job.status === status).length])) as Record<JobStatus, number>
+      const waiting = own.filter((job) => job.status === 'queued' || job.status === 'delivering').map((job) => Date.parse(job.created_at))
+      overview = { counts, oldestSeconds: waiting.length === 0 ? 0 : (Date.now() - Math.min(...waiting)) / 1000, throughput: null }
+    }
     return render(request, reply, 'now', 'Now', nowContent(overview))
   })
 

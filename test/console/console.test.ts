@@ -311,6 +311,7 @@ t.test('broker mode: a caller with console sees its own jobs and apps; "admin" s
   })
   const feishu = await startUpstream(t, (request, res) => {
     if (request.url === '/open-apis/auth/v3/tenant_access_token/internal') { sendJson(res, 200, { code: 0, msg: 'ok', tenant_access_token: TENANT_TOKEN, expire: 7200 }); return }
+    if (request.url.startsWith('/open-apis/later')) { sendJson(res, 503, {}); return }
     sendJson(res, 400, { code: 1254001, msg: 'WrongRequestBody' })
   })
   const document = {
@@ -379,12 +380,23 @@ t.test('broker mode: a caller with console sees its own jobs and apps; "admin" s
   t.match(appsA.body, /<td>ledger<\/td><td><code>cli_ledger<\/code><\/td><td>http:\/\/127\.0\.0\.1:\d+<\/td>\n<td>\d+ s ago<\/td>/, 'the token this instance fetched, and when')
   t.notMatch(appsA.body, /payroll/, 'not a Feishu app the caller may not use')
   keep(await a.get('/console/destinations'))
-  keep(await a.get('/console'))
+  const nowA = keep(await a.get('/console'))
+  t.match(nowA.body, /<span class="count">1<\/span> failed/, 'its own failed job, not the queue\'s two')
+  t.match(nowA.body, /<span class="count">—<\/span> oldest waiting/)
+  t.notMatch(nowA.body, /<svg/, 'not the chart of every caller')
   const replayA = keep(await a.get('/console/replay'))
   t.match(replayA.body, /1 failed job {2}will be put back/, 'its own failed job only')
 
   const b = new ConsoleClient(app)
   await b.signIn(KEY_B)
+  // b's job that waits for its next attempt: b's Now counts it, and how long it has waited.
+  const later = await app.inject({ method: 'POST', url: '/resend', headers: { 'x-api-key': KEY_B }, payload: { location: `${feishu.url}/open-apis/later`, params: {}, delivery: 'queued' } })
+  const laterId = later.json().data.id as string
+  for (let i = 0; i < 1200 && (await app.inject({ url: `/resend/jobs/${laterId}`, headers: { 'x-api-key': KEY_B } })).json().data.last_attempt === null; i++) await sleep(50)
+  const nowB = keep(await b.get('/console'))
+  t.match(nowB.body, /<span class="count">1<\/span> (queued|delivering)/)
+  t.match(nowB.body, /<span class="count">\d+ s<\/span> oldest waiting/)
+  t.notMatch(keep(await a.get('/console/jobs')).body, new RegExp(laterId), 'b\'s, not a\'s')
   const listB = keep(await b.get('/console/jobs'))
   t.match(listB.body, new RegExp(jobB))
   t.notMatch(listB.body, new RegExp(jobA))

@@ -28,6 +28,7 @@ t.test('the listings: a job not tried yet, a paused destination, the oldest wait
   t.match(paused, /<td>100 %<\/td><td>UPSTREAM_ERROR<\/td>/)
   t.match(destinationsContent([]).text, /No destination has been tried lately/)
   t.match(nowContent({ counts: { queued: 1, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 330, throughput: { delivered: new Array(60).fill(0), failed: new Array(60).fill(0) } }).text, /<span class="count">6 min<\/span> oldest waiting/)
+  t.match(nowContent({ counts: { queued: 1, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 4, throughput: null }).text, /<span class="count">4 s<\/span> oldest waiting[\s\S]*Your jobs: the newest 1000 of each status\./)
   const apps = appsContent([], [{ name: 'ledger', appId: 'cli_1', origin: 'https://open.feishu.cn', activity: { counts: { feishu_99991663: 2 }, last_ok_at: null, last_failure: { at: 0, code: 'feishu_99991663' } } }], 60_000).text
   t.match(apps, /No Coze app is configured/)
   t.match(apps, /not by this instance<\/span><\/td>\n<td>2<\/td><td>feishu_99991663 60 s ago<\/td>/)
