@@ -34,6 +34,7 @@ export interface JobView {
 export interface AttemptRecord {
   at: number
   status?: number | undefined
+  /** Why it was not delivered; absent only for the attempt that delivered it. */
   error?: string | undefined
   next_at?: number | undefined
   instance: string
