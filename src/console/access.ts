@@ -1,4 +1,5 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { createHash } from 'node:crypto'
+import { matchKeyDigest } from '../lib/http/index.js'
 
 /**
  * Who may open the console, and the session a sign-in gives: CONSOLE_TOKEN signs in as the administrator; in
@@ -32,8 +33,6 @@ export interface ConsoleAccess {
   viewerOf (value: string, now: number): ConsoleViewer | null
 }
 
-const digest = (value: string): Buffer => createHash('sha256').update(value).digest()
-
 export function createConsoleAccess (options: {
   token: string | undefined
   /** Broker mode: the caller a key belongs to (constant time), or null. */
@@ -41,7 +40,8 @@ export function createConsoleAccess (options: {
   callers: readonly ConsoleCaller[]
   sessionMinutes: number
 }): ConsoleAccess {
-  const tokenDigest = options.token === undefined ? null : digest(options.token)
+  // Compared as the caller keys are: SHA-256 digests, in constant time.
+  const tokenDigests = options.token === undefined ? [] : [createHash('sha256').update(options.token).digest()]
   const allowed = new Map(options.callers.filter((caller) => caller.console !== false).map((caller) => [caller.name, caller]))
   const admin: ConsoleViewer = { name: null, admin: true, apps: null, feishuApps: null }
   const viewerOfCaller = (name: string): ConsoleViewer | null => {
@@ -54,7 +54,7 @@ export function createConsoleAccess (options: {
   const lifetime = options.sessionMinutes * 60_000
   return {
     signIn (presented) {
-      if (tokenDigest !== null && timingSafeEqual(digest(presented), tokenDigest)) return admin
+      if (matchKeyDigest(tokenDigests, presented) === 0) return admin
       const caller = options.authenticate?.(presented) ?? null
       return caller === null ? null : viewerOfCaller(caller.name)
     },
@@ -68,7 +68,7 @@ export function createConsoleAccess (options: {
       // Expired, or further ahead than a session lasts (a clock moved back on one instance).
       if (expires <= now || expires > now + lifetime) return null
       const name = match[1] as string
-      if (name === '') return tokenDigest === null ? null : admin
+      if (name === '') return tokenDigests.length === 0 ? null : admin
       return viewerOfCaller(name)
     }
   }
