@@ -289,7 +289,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     const { owner } = nameOf(job)
     // Delivered by an instance that stopped before it could say so: it drops a request only once the destination has
     // answered 2xx and the answer is kept. The job is delivered, and not sent again.
-    if (job.data.sealed === '') return await deliveredBefore(id, owner, progressOf(job))
+    if (job.data.sealed === '') return await deliveredBefore(id, progressOf(job))
     const opened = sealer.openBytes(`job:${id}`, job.data.sealed)
     if (opened === undefined) throw new UnrecoverableError('unreadable: sealed under another RESEND_QUEUE_SECRET, or for another job')
     const payload = unpackPayload(opened)
@@ -364,9 +364,9 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   }
 
   /** A delivery finished on another instance that stopped before completing the job: its kept answer's status. */
-  async function deliveredBefore (id: string, owner: string, progress: Progress): Promise<string> {
-    const stored = sealer.open<StoredAnswer>(`answer:${id}`, await redis.get(`resend-answer:${id}`).catch(() => null))
-    footprint.set(id, owner, JOB_OVERHEAD_BYTES, Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
+  async function deliveredBefore (id: string, progress: Progress): Promise<string> {
+    // (Its bytes were counted again by the instance that delivered it, right after the drop, or expire with the job.)
+    const stored = sealer.open<StoredAnswer>(`answer:${id}`, await redis.get(`resend-answer:${id}`))
     // (Without its answer, kept apart and lost with a failed write, 200 stands for the 2xx it was.)
     const delivered: Delivered = { attempts: progress.attempts + 1, last: { at: Date.now(), status: stored?.status ?? 200 }, instance: INSTANCE }
     return JSON.stringify(delivered)
