@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import type { ConsoleAccess as CallerConsoleAccess } from '../lib/coze/index.js'
 import { matchKeyDigest } from '../lib/http/index.js'
 
 /**
@@ -19,7 +20,7 @@ export interface ConsoleViewer {
 
 export interface ConsoleCaller {
   name: string
-  console: false | 'own' | 'admin'
+  console: CallerConsoleAccess
   apps: readonly string[]
   feishuApps: readonly string[]
 }

@@ -1,4 +1,4 @@
-import { type BrokerApp, type BrokerCaller, type BrokerRoute, brokerTokenUrl, wholeMatch } from './broker.js'
+import { type BrokerApp, type BrokerCaller, type BrokerRoute, type ConsoleAccess, brokerTokenUrl, wholeMatch } from './broker.js'
 import { createSigner, importRsaPrivateKey, readPrivateKeyPem } from './jwt.js'
 import { ConfigError } from '../http/index.js'
 
@@ -6,9 +6,6 @@ import { ConfigError } from '../http/index.js'
 export interface KeySetup { kid: string, pem?: string | undefined, file?: string | undefined, origin: string }
 
 /** The apps-and-callers document with what it names looked up in the environment (schemas/broker.ts reads it). */
-/** What a caller sees in /console: nothing, its own jobs and apps, or everything. */
-export type ConsoleAccess = false | 'own' | 'admin'
-
 export interface BrokerSetup {
   apps: Array<{ name: string, appId: string, apiBase: URL, jwtAudience?: string | undefined, accountId?: string | undefined, enterpriseId?: string | undefined, defaultDuration: number, maxDuration: number, keys: KeySetup[] }>
   callers: Array<{ name: string, digest: Buffer, apps: string[], routes: string[], sessionName?: string | undefined, scope?: { permissions: string[], botIds?: string[] | undefined } | undefined, device: boolean, feishuApps: string[], maxQueuedBytes?: number | undefined, console: ConsoleAccess }>

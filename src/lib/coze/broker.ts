@@ -44,9 +44,11 @@ export interface BrokerCaller {
   feishuApps: ReadonlySet<string>
   /** Its share of RESEND_MAX_QUEUED_BYTES (max_queued_bytes); undefined: a quarter. */
   maxQueuedBytes?: number | undefined
-  /** What it sees in /console: nothing, its own jobs and apps, or everything. */
-  console: false | 'own' | 'admin'
+  console: ConsoleAccess
 }
+
+/** What a caller sees in /console: nothing, its own jobs and apps, or everything. */
+export type ConsoleAccess = false | 'own' | 'admin'
 
 export interface Scope {
   account_permission: { permission_list: string[] }

@@ -4,7 +4,7 @@
  * modes reuse tokens through `token-store.ts` (memory, or one sealed cache in Redis for every instance).
  */
 export { brokerCallers, type BrokerSetup, importApps } from './broker-setup.js'
-export { type Broker, type BrokerCaller, type BrokerRoute, brokerTokenUrl, createBroker, wholeMatch } from './broker.js'
+export { type Broker, type BrokerCaller, type BrokerRoute, type ConsoleAccess, brokerTokenUrl, createBroker, wholeMatch } from './broker.js'
 export { bodyKey, type CallerDecision, createCallerCheck, headerKey } from './callers.js'
 export { type CozeClient, createCozeClient } from './client.js'
 export { createSigner, importRsaPrivateKey, keyLabel, PrivateKeyError, readPrivateKeyPem, type Signer } from './jwt.js'
