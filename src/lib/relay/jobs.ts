@@ -18,6 +18,12 @@ import { historyOf, JOB_STATUSES, STATES, jobName, nameOf, progressOf, statusOf,
 /** The answer as stored: JSON with its numbers exact keeps its text. */
 interface StoredAnswer { status: number, body?: unknown, raw?: string }
 
+/**
+ * A job's data: its request, sealed (empty once delivered), and the destination's answer, sealed, once the job has
+ * ended with one. They are one field, so that dropping the request and keeping the answer is one write.
+ */
+interface JobData { sealed: string, answer?: string }
+
 export interface JobQueueOptions {
   relay: Relay
   /** REDIS_URL and the rest: the queue opens its own clients (one to add and read, and the workers' blocking ones). */
@@ -138,6 +144,9 @@ const INSTANCE = hostname().slice(0, 64)
 /** Jobs a listing reads at most, per state, before it filters by caller. */
 export const LIST_SCAN = 1000
 const REDIS_DEADLINE_MS = 3000
+/** Entries of the age index read at once, and the most batches of ended ones a snapshot removes. */
+const AGE_SWEEP_BATCH = 1000
+const AGE_SWEEP_ROUNDS = 10
 const OWNER_SHARED = '*'
 
 
@@ -184,11 +193,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   // With tracing on, a job keeps the trace context of the request that queued it, and each of its deliveries is a
   // span of that trace (BullMQ's own, through bullmq-otel).
   const telemetry = queueTelemetry()
-  const queues = tags.map((prefix) => new Queue<{ sealed: string }, string>('resend', { connection: client, prefix, telemetry }))
+  const queues = tags.map((prefix) => new Queue<JobData, string>('resend', { connection: client, prefix, telemetry }))
   for (const queue of queues) queue.on('error', (err) => { options.onError?.(err) })
   /** A destination host's partition: a host's jobs stay together, with its state (destinations.ts). */
   const partitionOf = (host: string): number => createHash('sha256').update(host).digest().readUInt32BE(0) % queues.length
-  const queueFor = (host: string): Queue<{ sealed: string }, string> => queues[partitionOf(host)] as Queue<{ sealed: string }, string>
+  const queueFor = (host: string): Queue<JobData, string> => queues[partitionOf(host)] as Queue<JobData, string>
   const destinations = !options.destinationControls ? NO_DESTINATION_CONTROLS : createDestinations({
     client,
     tagFor: (host) => tags[partitionOf(host)] as string,
@@ -202,8 +211,8 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     onBreaker: options.onBreaker
   })
   /** A job by its id, whatever its partition. */
-  const locate = async (id: string): Promise<Job<{ sealed: string }, string> | undefined> =>
-    (await Promise.all(queues.map(async (queue) => await queue.getJob(id)))).find((job) => job !== undefined) as Job<{ sealed: string }, string> | undefined
+  const locate = async (id: string): Promise<Job<JobData, string> | undefined> =>
+    (await Promise.all(queues.map(async (queue) => await queue.getJob(id)))).find((job) => job !== undefined) as Job<JobData, string> | undefined
   const since = 'resend-pending'
   const footprint = createFootprint(client, options.keyPrefix, options.maxQueuedBytes)
   // Whether Redis refused a write for memory more lately than it took one: said once each way, and on /ready.
@@ -228,15 +237,37 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
 
   let snapshot: ReturnType<JobQueue['snapshot']> = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0, destinations: [] }
   let acceptedSinceSnapshot = 0
-  // The oldest job not yet ended. Its entry is removed when the job ends, without waiting: one that outlived its
-  // job (Redis did not take the removal) is removed here, so that the age never counts an ended job.
+  /** Of these jobs, the ones that have ended (delivered, failed) or are gone: read in one round trip a partition. */
+  async function endedOf (ids: string[]): Promise<Set<string>> {
+    const open = new Set<string>()
+    for (const queue of queues) {
+      const pipeline = client.pipeline()
+      for (const id of ids) pipeline.hmget(queue.toKey(id), 'timestamp', 'finishedOn')
+      const rows = await pipeline.exec() as Array<[Error | null, Array<string | null>]>
+      rows.forEach(([, [timestamp, finishedOn]], index) => { if (timestamp !== null && finishedOn === null) open.add(ids[index] as string) })
+    }
+    return new Set(ids.filter((id) => !open.has(id)))
+  }
+
+  /**
+   * The age of the oldest job not yet ended, from the index of when each was accepted (or put back). A job's end
+   * does not remove its entry (a command less a delivery): the ended entries at its head are removed here, in
+   * batches, at most AGE_SWEEP_ROUNDS of them a snapshot; past that, the next entry's age is said (an upper bound)
+   * and the next snapshot goes on.
+   */
   async function oldestAge (): Promise<number> {
-    const [id, score] = await redis.zrange(since, 0, 0, 'WITHSCORES')
-    if (id === undefined) return 0
-    const state = await (await locate(id))?.getState() ?? 'unknown'
-    if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return Math.max(0, (Date.now() - Number(score)) / 1000)
-    await redis.zrem(since, id)
-    return await oldestAge()
+    let head: string[] = []
+    for (let round = 0; round < AGE_SWEEP_ROUNDS; round++) {
+      head = await redis.zrange(since, 0, AGE_SWEEP_BATCH - 1, 'WITHSCORES')
+      const ids = head.filter((_value, index) => index % 2 === 0)
+      if (ids.length === 0) return 0
+      const ended = await endedOf(ids)
+      if (ended.size > 0) await redis.zrem(since, ...ended)
+      const first = ids.findIndex((id) => !ended.has(id))
+      if (first !== -1) return Math.max(0, (Date.now() - Number(head[2 * first + 1])) / 1000)
+    }
+    head = await redis.zrange(since, 0, 0, 'WITHSCORES')
+    return head.length === 0 ? 0 : Math.max(0, (Date.now() - Number(head[1])) / 1000)
   }
 
   async function readSnapshot (): Promise<void> {
@@ -257,11 +288,18 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const snapshotTimer = setInterval(() => { readSnapshot().catch(() => {}) }, options.snapshotMs ?? 5000).unref()
 
 
-  // The destination's answer, sealed under a key of its own, kept as long as the job: its size in Redis, or 0.
-  async function keepAnswer (id: string, answer: RelayAnswer, seconds: number): Promise<number> {
+  // The destination's answer, sealed for its job: kept in the job's data, as long as the job.
+  function sealAnswer (id: string, answer: RelayAnswer): string {
     const stored: StoredAnswer = answer.body instanceof RawJson ? { status: answer.status, raw: answer.body.text } : { status: answer.status, body: answer.body }
-    const sealed = sealer.seal(`answer:${id}`, stored)
-    return await redis.set(`resend-answer:${id}`, sealed, 'EX', seconds).then(() => sealed.length, () => 0)
+    return sealer.seal(`answer:${id}`, stored)
+  }
+  /**
+   * A job's kept answer: in its data; a job ended by an earlier version has it under a key of its own (gone with
+   * its job, 7 days at most after the upgrade).
+   */
+  async function answerOf (job: Job<JobData, string>): Promise<StoredAnswer | undefined> {
+    const id = job.id as string
+    return sealer.open<StoredAnswer>(`answer:${id}`, job.data.answer ?? await deadline(redis.get(`resend-answer:${id}`)))
   }
 
   /** A job's destination host, from its name (host and path). */
@@ -271,7 +309,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   const requestBytes = (job: { name: string, data: { sealed: string } }): number => job.data.sealed.length + job.name.length + JOB_OVERHEAD_BYTES
 
   /** A delivery as its trace shows it: BullMQ's span of the job, with the destination and how it went. */
-  async function deliverTraced (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
+  async function deliverTraced (job: Job<JobData, string>, token?: string): Promise<string> {
     annotate({ 'aibill.resend.job_id': job.id as string, 'aibill.resend.destination': nameOf(job).destination, 'aibill.resend.attempt': progressOf(job).attempts + 1 })
     try {
       const delivered = await deliver(job, token)
@@ -284,12 +322,12 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     }
   }
 
-  async function deliver (job: Job<{ sealed: string }, string>, token?: string): Promise<string> {
+  async function deliver (job: Job<JobData, string>, token?: string): Promise<string> {
     const id = job.id as string
     const { owner } = nameOf(job)
     // Delivered by an instance that stopped before it could say so: it drops a request only once the destination has
     // answered 2xx and the answer is kept. The job is delivered, and not sent again.
-    if (job.data.sealed === '') return await deliveredBefore(id, progressOf(job))
+    if (job.data.sealed === '') return deliveredBefore(job)
     const opened = sealer.openBytes(`job:${id}`, job.data.sealed)
     if (opened === undefined) throw new UnrecoverableError('unreadable: sealed under another RESEND_QUEUE_SECRET, or for another job')
     const payload = unpackPayload(opened)
@@ -334,11 +372,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       outcome = attemptOutcome(result, speaksFeishu, Date.now())
       const verdict = judge(result, speaksFeishu)
       if (verdict.kind === 'delivered') {
-        const answerBytes = await keepAnswer(id, verdict.answer, DELIVERED_KEEP_SECONDS)
-        // A delivered job keeps no request: only its small fields and its answer.
-        const dropped = await job.updateData({ sealed: '' }).then(() => true, () => false)
-        /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted */
-        footprint.set(id, owner, answerBytes + JOB_OVERHEAD_BYTES + (dropped ? 0 : requestBytes(job)), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
+        // A delivered job keeps no request: only its small fields and its answer, written in one command.
+        const answer = sealAnswer(id, verdict.answer)
+        const dropped = await job.updateData({ sealed: '', answer }).then(() => true, () => false)
+        /* c8 ignore next - Redis failing between the delivery and the drop of its request: the request stays counted, no answer is kept */
+        footprint.set(id, owner, dropped ? answer.length + JOB_OVERHEAD_BYTES : requestBytes(job), Date.now() + DELIVERED_KEEP_SECONDS * 1000).catch(() => {})
         const delivered: Delivered = { attempts: attempt, last: { at: now, status: verdict.answer.status }, instance: INSTANCE }
         return JSON.stringify(delivered)
       }
@@ -353,7 +391,10 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
         }
       }
       // A failed job keeps its request, so that it can be put back (POST /resend/jobs/{id}/retry).
-      const answerBytes = verdict.answer === undefined ? 0 : await keepAnswer(id, verdict.answer, FAILED_KEEP_SECONDS)
+      // (Its request stays beside the answer: the one write rewrites it, once in the job's life.)
+      const answer = verdict.answer === undefined ? undefined : sealAnswer(id, verdict.answer)
+      if (answer !== undefined) await job.updateData({ sealed: job.data.sealed, answer })
+      const answerBytes = answer?.length ?? 0
       await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last, history: withAttempt(progress, { ...last, instance: INSTANCE }) })
       footprint.set(id, owner, requestBytes(job) + answerBytes, Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
       throw new UnrecoverableError(verdict.kind === 'retry' ? 'max_age' : verdict.last.error)
@@ -363,17 +404,20 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     }
   }
 
-  /** A delivery finished on another instance that stopped before completing the job: its kept answer's status. */
-  async function deliveredBefore (id: string, progress: Progress): Promise<string> {
+  /**
+   * A delivery finished on another instance that stopped before completing the job: its kept answer's status (the
+   * request was dropped in the write that kept it). A job an earlier version dropped may have none: 200 stands for
+   * the 2xx it was.
+   */
+  function deliveredBefore (job: Job<JobData, string>): string {
     // (Its bytes were counted again by the instance that delivered it, right after the drop, or expire with the job.)
-    const stored = sealer.open<StoredAnswer>(`answer:${id}`, await redis.get(`resend-answer:${id}`))
-    // (Without its answer, kept apart and lost with a failed write, 200 stands for the 2xx it was.)
-    const delivered: Delivered = { attempts: progress.attempts + 1, last: { at: Date.now(), status: stored?.status ?? 200 }, instance: INSTANCE }
+    const stored = job.data.answer === undefined ? undefined : sealer.open<StoredAnswer>(`answer:${job.id as string}`, job.data.answer)
+    const delivered: Delivered = { attempts: progressOf(job).attempts + 1, last: { at: Date.now(), status: stored?.status ?? 200 }, instance: INSTANCE }
     return JSON.stringify(delivered)
   }
 
   /** A job the policy refuses now (or whose answer is too large): it fails at once, kept for the operator. */
-  async function failAtOnce (job: Job<{ sealed: string }, string>, progress: Progress, attempt: number, error: string): Promise<never> {
+  async function failAtOnce (job: Job<JobData, string>, progress: Progress, attempt: number, error: string): Promise<never> {
     const last = { at: Date.now(), error }
     await job.updateProgress({ ...progress, attempts: attempt, next_attempt_at: undefined, held: undefined, last, history: withAttempt(progress, { ...last, instance: INSTANCE }) })
     footprint.set(job.id as string, nameOf(job).owner, requestBytes(job), Date.now() + FAILED_KEEP_SECONDS * 1000).catch(() => {})
@@ -384,7 +428,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
    * A job its destination holds back: back in the queue when its slot may come, with no attempt spent. Its age
    * still counts: at RESEND_MAX_AGE it fails, saying what held it.
    */
-  async function hold (job: Job<{ sealed: string }, string>, token: string | undefined, progress: Progress, admission: Extract<Admission, { go: false }>, host: string): Promise<never> {
+  async function hold (job: Job<JobData, string>, token: string | undefined, progress: Progress, admission: Extract<Admission, { go: false }>, host: string): Promise<never> {
     const endsAt = progress.since + options.maxAgeMs
     const { owner } = nameOf(job)
     if (Date.now() >= endsAt) {
@@ -405,7 +449,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   // than workers, an instance delivers one job per partition at once.
   const workers = options.concurrency === 0
     ? []
-    : tags.map((prefix) => new Worker<{ sealed: string }, string>('resend', deliverTraced, {
+    : tags.map((prefix) => new Worker<JobData, string>('resend', deliverTraced, {
       // Blocking reads wait for Redis instead of failing: a worker outlives an outage.
       connection: createRedisClient(options.redisSettings, { maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy: reconnect }),
       prefix,
@@ -423,13 +467,11 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     worker.on('completed', (job) => {
       const delivered = JSON.parse(job.returnvalue) as Delivered
       options.onJob?.('delivered', delivered.attempts)
-      redis.zrem(since, job.id as string).catch(() => {})
     })
     worker.on('failed', (job) => {
       // (BullMQ's type allows no job; a worker's own failures come as 'error'.)
       const failed = job as Job
       options.onJob?.('failed', progressOf(failed).attempts)
-      redis.zrem(since, failed.id as string).catch(() => {})
       // Failed before its turn (unreadable, refused by the policy, taken over too often): it waits no more.
       destinations.forget(failed.id as string, nameOf(failed).owner, hostOf(failed)).catch(() => {})
       const progress = progressOf(failed)
@@ -437,7 +479,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     })
   }
 
-  async function find (id: string, owner: string | null): Promise<Job<{ sealed: string }, string>> {
+  async function find (id: string, owner: string | null): Promise<Job<JobData, string>> {
     const job = await deadline(locate(id))
     // Another caller's job is as absent as one that never was.
     if (job === undefined || (owner !== null && nameOf(job).owner !== owner)) throw new ServiceError('NOT_FOUND', { resource: 'job', id })
@@ -446,32 +488,32 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
 
 
   /** One job's view, with the destination's answer when one was kept. */
-  async function withAnswer (view: JobView): Promise<JobView> {
+  async function withAnswer (view: JobView, job: Job<JobData, string>): Promise<JobView> {
     if (view.status !== 'delivered' && view.status !== 'failed') return view
-    const stored = sealer.open<StoredAnswer>(`answer:${view.id}`, await deadline(redis.get(`resend-answer:${view.id}`)))
+    const stored = await answerOf(job)
     if (stored !== undefined) view.answer = { status: stored.status, body: stored.raw !== undefined ? new RawJson(stored.raw) : stored.body }
     return view
   }
 
-  async function current (job: Job<{ sealed: string }, string>): Promise<JobView> {
+  async function current (job: Job<JobData, string>): Promise<JobView> {
     const status = statusOf(await deadline(job.getState()))
     // It ended between the two reads: its fields are read again, now that they are final.
     /* c8 ignore next 3 - the window between reading a job and reading its state */
     if ((status === 'delivered' || status === 'failed') && job.finishedOn === undefined) {
-      job = await deadline(locate(job.id as string)) as Job<{ sealed: string }, string>
+      job = await deadline(locate(job.id as string)) as Job<JobData, string>
     }
-    return await withAnswer({ ...viewOf(job, status, options.statusPath), history: historyOf(job, status) })
+    return await withAnswer({ ...viewOf(job, status, options.statusPath), history: historyOf(job, status) }, job)
   }
 
   const fingerprintOf = (request: string): string => createHmac('sha256', idempotencySecret).update(request).digest('base64url')
 
   /** The job an Idempotency-Key named before: the same request gets it again, another is 422. */
-  async function replay (job: Job<{ sealed: string }, string>, fingerprint: string): Promise<{ view: JobView, replayed: boolean }> {
+  async function replay (job: Job<JobData, string>, fingerprint: string): Promise<{ view: JobView, replayed: boolean }> {
     if (nameOf(job).fingerprint !== fingerprint) throw new ServiceError('IDEMPOTENCY_KEY_REUSED', { reason: 'this Idempotency-Key came with another request (compared as data) for a job that is still kept' })
     return { view: await current(job), replayed: true }
   }
 
-  async function add (queue: Queue<{ sealed: string }, string>, id: string, name: string, sealed: string, owner: string): Promise<Job<{ sealed: string }, string>> {
+  async function add (queue: Queue<JobData, string>, id: string, name: string, sealed: string, owner: string): Promise<Job<JobData, string>> {
     const bytes = sealed.length + name.length + JOB_OVERHEAD_BYTES
     const refused = await deadline(footprint.reserve(id, owner, bytes, Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000, ownerMaxBytes(owner)))
     if (refused === 'queue_full') throw new ServiceError('SERVICE_UNAVAILABLE', { reason: 'queue_full', limit: options.maxQueuedBytes, variable: 'RESEND_MAX_QUEUED_BYTES' })
@@ -489,11 +531,13 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   }
 
   /** A failed job back in the queue, with a new RESEND_MAX_AGE; 409 unless it failed. */
-  async function putBack (job: Job<{ sealed: string }, string>): Promise<void> {
+  async function putBack (job: Job<JobData, string>): Promise<void> {
     const id = job.id as string
     const state = await deadline(job.getState())
     if (state !== 'failed') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a failed job is put back`, status: statusOf(state) })
     await deadline(job.updateProgress({ ...progressOf(job), since: Date.now(), next_attempt_at: undefined }))
+    // Its last answer goes with its end (an earlier version's under its own key too).
+    if (job.data.answer !== undefined) await deadline(job.updateData({ sealed: job.data.sealed }))
     await deadline(redis.del(`resend-answer:${id}`))
     await deadline(footprint.set(id, nameOf(job).owner, requestBytes(job), Date.now() + options.maxAgeMs + FAILED_KEEP_SECONDS * 1000))
     await deadline(job.retry('failed'))
@@ -503,7 +547,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
   }
 
   /** A queued job removed; 409 once it is delivering or has ended. */
-  async function remove (job: Job<{ sealed: string }, string>): Promise<JobView> {
+  async function remove (job: Job<JobData, string>): Promise<JobView> {
     const id = job.id as string
     const state = await deadline(job.getState())
     if (statusOf(state) !== 'queued') throw new ServiceError('CONFLICT', { reason: `the job is ${statusOf(state)}: only a queued job is cancelled`, status: statusOf(state) })
@@ -511,7 +555,6 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     // A job an instance took a moment ago is locked: remove refuses it, and it is delivering.
     await deadline(job.remove()).catch(() => { throw new ServiceError('CONFLICT', { reason: 'the job is delivering: only a queued job is cancelled', status: 'delivering' }) })
     redis.zrem(since, id).catch(() => {})
-    redis.del(`resend-answer:${id}`).catch(() => {})
     footprint.release(id).catch(() => {})
     destinations.forget(id, nameOf(job).owner, hostOf(job)).catch(() => {})
     options.onJob?.('cancelled', view.attempts)
@@ -523,7 +566,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
    * filter's limit; each state read BULK_SCAN jobs deep at most. A job that changed meanwhile (409) is left out.
    */
   /** The jobs a filter matches, up to its limit, each acted on; without an act, only their ids (a count to confirm). */
-  async function eachMatching (owner: string | null, filter: JobFilter, status: 'failed' | 'queued', act?: (job: Job<{ sealed: string }, string>) => Promise<void>): Promise<string[]> {
+  async function eachMatching (owner: string | null, filter: JobFilter, status: 'failed' | 'queued', act?: (job: Job<JobData, string>) => Promise<void>): Promise<string[]> {
     const touched: string[] = []
     const matches = (name: string, at: number): boolean => {
       const job = nameOf({ name })
@@ -547,7 +590,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
           const job = await deadline(queue.getJob(id))
           /* c8 ignore next - removed between the listing and this read */
           if (job === undefined) continue
-          const done = await (act as (job: Job<{ sealed: string }, string>) => Promise<void>)(job).then(() => true, (err: unknown) => {
+          const done = await (act as (job: Job<JobData, string>) => Promise<void>)(job).then(() => true, (err: unknown) => {
             /* c8 ignore next 2 - the window between listing a job and acting on it (it started, or ended) */
             if ((err as ServiceError).code === 'CONFLICT') return false
             throw err
@@ -579,7 +622,7 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
       const job = await add(queue, id, name, sealer.sealBytes(`job:${id}`, packPayload(payload)), shared)
       if (idempotency !== undefined) {
         // Another request with the same key may have stored the job first (BullMQ adds an id once): its job it is.
-        const stored = await deadline(queue.getJob(id)) as Job<{ sealed: string }, string>
+        const stored = await deadline(queue.getJob(id)) as Job<JobData, string>
         if (stored.name !== name) return await replay(stored, fingerprint)
       }
       acceptedSinceSnapshot++
