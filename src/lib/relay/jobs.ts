@@ -256,18 +256,17 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
    * and the next snapshot goes on.
    */
   async function oldestAge (): Promise<number> {
-    let head: string[] = []
-    for (let round = 0; round < AGE_SWEEP_ROUNDS; round++) {
-      head = await redis.zrange(since, 0, AGE_SWEEP_BATCH - 1, 'WITHSCORES')
+    const ageAt = (score: string | undefined): number => Math.max(0, (Date.now() - Number(score)) / 1000)
+    for (let round = 0; ; round++) {
+      const head = await redis.zrange(since, 0, AGE_SWEEP_BATCH - 1, 'WITHSCORES')
       const ids = head.filter((_value, index) => index % 2 === 0)
       if (ids.length === 0) return 0
+      if (round === AGE_SWEEP_ROUNDS) return ageAt(head[1])
       const ended = await endedOf(ids)
       if (ended.size > 0) await redis.zrem(since, ...ended)
       const first = ids.findIndex((id) => !ended.has(id))
-      if (first !== -1) return Math.max(0, (Date.now() - Number(head[2 * first + 1])) / 1000)
+      if (first !== -1) return ageAt(head[2 * first + 1])
     }
-    head = await redis.zrange(since, 0, 0, 'WITHSCORES')
-    return head.length === 0 ? 0 : Math.max(0, (Date.now() - Number(head[1])) / 1000)
   }
 
   async function readSnapshot (): Promise<void> {
