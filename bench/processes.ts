@@ -16,11 +16,11 @@ export interface Child {
 }
 
 /**
- * Starts a node process (after `imports`, each given to --import), waits for the first line of its stdout that is
- * a JSON handshake, and drains the rest.
+ * Starts a node process (with `flags`, and after `imports`, each given to --import), waits for the first line of its
+ * stdout that is a JSON handshake, and drains the rest.
  */
-export async function startNode (script: string, env: Record<string, string>, handshake: (line: string) => unknown, imports: string[] = []): Promise<{ child: Child, value: unknown }> {
-  const child = spawn(process.execPath, [...imports.flatMap((file) => ['--import', `./${file}`]), script], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+export async function startNode (script: string, env: Record<string, string>, handshake: (line: string) => unknown, imports: string[] = [], flags: string[] = []): Promise<{ child: Child, value: unknown }> {
+  const child = spawn(process.execPath, [...flags, ...imports.flatMap((file) => ['--import', `./${file}`]), script], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   let buffer = ''
   const value = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => { reject(new Error(`${script} did not start`)) }, 20_000)
