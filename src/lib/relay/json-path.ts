@@ -51,15 +51,33 @@ export interface RewriteLimits {
   maxMatches?: number
 }
 
+/**
+ * Compiled expressions by depth and text: callers send the same few with every request, and each request looks at
+ * its expressions twice (plain or not, then the rewrite). At most COMPILED_MAX of them, each of at most
+ * COMPILED_MAX_LENGTH characters (longer ones are compiled every time); full, the cache starts over.
+ */
+export const COMPILED_MAX = 1000
+export const COMPILED_MAX_LENGTH = 256
+const compiled = new Map<string, JSONPathQuery>()
+
 /** Compiles an RFC 9535 expression; a syntax error is a refusal naming the expression and the position. */
 export function compileJsonPath (expression: string, maxDepth = DEFAULT_MAX_JSON_DEPTH): JSONPathQuery {
+  const key = `${maxDepth} ${expression}`
+  const known = compiled.get(key)
+  if (known !== undefined) return known
+  let query: JSONPathQuery
   try {
-    return environmentFor(maxDepth).compile(expression)
+    query = environmentFor(maxDepth).compile(expression)
   } catch (err) {
     /* c8 ignore next - json-p3 throws nothing but its own errors for a string */
     if (!(err instanceof JSONPathError)) throw err
     throw refusalOf(expression, err)
   }
+  if (expression.length <= COMPILED_MAX_LENGTH) {
+    if (compiled.size >= COMPILED_MAX) compiled.clear()
+    compiled.set(key, query)
+  }
+  return query
 }
 
 const { IndexSelector, NameSelector, SliceSelector, WildcardSelector } = jsonpath.selectors

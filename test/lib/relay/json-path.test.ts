@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { compileJsonPath, isPlainPath, MAX_REPORTED_PATHS, rewriteParams } from '../../../src/lib/relay/json-path.js'
+import { COMPILED_MAX, COMPILED_MAX_LENGTH, compileJsonPath, isPlainPath, MAX_REPORTED_PATHS, rewriteParams } from '../../../src/lib/relay/json-path.js'
 
 interface ComplianceCase {
   name: string
@@ -51,6 +51,19 @@ t.test('plain paths (run on the event loop): child segments of one name, index, 
   const sides = { plain: 0, other: 0 }
   for (const test of tests) if (test.invalid_selector !== true) sides[isPlainPath(test.selector) ? 'plain' : 'other']++
   t.ok(sides.plain > 100 && sides.other > 100, `the suite has cases of both kinds (${sides.plain} plain, ${sides.other} other)`)
+})
+
+t.test('compiled expressions are kept, bounded in count and length', async (t) => {
+  const first = compileJsonPath('$.params.kept[*].fields')
+  t.equal(compileJsonPath('$.params.kept[*].fields'), first, 'the same expression is compiled once')
+  t.not(compileJsonPath('$.params.kept[*].fields', 8), first, 'per depth')
+  const long = `$.params.${'a'.repeat(COMPILED_MAX_LENGTH)}`
+  t.not(compileJsonPath(long), compileJsonPath(long), 'a long one is compiled every time')
+  for (let i = 0; i < COMPILED_MAX; i++) compileJsonPath(`$.params.many${i}`)
+  t.not(compileJsonPath('$.params.kept[*].fields'), first, 'full, the cache starts over')
+  const again = compileJsonPath('$.params.kept[*].fields')
+  t.same(rewriteParams(JSON.stringify({ params: { kept: [{ fields: '{"a":1}' }] } }), ['$.params.kept[*].fields'], { maxDepth: 64 }).body, '{"kept":[{"fields":{"a":1}}]}', 'a kept query answers as a new one')
+  t.equal(compileJsonPath('$.params.kept[*].fields'), again)
 })
 
 t.test('a syntax error names the expression, the position and why', async (t) => {
