@@ -18,6 +18,16 @@ export interface QueueMeasurements {
   delivered: number
   /** The same, with RESEND_DESTINATION_CONTROLS=off (first come, first served, no shares, limits or breaker). */
   deliveryRpsWithoutControls: number
+  /** What each delivered job cost Redis (controls on): commands it ran, and its CPU in µs. */
+  redisPerJob: { commands: number, cpuMicros: number }
+}
+
+/** Commands Redis has run and CPU it has used (ms), from INFO: what a phase costs it, by difference. */
+async function redisWork (redis: Redis): Promise<{ commands: number, cpuMs: number }> {
+  const info = await redis.info()
+  const field = (name: string): number => Number(new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1])
+  // (The INFO that reads this is one command of them.)
+  return { commands: field('total_commands_processed'), cpuMs: 1000 * (field('used_cpu_user') + field('used_cpu_sys')) }
 }
 
 type StartService = (extra: Record<string, string>) => Promise<{ port: number, pid: number, child: { stop: () => Promise<void> } }>
@@ -54,8 +64,9 @@ export async function measureQueue (options: { startService: StartService, locat
     await sync.child.stop()
 
     /** Everything queued now, delivered by one instance with as many workers as the bench has connections. */
-    async function deliverAll (label: string, extra: Record<string, string>): Promise<{ rps: number, delivered: number }> {
-      const waiting = Number(await redis.zcard(`${prefix}resend-pending`))
+    async function deliverAll (label: string, extra: Record<string, string>): Promise<{ rps: number, delivered: number, redisPerJob: { commands: number, cpuMicros: number } }> {
+      const waiting = await redis.llen(`{${prefix}resend}:resend:wait`)
+      const before = await redisWork(redis)
       // Timed from the first poll that finds deliveries to the last: the queue's pace, not the process's start.
       const delivering = await startService({ ...queueEnv, RESEND_WORKERS: String(options.connections), ...extra })
       const metric = 'resend_jobs_total{outcome="delivered"}'
@@ -68,9 +79,12 @@ export async function measureQueue (options: { startService: StartService, locat
         if (first.count === 0) first = { at: performance.now(), count: delivered }
       }
       const rps = (delivered - first.count) / ((performance.now() - first.at) / 1000)
-      process.stderr.write(`  queued delivery, ${label}: ${delivered} of ${waiting} jobs, ${Math.round(rps)} jobs/s\n`)
+      // Everything Redis did meanwhile, the instance's start and its snapshots included, per job delivered.
+      const after = await redisWork(redis)
+      const redisPerJob = { commands: (after.commands - before.commands) / Math.max(1, delivered), cpuMicros: (1000 * (after.cpuMs - before.cpuMs)) / Math.max(1, delivered) }
+      process.stderr.write(`  queued delivery, ${label}: ${delivered} of ${waiting} jobs, ${Math.round(rps)} jobs/s; Redis: ${redisPerJob.commands.toFixed(1)} commands and ${Math.round(redisPerJob.cpuMicros)} µs of CPU a job\n`)
       await delivering.child.stop()
-      return { rps, delivered }
+      return { rps, delivered, redisPerJob }
     }
     const withControls = await deliverAll('fair shares, limits and breakers on', {})
     // The same again, without them: as many jobs accepted, then delivered first come, first served.
@@ -83,7 +97,7 @@ export async function measureQueue (options: { startService: StartService, locat
     }
     await again.child.stop()
     const withoutControls = await deliverAll('RESEND_DESTINATION_CONTROLS=off', { RESEND_DESTINATION_CONTROLS: 'off' })
-    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps: withControls.rps, delivered: withControls.delivered, deliveryRpsWithoutControls: withoutControls.rps }
+    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps: withControls.rps, delivered: withControls.delivered, deliveryRpsWithoutControls: withoutControls.rps, redisPerJob: withControls.redisPerJob }
   } finally {
     for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
       let cursor = '0'

@@ -103,6 +103,12 @@ async function main (): Promise<void> {
       }, null, 2)}\n`)
       return
     }
+    // npm run bench:queue: queued delivery alone.
+    if (process.env.BENCH_ONLY === 'queue') {
+      const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })
+      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered, delivery_with_controls_vs_without: queue.deliveryRps / queue.deliveryRpsWithoutControls, redis_per_job: queue.redisPerJob })}\n`)
+      return
+    }
     process.stderr.write('measuring POST /token with the cache off, and its ceiling\n')
     const off = await startService({ COZE_TOKEN_REUSE_SECONDS: '0' })
     const tokenOff = await measure('POST /token, cache off', jsonPost(`http://127.0.0.1:${off.port}/token`, tokenBody), off.pid)
@@ -125,12 +131,6 @@ async function main (): Promise<void> {
     const singleCached = await measure('POST /token, cache on, one app (X-API-Key)', { ...jsonPost(`${base}/token`, JSON.stringify({ public_key: KID, duration_seconds: 86399 })), headers: { 'content-type': 'application/json', 'x-api-key': API_KEY } }, service.pid)
     const brokerCached = await measure('POST /token, broker: 50 apps, 200 session names, cached', brokerOptions, brokerService.pid)
 
-    // npm run bench:queue: queued delivery alone.
-    if (process.env.BENCH_ONLY === 'queue') {
-      const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })
-      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered, delivery_with_controls_vs_without: queue.deliveryRps / queue.deliveryRpsWithoutControls })}\n`)
-      return
-    }
     const resendBody = JSON.stringify({
       location,
       headers: { Authorization: 'Bearer t-bench' },
@@ -338,6 +338,7 @@ async function main (): Promise<void> {
       '',
       `RS256 signatures/s with the same key, nothing else running: ${Math.round(signatures)}; POST /token with the cache off reaches ${(tokenShare * 100).toFixed(0)}% of it.`,
       `Peak RSS of the service during the bench: ${peakServiceRss} MB.`,
+      `Each queued job delivered cost Redis ${queue.redisPerJob.commands.toFixed(1)} commands and ${Math.round(queue.redisPerJob.cpuMicros)} µs of its CPU.`,
       '',
       ...checks,
       '',
@@ -366,6 +367,7 @@ async function main (): Promise<void> {
       targets: scenarios.map(({ scenario, key, value, target, ok, limit, measured, ceiling }) => ({ scenario, value, rounds: rounds[key] ?? null, target, ok, limit, cost_ratio: costRatio(measured, ceiling) })),
       memory,
       peak_service_rss_mb: peakServiceRss,
+      redis_per_delivered_job: queue.redisPerJob,
       final_service_rss_mb: serviceFinalRss,
       all_targets_met: allOk
     }, null, 2))

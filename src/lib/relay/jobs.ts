@@ -144,9 +144,6 @@ const INSTANCE = hostname().slice(0, 64)
 /** Jobs a listing reads at most, per state, before it filters by caller. */
 export const LIST_SCAN = 1000
 const REDIS_DEADLINE_MS = 3000
-/** Entries of the age index read at once, and the most batches of ended ones a snapshot removes. */
-const AGE_SWEEP_BATCH = 1000
-const AGE_SWEEP_ROUNDS = 10
 const OWNER_SHARED = '*'
 
 
@@ -237,36 +234,15 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
 
   let snapshot: ReturnType<JobQueue['snapshot']> = { counts: { queued: 0, delivering: 0, delivered: 0, failed: 0 }, oldestSeconds: 0, bytes: 0, destinations: [] }
   let acceptedSinceSnapshot = 0
-  /** Of these jobs, the ones that have ended (delivered, failed) or are gone: read in one round trip a partition. */
-  async function endedOf (ids: string[]): Promise<Set<string>> {
-    const open = new Set<string>()
-    for (const queue of queues) {
-      const pipeline = client.pipeline()
-      for (const id of ids) pipeline.hmget(queue.toKey(id), 'timestamp', 'finishedOn')
-      const rows = await pipeline.exec() as Array<[Error | null, Array<string | null>]>
-      rows.forEach(([, [timestamp, finishedOn]], index) => { if (timestamp !== null && finishedOn === null) open.add(ids[index] as string) })
-    }
-    return new Set(ids.filter((id) => !open.has(id)))
-  }
-
-  /**
-   * The age of the oldest job not yet ended, from the index of when each was accepted (or put back). A job's end
-   * does not remove its entry (a command less a delivery): the ended entries at its head are removed here, in
-   * batches, at most AGE_SWEEP_ROUNDS of them a snapshot; past that, the next entry's age is said (an upper bound)
-   * and the next snapshot goes on.
-   */
+  // The oldest job not yet ended. Its entry is removed when the job ends, without waiting: one that outlived its
+  // job (Redis did not take the removal) is removed here, so that the age never counts an ended job.
   async function oldestAge (): Promise<number> {
-    const ageAt = (score: string | undefined): number => Math.max(0, (Date.now() - Number(score)) / 1000)
-    for (let round = 0; ; round++) {
-      const head = await redis.zrange(since, 0, AGE_SWEEP_BATCH - 1, 'WITHSCORES')
-      const ids = head.filter((_value, index) => index % 2 === 0)
-      if (ids.length === 0) return 0
-      if (round === AGE_SWEEP_ROUNDS) return ageAt(head[1])
-      const ended = await endedOf(ids)
-      if (ended.size > 0) await redis.zrem(since, ...ended)
-      const first = ids.findIndex((id) => !ended.has(id))
-      if (first !== -1) return ageAt(head[2 * first + 1])
-    }
+    const [id, score] = await redis.zrange(since, 0, 0, 'WITHSCORES')
+    if (id === undefined) return 0
+    const state = await (await locate(id))?.getState() ?? 'unknown'
+    if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return Math.max(0, (Date.now() - Number(score)) / 1000)
+    await redis.zrem(since, id)
+    return await oldestAge()
   }
 
   async function readSnapshot (): Promise<void> {
@@ -466,11 +442,13 @@ export async function createJobQueue (options: JobQueueOptions): Promise<JobQueu
     worker.on('completed', (job) => {
       const delivered = JSON.parse(job.returnvalue) as Delivered
       options.onJob?.('delivered', delivered.attempts)
+      redis.zrem(since, job.id as string).catch(() => {})
     })
     worker.on('failed', (job) => {
       // (BullMQ's type allows no job; a worker's own failures come as 'error'.)
       const failed = job as Job
       options.onJob?.('failed', progressOf(failed).attempts)
+      redis.zrem(since, failed.id as string).catch(() => {})
       // Failed before its turn (unreadable, refused by the policy, taken over too often): it waits no more.
       destinations.forget(failed.id as string, nameOf(failed).owner, hostOf(failed)).catch(() => {})
       const progress = progressOf(failed)
