@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { measure, type Measured, sequentialLatency } from './measure.js'
+import { cpuMs } from './processes.js'
 
 /**
  * Queued delivery, measured: what accepting a job costs over validating it, how many jobs one instance accepts,
@@ -20,6 +21,9 @@ export interface QueueMeasurements {
   deliveryRpsWithoutControls: number
   /** What each delivered job cost Redis (controls on): commands it ran, and its CPU in µs. */
   redisPerJob: { commands: number, cpuMicros: number }
+  /** What each delivered job cost the delivering instance: its CPU in µs (every thread), and the same for a request answered now. */
+  serviceCpuMicrosPerJob: number
+  serviceCpuMicrosNow: number
 }
 
 /** Commands Redis has run and CPU it has used (ms), from INFO: what a phase costs it, by difference. */
@@ -64,7 +68,7 @@ export async function measureQueue (options: { startService: StartService, locat
     await sync.child.stop()
 
     /** Everything queued now, delivered by one instance with as many workers as the bench has connections. */
-    async function deliverAll (label: string, extra: Record<string, string>): Promise<{ rps: number, delivered: number, redisPerJob: { commands: number, cpuMicros: number } }> {
+    async function deliverAll (label: string, extra: Record<string, string>): Promise<{ rps: number, delivered: number, redisPerJob: { commands: number, cpuMicros: number }, cpuMicros: number }> {
       const waiting = await redis.llen(`{${prefix}resend}:resend:wait`)
       const before = await redisWork(redis)
       // Timed from the first poll that finds deliveries to the last: the queue's pace, not the process's start.
@@ -72,6 +76,7 @@ export async function measureQueue (options: { startService: StartService, locat
       const metric = 'resend_jobs_total{outcome="delivered"}'
       let delivered = await counter(delivering.port, metric)
       let first = { at: performance.now(), count: delivered }
+      const cpuBefore = cpuMs(delivering.pid)
       const deadline = performance.now() + 600_000
       while (delivered < waiting && performance.now() < deadline) {
         await sleep(100)
@@ -82,9 +87,10 @@ export async function measureQueue (options: { startService: StartService, locat
       // Everything Redis did meanwhile, the instance's start and its snapshots included, per job delivered.
       const after = await redisWork(redis)
       const redisPerJob = { commands: (after.commands - before.commands) / Math.max(1, delivered), cpuMicros: (1000 * (after.cpuMs - before.cpuMs)) / Math.max(1, delivered) }
-      process.stderr.write(`  queued delivery, ${label}: ${delivered} of ${waiting} jobs, ${Math.round(rps)} jobs/s; Redis: ${redisPerJob.commands.toFixed(1)} commands and ${Math.round(redisPerJob.cpuMicros)} µs of CPU a job\n`)
+      const cpuMicros = (1000 * (cpuMs(delivering.pid) - cpuBefore)) / Math.max(1, delivered)
+      process.stderr.write(`  queued delivery, ${label}: ${delivered} of ${waiting} jobs, ${Math.round(rps)} jobs/s; a job cost the instance ${Math.round(cpuMicros)} µs of CPU, Redis ${redisPerJob.commands.toFixed(1)} commands and ${Math.round(redisPerJob.cpuMicros)} µs\n`)
       await delivering.child.stop()
-      return { rps, delivered, redisPerJob }
+      return { rps, delivered, redisPerJob, cpuMicros }
     }
     const withControls = await deliverAll('fair shares, limits and breakers on', {})
     // The same again, without them: as many jobs accepted, then delivered first come, first served.
@@ -97,7 +103,7 @@ export async function measureQueue (options: { startService: StartService, locat
     }
     await again.child.stop()
     const withoutControls = await deliverAll('RESEND_DESTINATION_CONTROLS=off', { RESEND_DESTINATION_CONTROLS: 'off' })
-    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps: withControls.rps, delivered: withControls.delivered, deliveryRpsWithoutControls: withoutControls.rps, redisPerJob: withControls.redisPerJob }
+    return { accept, validated, acceptThroughput, syncThroughput, deliveryRps: withControls.rps, delivered: withControls.delivered, deliveryRpsWithoutControls: withoutControls.rps, redisPerJob: withControls.redisPerJob, serviceCpuMicrosPerJob: withControls.cpuMicros, serviceCpuMicrosNow: syncThroughput.cpuMicrosPerRequest ?? 0 }
   } finally {
     for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
       let cursor = '0'

@@ -106,7 +106,7 @@ async function main (): Promise<void> {
     // npm run bench:queue: queued delivery alone.
     if (process.env.BENCH_ONLY === 'queue') {
       const queue = await measureQueue({ startService, location, apiKey: API_KEY, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', connections: CONNECTIONS, fields: FIELDS })
-      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered, delivery_with_controls_vs_without: queue.deliveryRps / queue.deliveryRpsWithoutControls, redis_per_job: queue.redisPerJob })}\n`)
+      process.stdout.write(`${JSON.stringify({ accept_over_validation_ms: queue.accept.p50 - queue.validated.p50, accepted_per_second: queue.acceptThroughput.rps, delivery_vs_now: queue.deliveryRps / queue.syncThroughput.rps, delivered: queue.delivered, delivery_with_controls_vs_without: queue.deliveryRps / queue.deliveryRpsWithoutControls, redis_per_job: queue.redisPerJob, service_cpu_us: { per_job: queue.serviceCpuMicrosPerJob, per_request_now: queue.serviceCpuMicrosNow } })}\n`)
       return
     }
     process.stderr.write('measuring POST /token with the cache off, and its ceiling\n')
@@ -338,7 +338,7 @@ async function main (): Promise<void> {
       '',
       `RS256 signatures/s with the same key, nothing else running: ${Math.round(signatures)}; POST /token with the cache off reaches ${(tokenShare * 100).toFixed(0)}% of it.`,
       `Peak RSS of the service during the bench: ${peakServiceRss} MB.`,
-      `Each queued job delivered cost Redis ${queue.redisPerJob.commands.toFixed(1)} commands and ${Math.round(queue.redisPerJob.cpuMicros)} µs of its CPU.`,
+      `Each queued job delivered cost the instance ${Math.round(queue.serviceCpuMicrosPerJob)} µs of CPU (a request answered now: ${Math.round(queue.serviceCpuMicrosNow)} µs), and Redis ${queue.redisPerJob.commands.toFixed(1)} commands and ${Math.round(queue.redisPerJob.cpuMicros)} µs of its CPU.`,
       '',
       ...checks,
       '',
@@ -368,6 +368,7 @@ async function main (): Promise<void> {
       memory,
       peak_service_rss_mb: peakServiceRss,
       redis_per_delivered_job: queue.redisPerJob,
+      service_cpu_us_per_delivered_job: queue.serviceCpuMicrosPerJob,
       final_service_rss_mb: serviceFinalRss,
       all_targets_met: allOk
     }, null, 2))
