@@ -7,6 +7,10 @@ import { cpuMs, mainThreadCpuMs, rssMb } from './processes.js'
 
 /** How the bench measures: throughput beside a ceiling, one-at-a-time latency, the RS256 signing limit. */
 
+/** The seed's example request: a Feishu batch_create whose fields arrive as a JSON string (json_parse's case). */
+export const FEISHU_PATH = '/open-apis/bitable/v1/apps/APP/tables/TABLE/records/batch_create'
+export const FIELDS = '{"收支类型":"支出","款项金额":14.91,"消费类型":"交通","流水说明":"财付通-滴滴出行","日期时间":1745809165,"收入方":"滴滴出行","支出方":"用户","备注":""}'
+
 export const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
 export const DURATION = Number(process.env.BENCH_DURATION ?? 10)
 export const WARMUP = Number(process.env.BENCH_WARMUP ?? 3)

@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
-import { CONNECTIONS, DURATION, WARMUP } from './measure.js'
+import { CONNECTIONS, DURATION, FEISHU_PATH, FIELDS, WARMUP } from './measure.js'
 import { freePort, jsonLine, startNode } from './processes.js'
 
 /**
@@ -14,8 +14,6 @@ import { freePort, jsonLine, startNode } from './processes.js'
  */
 
 const API_KEY = 'bench-service-key'
-const FEISHU_PATH = '/open-apis/bitable/v1/apps/APP/tables/TABLE/records/batch_create'
-const FIELDS = '{"收支类型":"支出","款项金额":14.91,"消费类型":"交通","流水说明":"财付通-滴滴出行","日期时间":1745809165,"收入方":"滴滴出行","支出方":"用户","备注":""}'
 const TOP = Number(process.env.BENCH_PROFILE_TOP ?? 25)
 
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }

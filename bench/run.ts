@@ -2,15 +2,13 @@ import { createHash, generateKeyPairSync } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, totalmem } from 'node:os'
 import autocannon from 'autocannon'
-import { AUTH_URL_REQUESTS, CONNECTIONS, DURATION, measure, type Measured, type Options, ROUNDS, sequentialLatency, signaturesPerSecond, WARMUP } from './measure.js'
+import { AUTH_URL_REQUESTS, CONNECTIONS, DURATION, FEISHU_PATH, FIELDS, measure, type Measured, type Options, ROUNDS, sequentialLatency, signaturesPerSecond, WARMUP } from './measure.js'
 import { type Child, freePort, jsonLine, ROOT, rssMb, startNode } from './processes.js'
 import { measureCluster } from './cluster.js'
 import { measureQueue } from './queue.js'
 
 const API_KEY = 'bench-service-key'
 const KID = '_v0VjcMlLdQc3tRTD3jC5Xz29TUnKQOhtuD5k-gpyf4'
-const FEISHU_PATH = '/open-apis/bitable/v1/apps/APP/tables/TABLE/records/batch_create'
-const FIELDS = '{"收支类型":"支出","款项金额":14.91,"消费类型":"交通","流水说明":"财付通-滴滴出行","日期时间":1745809165,"收入方":"滴滴出行","支出方":"用户","备注":""}'
 
 /**
  * npm run bench: every scenario beside its ceiling, measured in one run on this machine, then checked against
